@@ -1,0 +1,133 @@
+#pragma once
+/// @file moments.hpp
+/// Streaming, mergeable sufficient statistics of p-dimensional vectors: count,
+/// mean and centered co-moment matrix. They hold everything a least-squares
+/// fit of any subset of the p columns on any other subset needs.
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "headrecon/detail/lapack.hpp"
+#include "headrecon/error.hpp"
+
+namespace headrecon {
+
+/// Count n, mean μ and co-moment M2 = Σ_t (z_t − μ)(z_t − μ)ᵀ of vectors z_t ∈ R^p,
+/// kept in double. Batches are centered on their own mean before the float
+/// BLAS syrk, then merged with Chan's pairwise update, so large means (e.g.
+/// 1e3 with unit variance) lose no precision. merge() of two accumulators
+/// equals one pass over both (up to rounding).
+class Moments {
+ public:
+  Moments() = default;
+  explicit Moments(std::size_t p) : p_(p), mean_(p, 0.0), m2_(p * p, 0.0) {}
+
+  std::size_t dim() const { return p_; }
+  std::uint64_t count() const { return n_; }
+  const std::vector<double>& mean() const { return mean_; }
+  /// Co-moment entry (i, j) = Σ_t (z_ti − μ_i)(z_tj − μ_j); divide by count for the covariance.
+  double comoment(std::size_t i, std::size_t j) const { return m2_[i * p_ + j]; }
+  /// Row-major p×p co-moment matrix (symmetric, both triangles filled).
+  const std::vector<double>& comoment() const { return m2_; }
+
+  /// Adds n rows of a row-major float matrix (row stride ld ≥ p). Throws Error
+  /// naming the row and column of the first non-finite value (nothing is
+  /// added then). Not thread-safe on one object; use one per thread and merge.
+  void add_batch(const float* rows, std::size_t n, std::size_t ld) {
+    if (n == 0) return;
+    if (ld < p_) detail::fail("Moments::add_batch: row stride ", ld, " is smaller than dim ", p_);
+    std::vector<double> mu(p_, 0.0);
+    for (std::size_t t = 0; t < n; ++t) {
+      const float* r = rows + t * ld;
+      for (std::size_t i = 0; i < p_; ++i) {
+        if (!std::isfinite(r[i]))
+          detail::fail("non-finite value ", r[i], " at row ", t, ", column ", i, " of a batch");
+        mu[i] += double(r[i]);
+      }
+    }
+    for (double& m : mu) m /= double(n);
+    centered_.resize(n * p_);
+    for (std::size_t t = 0; t < n; ++t) {
+      const float* r = rows + t * ld;
+      float* c = centered_.data() + t * p_;
+      for (std::size_t i = 0; i < p_; ++i) c[i] = float(double(r[i]) - mu[i]);
+    }
+    gram_.assign(p_ * p_, 0.f);
+    detail::syrk_upper_rm(int(p_), int(n), centered_.data(), int(p_), gram_.data());
+    merge_centered(n, mu.data(), [&](std::size_t i, std::size_t j) { return double(gram_[i * p_ + j]); });
+  }
+
+  /// Adds the statistics of `other` (same dim): the result equals one pass over both.
+  void merge(const Moments& other) {
+    if (other.p_ != p_) detail::fail("Moments::merge: dims differ (", p_, " vs ", other.p_, ")");
+    if (other.n_ == 0) return;
+    merge_centered(other.n_, other.mean_.data(),
+                   [&](std::size_t i, std::size_t j) { return other.m2_[i * p_ + j]; });
+  }
+
+  /// Number of floating-point operations add_batch spends on n rows (the syrk).
+  double batch_flops(std::size_t n) const { return double(n) * double(p_) * double(p_ + 1); }
+
+ private:
+  template <class Gram>
+  void merge_centered(std::uint64_t nb, const double* mub, Gram gram) {
+    const double na = double(n_), nbd = double(nb), nt = na + nbd;
+    const double w = na * nbd / nt;
+    std::vector<double> delta(p_);
+    for (std::size_t i = 0; i < p_; ++i) delta[i] = mub[i] - mean_[i];
+    for (std::size_t i = 0; i < p_; ++i) {
+      double* row = m2_.data() + i * p_;
+      for (std::size_t j = i; j < p_; ++j) row[j] += gram(i, j) + w * delta[i] * delta[j];
+    }
+    for (std::size_t i = 0; i < p_; ++i)
+      for (std::size_t j = 0; j < i; ++j) m2_[i * p_ + j] = m2_[j * p_ + i];
+    for (std::size_t i = 0; i < p_; ++i) mean_[i] += delta[i] * (nbd / nt);
+    n_ += nb;
+  }
+
+  std::size_t p_ = 0;
+  std::uint64_t n_ = 0;
+  std::vector<double> mean_;
+  std::vector<double> m2_;
+  std::vector<float> centered_;  // scratch: the centered batch
+  std::vector<float> gram_;      // scratch: its Gram matrix
+};
+
+/// A deterministic train/held-out split of a token stream: token i goes to the
+/// held-out set when a hash of (i / block, seed) falls below `fraction`. It needs
+/// no token count in advance, so it streams; block > 1 keeps runs of
+/// neighbouring tokens together (less leakage between correlated tokens).
+struct HoldoutSplit {
+  double fraction = 0.25;
+  std::uint64_t block = 1;
+  std::uint64_t seed = 0;
+
+  bool is_heldout(std::uint64_t token) const {
+    std::uint64_t z = token / (block ? block : 1) + seed * 0x9e3779b97f4a7c15ull;
+    z += 0x9e3779b97f4a7c15ull;  // splitmix64 finalizer
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    return double(z >> 11) * 0x1.0p-53 < fraction;
+  }
+  void validate() const {
+    if (!(fraction >= 0.0 && fraction < 1.0))
+      detail::fail("held-out fraction must be in [0, 1), got ", fraction);
+  }
+};
+
+/// Training and held-out statistics of the same columns.
+struct SplitMoments {
+  Moments train, heldout;
+  SplitMoments() = default;
+  explicit SplitMoments(std::size_t p) : train(p), heldout(p) {}
+  void merge(const SplitMoments& o) {
+    train.merge(o.train);
+    heldout.merge(o.heldout);
+  }
+};
+
+}  // namespace headrecon
