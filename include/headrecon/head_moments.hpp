@@ -1,0 +1,162 @@
+#pragma once
+/// @file head_moments.hpp
+/// Streaming statistics of every head of one kind (q, k or v) across layers,
+/// grouped so that any target can be fitted on any allowed reference set:
+/// one joint group per layer (same-layer references) or one group over all
+/// layers (references from the same or earlier layers).
+
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+#include "headrecon/error.hpp"
+#include "headrecon/fit.hpp"
+#include "headrecon/moments.hpp"
+#include "headrecon/plan.hpp"
+#include "headrecon/view.hpp"
+
+namespace headrecon {
+
+/// Where references may come from.
+enum class RefScope : std::uint8_t {
+  same_layer,    ///< only heads of the target's layer
+  cross_layer,   ///< heads of the target's layer or any earlier layer
+};
+
+/// A fit of one target on one reference set, scored in-sample and held-out.
+struct Evaluation {
+  LinearMap map;
+  R2Score in_sample;
+  R2Score heldout;
+  bool has_heldout = false;
+  /// The selection criterion: held-out mean R² when a held-out split exists.
+  double score() const { return has_heldout ? heldout.mean : in_sample.mean; }
+};
+
+/// Train/held-out moments of all heads of one kind. Cross-layer statistics
+/// cost (L·H·d)² doubles twice; same-layer ones L·(H·d)².
+class HeadMoments {
+ public:
+  HeadMoments(std::int32_t n_layers, std::int32_t n_heads, std::int32_t head_dim, RefScope scope)
+      : layers_(n_layers), heads_(n_heads), dim_(head_dim), scope_(scope) {
+    if (n_layers <= 0 || n_heads <= 0 || head_dim <= 0)
+      detail::fail("HeadMoments: layers, heads and head_dim must be positive (got ", n_layers, ", ",
+                   n_heads, ", ", head_dim, ")");
+    const std::size_t groups = scope == RefScope::same_layer ? std::size_t(n_layers) : 1;
+    const std::size_t p = group_heads() * std::size_t(head_dim);
+    groups_.assign(groups, SplitMoments(p));
+  }
+
+  std::int32_t n_layers() const { return layers_; }
+  std::int32_t n_heads() const { return heads_; }
+  std::int32_t head_dim() const { return dim_; }
+  RefScope scope() const { return scope_; }
+  std::uint64_t train_count() const { return groups_[0].train.count(); }
+  std::uint64_t heldout_count() const { return groups_[0].heldout.count(); }
+
+  /// Adds a batch of tokens: `layers[l]` is layer l's [tokens, heads, dim]
+  /// view (all layers, same token count). `token0` is the global index of the
+  /// batch's first token (it decides the split); tokens whose `positions`
+  /// entry (nullable = one sequence starting at token 0) is below
+  /// `sink_tokens` are skipped, as engines keep them exact.
+  void add(const std::vector<AnyHeadsView>& layers, std::uint64_t token0, const HoldoutSplit& split,
+           const std::int32_t* positions = nullptr, std::int32_t sink_tokens = 0) {
+    if (layers.size() != std::size_t(layers_))
+      detail::fail("HeadMoments::add: got ", layers.size(), " layers, expected ", layers_);
+    const std::size_t n = layers.empty() ? 0 : layers[0].extent.tokens;
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+      const Extents3 e = layers[l].extent;
+      if (e.tokens != n || e.heads != std::size_t(heads_) || e.dim != std::size_t(dim_))
+        detail::fail("HeadMoments::add: layer ", l, " view is [", e.tokens, ", ", e.heads, ", ", e.dim,
+                     "], expected [", n, ", ", heads_, ", ", dim_, "]");
+    }
+    std::vector<std::size_t> train_rows, test_rows;
+    for (std::size_t t = 0; t < n; ++t) {
+      const std::int64_t pos = positions ? positions[t] : std::int64_t(token0 + t);
+      if (pos < sink_tokens) continue;
+      (split.is_heldout(token0 + t) ? test_rows : train_rows).push_back(t);
+    }
+    for (std::size_t g = 0; g < groups_.size(); ++g) {
+      gather(layers, g, train_rows);
+      groups_[g].train.add_batch(rows_.data(), train_rows.size(), group_dim());
+      gather(layers, g, test_rows);
+      groups_[g].heldout.add_batch(rows_.data(), test_rows.size(), group_dim());
+    }
+  }
+
+  /// Adds another accumulator's statistics (same shape and scope).
+  void merge(const HeadMoments& o) {
+    if (o.layers_ != layers_ || o.heads_ != heads_ || o.dim_ != dim_ || o.scope_ != scope_)
+      detail::fail("HeadMoments::merge: shapes or scopes differ");
+    for (std::size_t g = 0; g < groups_.size(); ++g) groups_[g].merge(o.groups_[g]);
+  }
+
+  /// True when `ref` may serve as a reference of `target` under this scope.
+  bool allowed(HeadId target, HeadId ref) const {
+    if (ref == target) return false;
+    return scope_ == RefScope::same_layer ? ref.layer == target.layer : ref.layer <= target.layer;
+  }
+
+  /// Fits `target` on `refs` (training split) and scores it on both splits.
+  Evaluation evaluate(HeadId target, const std::vector<HeadId>& refs, const FitOptions& opt) const {
+    check(target, "target");
+    if (refs.empty()) detail::fail("evaluate: target (", target.layer, ", ", target.head, ") has no references");
+    for (HeadId r : refs) {
+      check(r, "reference");
+      if (!allowed(target, r))
+        detail::fail("evaluate: head (", r.layer, ", ", r.head, ") cannot be a reference of (", target.layer,
+                     ", ", target.head, ") under this scope");
+    }
+    const SplitMoments& g = groups_[group_of(target)];
+    std::vector<std::size_t> blocks;
+    for (HeadId r : refs) blocks.push_back(block_of(r));
+    const auto x = head_columns(blocks, std::size_t(dim_));
+    const auto y = head_columns({block_of(target)}, std::size_t(dim_));
+    Evaluation ev;
+    ev.map = fit_ridge(g.train, x, y, opt);
+    ev.in_sample = score_r2(g.train, x, y, ev.map);
+    ev.has_heldout = g.heldout.count() >= 2;
+    if (ev.has_heldout) ev.heldout = score_r2(g.heldout, x, y, ev.map);
+    return ev;
+  }
+
+ private:
+  std::size_t group_heads() const {
+    return std::size_t(heads_) * (scope_ == RefScope::same_layer ? 1 : std::size_t(layers_));
+  }
+  std::size_t group_dim() const { return group_heads() * std::size_t(dim_); }
+  std::size_t group_of(HeadId h) const { return scope_ == RefScope::same_layer ? std::size_t(h.layer) : 0; }
+  std::size_t block_of(HeadId h) const {
+    return scope_ == RefScope::same_layer ? std::size_t(h.head)
+                                          : std::size_t(h.layer) * std::size_t(heads_) + std::size_t(h.head);
+  }
+  void check(HeadId h, const char* what) const {
+    if (h.layer < 0 || h.layer >= layers_ || h.head < 0 || h.head >= heads_)
+      detail::fail("evaluate: ", what, " (", h.layer, ", ", h.head, ") is outside ", layers_, " layers x ",
+                   heads_, " heads");
+  }
+  // Gathers rows `sel` of group g into rows_ as float [sel.size(), group_dim()].
+  void gather(const std::vector<AnyHeadsView>& layers, std::size_t g, const std::vector<std::size_t>& sel) {
+    const std::size_t gd = group_dim(), d = std::size_t(dim_);
+    rows_.resize(sel.size() * gd);
+    const std::size_t l0 = scope_ == RefScope::same_layer ? g : 0;
+    const std::size_t l1 = scope_ == RefScope::same_layer ? g + 1 : layers.size();
+    for (std::size_t l = l0; l < l1; ++l) {
+      layers[l].visit([&](auto v) {
+        for (std::size_t r = 0; r < sel.size(); ++r)
+          for (std::size_t h = 0; h < std::size_t(heads_); ++h) {
+            float* dst = rows_.data() + r * gd + ((l - l0) * std::size_t(heads_) + h) * d;
+            const auto* src = v.vec(sel[r], h);
+            for (std::size_t i = 0; i < d; ++i) dst[i] = to_float(src[std::ptrdiff_t(i) * v.stride.dim]);
+          }
+      });
+    }
+  }
+
+  std::int32_t layers_, heads_, dim_;
+  RefScope scope_;
+  std::vector<SplitMoments> groups_;
+  std::vector<float> rows_;  // gather scratch
+};
+
+}  // namespace headrecon
