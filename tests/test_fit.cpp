@@ -167,7 +167,7 @@ TEST_CASE("collinear references fall back to the truncated eigen solve, never Na
   FitOptions ols;
   ols.ridge = RidgeMode::fixed;
   const LinearMap map = fit_ridge(m, d.xc, d.yc, ols);
-  REQUIRE(map.method == SolveMethod::eigen);
+  REQUIRE(map.method == SolveMethod::eigen_fallback);
   REQUIRE(map.rank == 3);
   REQUIRE(map.rank_deficient());
   for (double w : map.weight) REQUIRE(std::isfinite(w));
@@ -181,6 +181,8 @@ TEST_CASE("collinear references fall back to the truncated eigen solve, never Na
   REQUIRE(r.mean == Approx(scalar_r2(d, 0, d.n, map)).epsilon(1e-6));
   // GCV on the same data is finite too.
   const LinearMap g = fit_ridge(m, d.xc, d.yc, FitOptions{});
+  REQUIRE(g.method == SolveMethod::gcv);
+  REQUIRE(g.rank == 3);
   for (double w : g.weight) REQUIRE(std::isfinite(w));
 }
 

@@ -213,7 +213,7 @@ TEST_CASE("random baseline is valid, seeded, and worse than greedy", "[select]")
   REQUIRE(mean_random < mean_greedy - 0.5);
 }
 
-TEST_CASE("merged head statistics equal one pass; maps recover the planted weights", "[select][calibrate]") {
+TEST_CASE("merged head statistics equal one pass and maps recover the planted weights", "[select][calibrate]") {
   const SyntheticModel model(spec6());
   const HeadMoments one = synthetic_stats(model, Kind::q, RefScope::same_layer, 2000, 2000);
   HeadMoments merged = synthetic_stats(model, Kind::q, RefScope::same_layer, 2000, 300);

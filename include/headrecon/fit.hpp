@@ -37,9 +37,15 @@ struct FitOptions {
 
 /// How a map was solved.
 enum class SolveMethod : std::uint8_t {
-  cholesky,  ///< (Cxx + λI) was well conditioned
-  eigen,     ///< truncated eigendecomposition (GCV, or fallback for rank deficiency)
+  cholesky,        ///< fixed λ, (Cxx + λI) well conditioned
+  gcv,             ///< λ chosen by GCV, solved by the (truncated) eigendecomposition
+  eigen_fallback,  ///< fixed λ, but Cholesky failed or was ill-conditioned: truncated eigen solve
 };
+
+/// "cholesky", "gcv" or "eigen-fallback".
+constexpr const char* solve_method_name(SolveMethod m) {
+  return m == SolveMethod::cholesky ? "cholesky" : m == SolveMethod::gcv ? "gcv" : "eigen-fallback";
+}
 
 /// y ≈ Wᵀx + b for x of in_dim and y of out_dim components.
 struct LinearMap {
@@ -162,13 +168,13 @@ inline LinearMap fit_ridge(const Moments& train, const std::vector<std::size_t>&
       map.method = SolveMethod::cholesky;
       map.rank = k;
     } else {
-      map.method = SolveMethod::eigen;  // solved below
+      map.method = SolveMethod::eigen_fallback;  // solved below
     }
   } else {
-    map.method = SolveMethod::eigen;
+    map.method = opt.ridge == RidgeMode::gcv ? SolveMethod::gcv : SolveMethod::eigen_fallback;
   }
 
-  if (scale > 0.0 && map.method == SolveMethod::eigen) {
+  if (scale > 0.0 && map.method != SolveMethod::cholesky) {
     std::vector<double> s, v;
     detail::eigh(cxx, k, s, v);
     const double smax = std::max(s.back(), 0.0);
@@ -216,10 +222,7 @@ inline LinearMap fit_ridge(const Moments& train, const std::vector<std::size_t>&
     map.lambda = lam_rel;
     map.rank = rank;
   }
-  if (scale <= 0.0) {
-    map.method = SolveMethod::eigen;
-    map.rank = 0;
-  }
+  if (scale <= 0.0) map.rank = 0;  // every reference constant: W = 0, b = ȳ
   map.bias.assign(d, 0.0);
   const auto& mu = train.mean();
   for (std::size_t j = 0; j < d; ++j) {

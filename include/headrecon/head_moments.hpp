@@ -5,6 +5,7 @@
 /// one joint group per layer (same-layer references) or one group over all
 /// layers (references from the same or earlier layers).
 
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -77,9 +78,9 @@ class HeadMoments {
       (split.is_heldout(token0 + t) ? test_rows : train_rows).push_back(t);
     }
     for (std::size_t g = 0; g < groups_.size(); ++g) {
-      gather(layers, g, train_rows);
+      gather(layers, g, train_rows, token0);
       groups_[g].train.add_batch(rows_.data(), train_rows.size(), group_dim());
-      gather(layers, g, test_rows);
+      gather(layers, g, test_rows, token0);
       groups_[g].heldout.add_batch(rows_.data(), test_rows.size(), group_dim());
     }
   }
@@ -135,8 +136,10 @@ class HeadMoments {
       detail::fail("evaluate: ", what, " (", h.layer, ", ", h.head, ") is outside ", layers_, " layers x ",
                    heads_, " heads");
   }
-  // Gathers rows `sel` of group g into rows_ as float [sel.size(), group_dim()].
-  void gather(const std::vector<AnyHeadsView>& layers, std::size_t g, const std::vector<std::size_t>& sel) {
+  // Gathers rows `sel` of group g into rows_ as float [sel.size(), group_dim()];
+  // a non-finite value is an Error naming its layer, token, head and component.
+  void gather(const std::vector<AnyHeadsView>& layers, std::size_t g, const std::vector<std::size_t>& sel,
+              std::uint64_t token0) {
     const std::size_t gd = group_dim(), d = std::size_t(dim_);
     rows_.resize(sel.size() * gd);
     const std::size_t l0 = scope_ == RefScope::same_layer ? g : 0;
@@ -147,7 +150,12 @@ class HeadMoments {
           for (std::size_t h = 0; h < std::size_t(heads_); ++h) {
             float* dst = rows_.data() + r * gd + ((l - l0) * std::size_t(heads_) + h) * d;
             const auto* src = v.vec(sel[r], h);
-            for (std::size_t i = 0; i < d; ++i) dst[i] = to_float(src[std::ptrdiff_t(i) * v.stride.dim]);
+            for (std::size_t i = 0; i < d; ++i) {
+              dst[i] = to_float(src[std::ptrdiff_t(i) * v.stride.dim]);
+              if (!std::isfinite(dst[i]))
+                detail::fail("non-finite value ", dst[i], " at layer ", l, ", token ", token0 + sel[r], ", head ",
+                             h, ", component ", i);
+            }
           }
       });
     }

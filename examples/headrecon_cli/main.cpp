@@ -1,0 +1,142 @@
+// headrecon: the command-line tool (fit, inspect, synth, demo).
+#include <filesystem>
+#include <iostream>
+#include <string>
+
+#include "args.hpp"
+#include "fit_command.hpp"
+#include "inspect_command.hpp"
+#include "synth_command.hpp"
+
+using namespace headrecon;
+using namespace headrecon::cli;
+
+namespace {
+const char* usage = R"(usage: headrecon COMMAND [options]
+
+commands:
+  fit --acts FILE --out PLAN [--kind k|v|q ...] [--strategy greedy|shared|graph|fixed|random]
+      [--budget F] [--refs N] [--holdout F] [--holdout-block N] [--ridge auto|LAMBDA]
+      [--sink S] [--same-layer] [--fixed SPEC] [--seed N] [--min-refs N] [--max-refs N]
+      [--batch N] [--max-tokens N]
+        fit a plan on captured activations and print held-out R2 per layer x head
+  inspect PLAN
+        print what a plan holds
+  synth --out FILE [--layers N] [--heads N] [--q-per-kv N] [--dim D] [--tokens N]
+      [--seq-len N] [--noise F] [--seed N] [--dtype f32|f16|bf16]
+        write activations with planted linear structure
+  demo [--dir DIR]
+        synth + fit (K and V) + inspect on a built-in synthetic model
+
+budget: fraction of heads per layer whose K/V stay cached (0.4 on 5 heads keeps 2).
+)";
+
+int cmd_fit(int argc, char** argv) {
+  Args a(argc, argv, 2,
+         {"--acts", "--out", "--kind", "--strategy", "--budget", "--refs", "--holdout", "--holdout-block", "--ridge",
+          "--sink", "--fixed", "--seed", "--min-refs", "--max-refs", "--batch", "--max-tokens"},
+         {"--same-layer"});
+  FitConfig c;
+  c.acts = a.required("--acts");
+  c.out = a.required("--out");
+  if (a.has("--kind")) {
+    c.kinds.clear();
+    for (const auto& k : a.all("--kind")) c.kinds.push_back(parse_kind(k));
+  }
+  c.strategy = a.str("--strategy", "greedy");
+  c.fixed_spec = a.str("--fixed", "");
+  c.ridge = a.str("--ridge", "auto");
+  parse_ridge(c.ridge);  // validate early
+  c.select.budget = a.num("--budget", 0.5);
+  c.select.max_refs = int(a.integer("--refs", 0, 0, 64));
+  c.select.seed = std::uint64_t(a.integer("--seed", 0, 0, 1L << 40));
+  c.select.validate();
+  c.accumulate.split.fraction = a.num("--holdout", 0.25);
+  c.accumulate.split.block = std::uint64_t(a.integer("--holdout-block", 1, 1, 1L << 30));
+  c.accumulate.split.seed = c.select.seed;
+  c.accumulate.split.validate();
+  c.accumulate.sink_tokens = std::int32_t(a.integer("--sink", 0, 0, 1L << 20));
+  c.accumulate.scope = a.has("--same-layer") ? RefScope::same_layer : RefScope::cross_layer;
+  c.accumulate.batch_tokens = std::size_t(a.integer("--batch", 2048, 1, 1L << 24));
+  c.accumulate.max_tokens = std::size_t(a.integer("--max-tokens", 0, 0, 1L << 40));
+  c.graph_min_refs = int(a.integer("--min-refs", 4, 1, 64));
+  c.graph_max_refs = int(a.integer("--max-refs", 6, 1, 64));
+  if (!a.positional().empty()) detail::fail("fit: unexpected argument '", a.positional()[0], "'");
+  run_fit(c, std::cout);
+  return 0;
+}
+
+int cmd_synth(int argc, char** argv) {
+  Args a(argc, argv, 2,
+         {"--out", "--layers", "--heads", "--q-per-kv", "--dim", "--tokens", "--seq-len", "--noise", "--seed",
+          "--dtype"},
+         {});
+  SynthConfig c;
+  c.out = a.required("--out");
+  c.spec.n_layers = std::int32_t(a.integer("--layers", 4, 1, 1024));
+  c.spec.n_heads = std::int32_t(a.integer("--heads", 4, 1, 1024));
+  c.spec.q_per_kv = std::int32_t(a.integer("--q-per-kv", 2, 1, 64));
+  c.spec.head_dim = std::int32_t(a.integer("--dim", 32, 1, 1024));
+  c.spec.noise = a.num("--noise", 0.1);
+  c.spec.seed = std::uint64_t(a.integer("--seed", 1, 0, 1L << 40));
+  c.tokens = std::size_t(a.integer("--tokens", 8192, 1, 1L << 32));
+  c.seq_len = std::size_t(a.integer("--seq-len", 1024, 1, 1L << 32));
+  const std::string dt = a.str("--dtype", "f32");
+  c.dtype = dt == "f32" ? DType::f32 : dt == "f16" ? DType::f16 : dt == "bf16" ? DType::bf16 : DType::f32;
+  if (dt != "f32" && dt != "f16" && dt != "bf16") detail::fail("--dtype must be f32, f16 or bf16, got ", dt);
+  if (c.spec.noise < 0) detail::fail("--noise must be >= 0");
+  run_synth(c, std::cout);
+  return 0;
+}
+
+int cmd_demo(int argc, char** argv) {
+  Args a(argc, argv, 2, {"--dir"}, {});
+  const std::filesystem::path dir = a.str("--dir", "headrecon-demo");
+  std::filesystem::create_directories(dir);
+  SynthConfig s;
+  s.out = (dir / "synthetic_acts.safetensors").string();
+  s.spec.n_layers = 6;
+  s.spec.n_heads = 4;
+  s.spec.q_per_kv = 2;
+  s.spec.head_dim = 32;
+  s.spec.noise = 0.2;
+  s.tokens = 16384;
+  std::cout << "# 1. synthetic activations with planted structure\n";
+  run_synth(s, std::cout);
+  FitConfig f;
+  f.acts = s.out;
+  f.out = (dir / "plan.safetensors").string();
+  f.kinds = {Kind::k, Kind::v};
+  f.accumulate.sink_tokens = 4;
+  f.select.max_refs = 2;
+  std::cout << "\n# 2. fit: greedy selection, half of the K and V heads rebuilt from 2 references\n";
+  run_fit(f, std::cout);
+  std::cout << "\n# 3. the plan file\n";
+  run_inspect(f.out, std::cout);
+  return 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    std::cout << usage;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    if (cmd == "fit") return cmd_fit(argc, argv);
+    if (cmd == "synth") return cmd_synth(argc, argv);
+    if (cmd == "demo") return cmd_demo(argc, argv);
+    if (cmd == "inspect") {
+      Args a(argc, argv, 2, {}, {});
+      if (a.positional().size() != 1) detail::fail("inspect takes one plan file");
+      run_inspect(a.positional()[0], std::cout);
+      return 0;
+    }
+    std::cerr << "headrecon: unknown command '" << cmd << "'\n" << usage;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "headrecon " << cmd << ": error: " << e.what() << "\n";
+    return 1;
+  }
+}

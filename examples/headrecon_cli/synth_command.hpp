@@ -1,0 +1,50 @@
+#pragma once
+// `headrecon synth`: writes activations with planted linear structure.
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "headrecon/activations_io.hpp"
+#include "headrecon/synthetic.hpp"
+
+namespace headrecon::cli {
+
+struct SynthConfig {
+  std::string out;
+  SyntheticSpec spec;
+  std::size_t tokens = 8192, seq_len = 1024;
+  DType dtype = DType::f32;
+};
+
+inline void run_synth(const SynthConfig& c, std::ostream& os) {
+  const SyntheticModel model(c.spec);
+  KindHeads heads;
+  for (Kind k : {Kind::q, Kind::k, Kind::v}) heads[k] = std::size_t(model.n_heads(k));
+  const std::size_t d = std::size_t(c.spec.head_dim), L = std::size_t(c.spec.n_layers);
+  ActivationWriter w(c.out, L, c.tokens, d, heads, c.dtype, /*post_rope=*/true, /*has_positions=*/true,
+                     {{"generator", "headrecon synth"}, {"seed", std::to_string(c.spec.seed)}});
+  const std::size_t batch = 1024;
+  std::vector<float> buf;
+  for (std::size_t t0 = 0; t0 < c.tokens; t0 += batch) {
+    const std::size_t n = std::min(batch, c.tokens - t0);
+    for (std::size_t l = 0; l < L; ++l)
+      for (Kind k : {Kind::q, Kind::k, Kind::v}) {
+        buf.resize(n * heads[k] * d);
+        model.generate(k, std::int32_t(l), t0, n, buf.data());
+        w.write(l, k, t0, make_view<const float>(buf.data(), buf.size(), Extents3{n, heads[k], d}, Layout::token_major));
+      }
+    std::vector<std::int32_t> pos(n);
+    for (std::size_t i = 0; i < n; ++i) pos[i] = std::int32_t((t0 + i) % c.seq_len);
+    w.write_positions(t0, pos.data(), n);
+  }
+  w.finish();
+  os << "wrote " << c.out << ": " << L << " layers, " << c.tokens << " tokens (sequences of " << c.seq_len
+     << "), q/k/v heads " << heads.q << "/" << heads.k << "/" << heads.v << ", head_dim " << d << ", "
+     << dtype_name(c.dtype) << "\n";
+  os << "planted: in every layer and kind, heads " << model.n_base(Kind::k) << ".." << heads.k - 1
+     << " (K/V) are linear maps of two of heads 0.." << model.n_base(Kind::k) - 1 << " plus noise "
+     << c.spec.noise << "\n";
+}
+
+}  // namespace headrecon::cli
