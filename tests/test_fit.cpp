@@ -215,7 +215,7 @@ TEST_CASE("constant dimensions: constant references, constant targets", "[fit][h
   REQUIRE(score_r2(c, {0}, {1}, zero).mean == Approx(0.0).margin(1e-12));
 }
 
-TEST_CASE("fixed ridge equals the closed form; GCV regularizes small noisy problems", "[fit][ridge]") {
+TEST_CASE("fixed ridge equals the closed form and GCV regularizes small noisy problems", "[fit][ridge]") {
   const Data d = planted(400, 20, 3, 1.0, 5);
   const Moments m = moments_of(d, 0, d.n);
   FitOptions o;
