@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# End-to-end checks of the headrecon tool: synth -> fit -> inspect on planted
+# data, and that misuse fails with a non-zero exit and a message naming it.
+# Usage: cli_test.sh PATH/TO/headrecon
+set -u
+tool="$1"
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAILED: $*"; }
+# expect_ok NAME REGEX CMD...: exit 0 and output matching REGEX
+expect_ok() {
+  local name=$1 re=$2; shift 2
+  local out; out=$("$@" 2>&1); local rc=$?
+  if [ $rc -eq 0 ] && grep -Eq -- "$re" <<<"$out"; then ok; else bad "$name (rc $rc)"; echo "$out" | tail -20; fi
+}
+# expect_fail NAME REGEX CMD...: non-zero exit and stderr matching REGEX
+expect_fail() {
+  local name=$1 re=$2; shift 2
+  local err; err=$("$@" 2>&1 >/dev/null); local rc=$?
+  if [ $rc -ne 0 ] && grep -Eq -- "$re" <<<"$err"; then ok; else bad "$name (rc $rc)"; echo "$err" | tail -5; fi
+}
+
+acts=$dir/acts.safetensors
+expect_ok synth "wrote .*3 layers, 6000 tokens" \
+  "$tool" synth --out "$acts" --layers 3 --heads 6 --q-per-kv 2 --dim 16 --tokens 6000 --seq-len 500 --noise 0.05 --dtype bf16
+for strat in greedy shared random; do
+  expect_ok "fit $strat" "mean held-out R2 \(k\): " \
+    "$tool" fit --acts "$acts" --kind k --kind v --strategy $strat --refs 2 --out "$dir/$strat.plan" --sink 4
+done
+# Planted heads are found: greedy's held-out R2 is high and 50% of the KV cache is saved.
+expect_ok "greedy quality" "mean held-out R2 \(v\): 0\.9[5-9]" \
+  "$tool" fit --acts "$acts" --kind v --refs 2 --out "$dir/g.plan" --same-layer
+expect_ok "kv saved" "KV cache saved: 18 of 36 K/V heads rebuilt = 50\.0%" \
+  "$tool" fit --acts "$acts" --kind k --kind v --refs 2 --out "$dir/kv.plan"
+expect_ok "budget 0.2 on 12 Q heads keeps round(2.4) = 2" "q: 3 layers x 12 heads.*keep 2, rebuild 10 per layer" \
+  "$tool" fit --acts "$acts" --kind q --budget 0.2 --refs 2 --out "$dir/q.plan" --ridge 0
+expect_ok "graph" "graph: edge threshold" \
+  "$tool" fit --acts "$acts" --kind k --strategy graph --min-refs 2 --max-refs 2 --out "$dir/graph.plan"
+expect_ok "fixed" "k 1\.5 <- 1\.0 1\.1" \
+  "$tool" fit --acts "$acts" --kind k --strategy fixed --fixed "1.5=1.0,1.1" --out "$dir/fixed.plan"
+expect_ok inspect "k: 6 heads/layer, 9 of 18 rebuilt" "$tool" inspect "$dir/greedy.plan"
+
+expect_fail "missing file" "nope\.safetensors" "$tool" fit --acts "$dir/nope.safetensors" --out "$dir/x.plan"
+expect_fail "bad kind" "unknown kind 'x'" "$tool" fit --acts "$acts" --kind x --out "$dir/x.plan"
+expect_fail "bad budget" "budget must be in \(0, 1\]" "$tool" fit --acts "$acts" --budget 1.5 --out "$dir/x.plan"
+expect_fail "bad ridge" "--ridge: 'abc' is not a number" "$tool" fit --acts "$acts" --ridge abc --out "$dir/x.plan"
+expect_fail "unknown option" "unknown option --bogus" "$tool" fit --acts "$acts" --bogus 1 --out "$dir/x.plan"
+expect_fail "missing out" "missing required option --out" "$tool" fit --acts "$acts"
+expect_fail "bad strategy" "unknown strategy 'best'" "$tool" fit --acts "$acts" --strategy best --out "$dir/x.plan"
+expect_fail "fixed bad spec" "expected '='" "$tool" fit --acts "$acts" --strategy fixed --fixed "1.5" --out "$dir/x.plan"
+expect_fail "inspect activations" "format" "$tool" inspect "$acts"
+head -c 100 "$dir/greedy.plan" > "$dir/trunc.plan"
+expect_fail "inspect truncated" "trunc\.plan" "$tool" inspect "$dir/trunc.plan"
+expect_fail "unknown command" "unknown command 'fitt'" "$tool" fitt
+[ ! -e "$dir/x.plan" ] && ok || bad "a failed fit left a plan file behind"
+
+echo "$pass passed, $fail failed"
+[ $fail -eq 0 ]
