@@ -1,0 +1,220 @@
+#pragma once
+/// @file plan_io.hpp
+/// Saving and loading a Plan as a `headrecon.plan` safetensors file.
+///
+/// Metadata: format = headrecon.plan, version = 1, head_dim, n_layers,
+/// post_rope (true/false), sink_tokens, kinds ("k,v"), {kind}.n_heads.
+/// Tensors per target {kind}.{layer}.{head}: .weight F32 [k*d, d], .bias F32
+/// [d], .refs I32 [k, 2] (layer, head), .r2 F32 [1].
+
+#include <array>
+#include <cstdint>
+#include <limits>
+#include <map>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "headrecon/error.hpp"
+#include "headrecon/plan.hpp"
+#include "headrecon/safetensors.hpp"
+
+namespace headrecon {
+
+namespace detail {
+inline constexpr std::string_view plan_format = "headrecon.plan";
+inline constexpr std::string_view plan_version = "1";
+inline constexpr std::array<std::string_view, 4> plan_fields = {"weight", "bias", "refs", "r2"};
+
+inline bool plan_reserved_key(const std::string& key) {
+  static constexpr std::string_view fixed[] = {"format",      "version",  "head_dim", "n_layers",
+                                               "post_rope",   "sink_tokens", "kinds"};
+  for (auto k : fixed)
+    if (key == k) return true;
+  for (auto k : {"q", "k", "v"})
+    if (key == std::string(k) + ".n_heads") return true;
+  return false;
+}
+
+inline std::string target_prefix(Kind kind, std::int64_t layer, std::int64_t head) {
+  return std::string(kind_name(kind)) + "." + std::to_string(layer) + "." + std::to_string(head);
+}
+}  // namespace detail
+
+/// Validates `plan` and writes it to `path` (atomically, via PATH.tmp).
+/// `extra_metadata` adds free-form keys; a key the format reserves is an Error.
+inline void save_plan(const Plan& plan, const std::string& path,
+                      const std::map<std::string, std::string>& extra_metadata = {}) {
+  try {
+    plan.validate();
+  } catch (const Error& e) {
+    detail::fail(path, ": cannot save an invalid plan: ", e.what());
+  }
+  SafetensorsWriter w(path);
+  for (const auto& [k, v] : extra_metadata) {
+    if (detail::plan_reserved_key(k))
+      detail::fail(path, ": extra metadata key '", k, "' is reserved by the plan format");
+    w.set_metadata(k, v);
+  }
+  w.set_metadata("format", std::string(detail::plan_format));
+  w.set_metadata("version", std::string(detail::plan_version));
+  w.set_metadata("head_dim", std::to_string(plan.head_dim));
+  w.set_metadata("n_layers", std::to_string(plan.n_layers));
+  w.set_metadata("post_rope", plan.post_rope ? "true" : "false");
+  w.set_metadata("sink_tokens", std::to_string(plan.sink_tokens));
+  std::string kinds;
+  for (const KindPlan& kp : plan.kinds) {
+    if (!kinds.empty()) kinds += ',';
+    kinds += kind_name(kp.kind);
+    w.set_metadata(std::string(kind_name(kp.kind)) + ".n_heads", std::to_string(kp.n_heads));
+  }
+  w.set_metadata("kinds", kinds);
+
+  const std::uint64_t d = std::uint64_t(plan.head_dim);
+  for (const KindPlan& kp : plan.kinds)
+    for (const auto& layer : kp.layers)
+      for (const TargetMap& t : layer) {
+        const std::string p = detail::target_prefix(kp.kind, t.target.layer, t.target.head);
+        const std::uint64_t k = t.refs.size();
+        w.reserve(p + ".weight", "F32", {k * d, d});
+        w.reserve(p + ".bias", "F32", {d});
+        std::vector<std::int32_t> refs;
+        for (const HeadId& r : t.refs) refs.insert(refs.end(), {r.layer, r.head});
+        w.add(p + ".refs", "I32", {k, 2}, refs.data(), refs.size() * sizeof(std::int32_t));
+        w.add(p + ".r2", "F32", {1}, &t.r2_heldout, sizeof(float));
+      }
+  w.begin_stream();
+  for (const KindPlan& kp : plan.kinds)
+    for (const auto& layer : kp.layers)
+      for (const TargetMap& t : layer) {
+        const std::string p = detail::target_prefix(kp.kind, t.target.layer, t.target.head);
+        w.write_rows(p + ".weight", 0, t.weight.data(), t.weight.size() * sizeof(float));
+        w.write_rows(p + ".bias", 0, t.bias.data(), t.bias.size() * sizeof(float));
+      }
+  w.finish();
+}
+
+/// Reads a plan written by save_plan(). Checks format and version, every
+/// metadata number, every tensor name, dtype and shape, that each target has
+/// all four tensors, and finally Plan::validate(); throws Error naming the
+/// file and the offending key or tensor. Unknown metadata keys are ignored.
+inline Plan load_plan(const std::string& path) {
+  const SafetensorsFile f(path);
+  const auto& md = f.metadata();
+  detail::meta_check_format(md, path, detail::plan_format, detail::plan_version);
+  constexpr std::uint64_t i32max = std::uint64_t(std::numeric_limits<std::int32_t>::max());
+  Plan plan;
+  plan.head_dim = std::int32_t(detail::meta_uint(md, path, "head_dim", 1, i32max));
+  plan.n_layers = std::int32_t(detail::meta_uint(md, path, "n_layers", 1, i32max));
+  plan.post_rope = detail::meta_bool(md, path, "post_rope");
+  plan.sink_tokens = std::int32_t(detail::meta_uint(md, path, "sink_tokens", 0, i32max));
+
+  const std::string& kinds = detail::meta_get(md, path, "kinds");
+  if (!kinds.empty()) {
+    std::size_t start = 0;
+    for (;;) {
+      const std::size_t comma = kinds.find(',', start);
+      const std::string name = kinds.substr(start, comma == std::string::npos ? comma : comma - start);
+      Kind kind = Kind::k;
+      try {
+        kind = parse_kind(name);
+      } catch (const Error& e) {
+        detail::fail(path, ": metadata 'kinds' = '", kinds, "': ", e.what());
+      }
+      if (plan.find(kind)) detail::fail(path, ": metadata 'kinds' = '", kinds, "' lists ", name, " twice");
+      KindPlan kp;
+      kp.kind = kind;
+      kp.n_heads = std::int32_t(detail::meta_uint(md, path, name + ".n_heads", 1, i32max));
+      kp.layers.resize(std::size_t(plan.n_layers));
+      plan.kinds.push_back(std::move(kp));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  }
+
+  // Group tensors by target (kind index, layer, head); slots follow plan_fields.
+  using Key = std::tuple<std::size_t, std::int32_t, std::int32_t>;
+  std::map<Key, std::array<const TensorInfo*, 4>> targets;
+  for (const TensorInfo& t : f.tensors()) {
+    const auto bad = [&](const auto&... why) {
+      detail::fail(path, ": unexpected tensor '", t.name, "': ", why...,
+                   " (expected KIND.LAYER.HEAD.{weight,bias,refs,r2})");
+    };
+    std::vector<std::string_view> parts;
+    std::string_view rest = t.name;
+    for (;;) {
+      const std::size_t dot = rest.find('.');
+      parts.push_back(rest.substr(0, dot));
+      if (dot == std::string_view::npos) break;
+      rest.remove_prefix(dot + 1);
+    }
+    if (parts.size() != 4) bad("not four dot-separated parts");
+    std::size_t kind_index = plan.kinds.size();
+    for (std::size_t i = 0; i < plan.kinds.size(); ++i)
+      if (kind_name(plan.kinds[i].kind) == parts[0]) kind_index = i;
+    if (kind_index == plan.kinds.size()) bad("kind '", parts[0], "' is not in 'kinds' (", kinds, ")");
+    const KindPlan& kp = plan.kinds[kind_index];
+    std::uint64_t layer = 0, head = 0;
+    if (!detail::parse_decimal(parts[1], i32max, layer) || layer >= std::uint64_t(plan.n_layers))
+      bad("layer '", parts[1], "' is not an integer in [0, ", plan.n_layers, ")");
+    if (!detail::parse_decimal(parts[2], i32max, head) || head >= std::uint64_t(kp.n_heads))
+      bad("head '", parts[2], "' is not an integer in [0, ", kp.n_heads, ")");
+    if (detail::target_prefix(kp.kind, std::int64_t(layer), std::int64_t(head)) + "." +
+            std::string(parts[3]) != t.name)
+      bad("layer and head must be written without leading zeros");
+    std::size_t field = detail::plan_fields.size();
+    for (std::size_t i = 0; i < detail::plan_fields.size(); ++i)
+      if (detail::plan_fields[i] == parts[3]) field = i;
+    if (field == detail::plan_fields.size()) bad("unknown field '", parts[3], "'");
+    // operator[] value-initializes a new entry: all four slots null.
+    targets[Key{kind_index, std::int32_t(layer), std::int32_t(head)}][field] = &t;
+  }
+
+  const std::uint64_t d = std::uint64_t(plan.head_dim);
+  for (const auto& [key, slots] : targets) {
+    const auto& [kind_index, layer, head] = key;
+    KindPlan& kp = plan.kinds[kind_index];
+    const std::string prefix = detail::target_prefix(kp.kind, layer, head);
+    for (std::size_t i = 0; i < slots.size(); ++i)
+      if (!slots[i])
+        detail::fail(path, ": target ", prefix, " is missing tensor '", prefix, ".",
+                     detail::plan_fields[i], "'");
+    const auto check = [&](const TensorInfo& t, std::string_view dtype,
+                           const std::vector<std::uint64_t>& shape, const char* shape_desc) {
+      if (t.dtype != dtype)
+        detail::fail(path, ": tensor '", t.name, "' has dtype ", t.dtype, ", expected ", dtype);
+      if (t.shape != shape)
+        detail::fail(path, ": tensor '", t.name, "' has shape ", detail::shape_str(t.shape),
+                     ", expected ", shape_desc, " = ", detail::shape_str(shape));
+    };
+    const TensorInfo& refs_t = *slots[2];
+    if (refs_t.dtype != "I32")
+      detail::fail(path, ": tensor '", refs_t.name, "' has dtype ", refs_t.dtype, ", expected I32");
+    if (refs_t.shape.size() != 2 || refs_t.shape[1] != 2 || refs_t.shape[0] == 0)
+      detail::fail(path, ": tensor '", refs_t.name, "' has shape ", detail::shape_str(refs_t.shape),
+                   ", expected [k, 2] with k >= 1");
+    const std::uint64_t k = refs_t.shape[0];
+    check(*slots[0], "F32", {k * d, d}, "[k*d, d]");
+    check(*slots[1], "F32", {d}, "[d]");
+    check(*slots[3], "F32", {1}, "[1]");
+
+    TargetMap tm;
+    tm.target = HeadId{layer, head};
+    const auto refs = f.read_all<std::int32_t>(refs_t.name);
+    for (std::size_t r = 0; r < k; ++r) tm.refs.push_back(HeadId{refs[2 * r], refs[2 * r + 1]});
+    tm.weight = f.read_all<float>(slots[0]->name);
+    tm.bias = f.read_all<float>(slots[1]->name);
+    tm.r2_heldout = f.read_all<float>(slots[3]->name)[0];
+    kp.layers[std::size_t(layer)].push_back(std::move(tm));  // map order: sorted by head
+  }
+
+  try {
+    plan.validate();
+  } catch (const Error& e) {
+    detail::fail(path, ": ", e.what());
+  }
+  return plan;
+}
+
+}  // namespace headrecon
