@@ -170,7 +170,7 @@ TEST_CASE("plan_io: round trip is bitwise exact", "[plan_io]") {
   CHECK(f.get("v.1.0.bias").shape == std::vector<std::uint64_t>{4});
 }
 
-TEST_CASE("plan_io: targets come back sorted by head; empty kinds survive", "[plan_io]") {
+TEST_CASE("plan_io: targets come back sorted by head and empty kinds survive", "[plan_io]") {
   TempDir dir;
   const std::string path = dir.file("plan.safetensors");
   Plan plan = make_plan();

@@ -53,7 +53,7 @@ class SyntheticModel {
           const auto a = std::int32_t(rng.next() % std::uint64_t(base));
           auto b = std::int32_t(rng.next() % std::uint64_t(base - 1));
           if (b >= a) ++b;
-          p.refs = {std::min(a, b), std::max(a, b)};
+          p.refs = std::vector<std::int32_t>{std::min(a, b), std::max(a, b)};
           p.weight.resize(2 * d * d);
           for (auto& w : p.weight) w = float(rng.normal() / std::sqrt(2.0 * double(d)));
           p.bias.resize(d);
