@@ -16,6 +16,10 @@
 #include "headrecon/cpu/convert-inl.h"
 #include "hwy/highway.h"
 
+#ifndef HEADRECON_UNROLL
+#define HEADRECON_UNROLL _Pragma("GCC unroll 16")
+#endif
+
 HWY_BEFORE_NAMESPACE();
 namespace headrecon {
 namespace HWY_NAMESPACE {
@@ -32,24 +36,35 @@ HWY_INLINE void Tile(const float* const* HWY_RESTRICT x, size_t k, const float* 
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
   using Vf = hn::Vec<decltype(df)>;
+  // Fully unrolled so the R×V accumulators stay in registers.
   Vf acc[R][V];
-  for (size_t row = 0; row < R; ++row)
+  HEADRECON_UNROLL
+  for (size_t row = 0; row < R; ++row) {
+    HEADRECON_UNROLL
     for (size_t v = 0; v < V; ++v) acc[row][v] = hn::Zero(df);
+  }
   for (size_t r = 0; r < k; ++r) {
     const float* HWY_RESTRICT wr = w + r * d * d + j0;
     const float* xr[R];
+    HEADRECON_UNROLL
     for (size_t row = 0; row < R; ++row) xr[row] = x[r * R + row];
     for (size_t i = 0; i < d; ++i) {
       Vf wv[V];
+      HEADRECON_UNROLL
       for (size_t v = 0; v < V; ++v) wv[v] = hn::LoadU(df, wr + i * d + v * L);
+      HEADRECON_UNROLL
       for (size_t row = 0; row < R; ++row) {
         const Vf xb = hn::Set(df, xr[row][i]);
+        HEADRECON_UNROLL
         for (size_t v = 0; v < V; ++v) acc[row][v] = hn::MulAdd(xb, wv[v], acc[row][v]);
       }
     }
   }
-  for (size_t row = 0; row < R; ++row)
+  HEADRECON_UNROLL
+  for (size_t row = 0; row < R; ++row) {
+    HEADRECON_UNROLL
     for (size_t v = 0; v < V; ++v) hn::StoreU(acc[row][v], df, tile + row * d + j0 + v * L);
+  }
 }
 
 // All columns of an R-row tile: pairs of vectors, one vector, then scalars.
