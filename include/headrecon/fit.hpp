@@ -121,7 +121,7 @@ inline std::vector<double> eigen_solution(const std::vector<double>& v, const st
 
 /// Fits y_cols ≈ Wᵀ x_cols + b from training statistics. Never returns a
 /// non-finite map: singular references fall back to the truncated eigen
-/// solve (LinearMap::method, ::rank say so); all-constant references give
+/// solve (LinearMap::method and LinearMap::rank say so); all-constant references give
 /// W = 0, b = ȳ. Throws Error with fewer than 2 training tokens.
 inline LinearMap fit_ridge(const Moments& train, const std::vector<std::size_t>& x_cols,
                            const std::vector<std::size_t>& y_cols, const FitOptions& opt = {}) {
