@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The whole test suite: C++17 build (library, tool, tests; warnings as errors)
-# and a C++20 build of the tests, each run through ctest.
+# and a C++20 build of the tests, each run through ctest; then the packaging
+# test (install/find_package, pkg-config, add_subdirectory, FetchContent,
+# Conan, vcpkg port) and the API docs (Doxygen, warnings are errors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
+# ctest skips packaging_consumer (it would run once per workflow): it runs below.
+export HEADRECON_PACKAGING_TEST_DEFERRED=1
 cmake --workflow --preset ci-cxx17
 cmake --workflow --preset ci-cxx20
+bash tests/packaging/consumer_test.sh build/packaging
+cmake --build build/ci-cxx17 --target docs
