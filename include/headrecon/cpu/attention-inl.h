@@ -1,0 +1,285 @@
+// Per-target decode attention over a reference-only cache (see cpu/attention.hpp).
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+
+#include "headrecon/cpu/attention_args.hpp"
+#include "headrecon/error.hpp"
+
+#if defined(HEADRECON_CPU_ATTENTION_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef HEADRECON_CPU_ATTENTION_INL_H_
+#undef HEADRECON_CPU_ATTENTION_INL_H_
+#else
+#define HEADRECON_CPU_ATTENTION_INL_H_
+#endif
+
+#include "headrecon/cpu/convert-inl.h"
+#include "hwy/contrib/math/math-inl.h"
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace headrecon {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace attn {
+// Rows of a block as f32 pointers: in place for f32 streams, else converted into scratch.
+HWY_INLINE void BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, float* HWY_RESTRICT scratch,
+                          const float** rows) {
+  for (size_t t = 0; t < nb; ++t) {
+    switch (s.dtype) {
+      case DType::f32: rows[t] = s.row<float>(t0 + t); break;
+      case DType::f16: RowToF32(s.row<f16_t>(t0 + t), scratch + t * d, d); rows[t] = scratch + t * d; break;
+      case DType::bf16: RowToF32(s.row<bf16_t>(t0 + t), scratch + t * d, d); rows[t] = scratch + t * d; break;
+    }
+  }
+}
+
+// score[t] += q·rows[t] for t < nb, four tokens at a time.
+HWY_INLINE void Scores(const float* HWY_RESTRICT q, const float* const* rows, size_t nb, size_t d,
+                       float* HWY_RESTRICT score) {
+  const hn::ScalableTag<float> df;
+  const size_t L = hn::Lanes(df);
+  size_t t = 0;
+  for (; t + 4 <= nb; t += 4) {
+    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
+    size_t i = 0;
+    for (; i + L <= d; i += L) {
+      const auto qv = hn::LoadU(df, q + i);
+      a0 = hn::MulAdd(qv, hn::LoadU(df, rows[t] + i), a0);
+      a1 = hn::MulAdd(qv, hn::LoadU(df, rows[t + 1] + i), a1);
+      a2 = hn::MulAdd(qv, hn::LoadU(df, rows[t + 2] + i), a2);
+      a3 = hn::MulAdd(qv, hn::LoadU(df, rows[t + 3] + i), a3);
+    }
+    float s0 = hn::GetLane(hn::SumOfLanes(df, a0)), s1 = hn::GetLane(hn::SumOfLanes(df, a1));
+    float s2 = hn::GetLane(hn::SumOfLanes(df, a2)), s3 = hn::GetLane(hn::SumOfLanes(df, a3));
+    for (; i < d; ++i) {
+      s0 += q[i] * rows[t][i];
+      s1 += q[i] * rows[t + 1][i];
+      s2 += q[i] * rows[t + 2][i];
+      s3 += q[i] * rows[t + 3][i];
+    }
+    score[t] += s0;
+    score[t + 1] += s1;
+    score[t + 2] += s2;
+    score[t + 3] += s3;
+  }
+  for (; t < nb; ++t) {
+    auto a = hn::Zero(df);
+    size_t i = 0;
+    for (; i + L <= d; i += L) a = hn::MulAdd(hn::LoadU(df, q + i), hn::LoadU(df, rows[t] + i), a);
+    float s = hn::GetLane(hn::SumOfLanes(df, a));
+    for (; i < d; ++i) s += q[i] * rows[t][i];
+    score[t] += s;
+  }
+}
+
+// acc += Σ_t p[t]·rows[t].
+HWY_INLINE void Accumulate(const float* HWY_RESTRICT p, const float* const* rows, size_t nb, size_t d,
+                           float* HWY_RESTRICT acc) {
+  const hn::ScalableTag<float> df;
+  const size_t L = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + 2 * L <= d; i += 2 * L) {
+    auto a0 = hn::LoadU(df, acc + i), a1 = hn::LoadU(df, acc + i + L);
+    for (size_t t = 0; t < nb; ++t) {
+      const auto pv = hn::Set(df, p[t]);
+      a0 = hn::MulAdd(pv, hn::LoadU(df, rows[t] + i), a0);
+      a1 = hn::MulAdd(pv, hn::LoadU(df, rows[t] + i + L), a1);
+    }
+    hn::StoreU(a0, df, acc + i);
+    hn::StoreU(a1, df, acc + i + L);
+  }
+  for (; i + L <= d; i += L) {
+    auto a = hn::LoadU(df, acc + i);
+    for (size_t t = 0; t < nb; ++t) a = hn::MulAdd(hn::Set(df, p[t]), hn::LoadU(df, rows[t] + i), a);
+    hn::StoreU(a, df, acc + i);
+  }
+  for (; i < d; ++i)
+    for (size_t t = 0; t < nb; ++t) acc[i] += p[t] * rows[t][i];
+}
+
+HWY_INLINE void Scale(float* HWY_RESTRICT x, size_t n, float f) {
+  const hn::ScalableTag<float> df;
+  const size_t L = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + L <= n; i += L) hn::StoreU(hn::Mul(hn::LoadU(df, x + i), hn::Set(df, f)), df, x + i);
+  for (; i < n; ++i) x[i] *= f;
+}
+
+// Online softmax over one block: scores become probabilities relative to the
+// new running max; returns the factor that rescales earlier accumulators.
+HWY_INLINE float Softmax(float* HWY_RESTRICT s, size_t nb, float& m, float& l, float* block_sum) {
+  const hn::ScalableTag<float> df;
+  const size_t L = hn::Lanes(df);
+  float mx = -std::numeric_limits<float>::infinity();
+  for (size_t t = 0; t < nb; ++t) mx = s[t] > mx ? s[t] : mx;
+  const float m_new = mx > m ? mx : m;
+  const float factor = m == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(m - m_new);
+  float sum = 0.f;
+  size_t t = 0;
+  const auto mv = hn::Set(df, m_new);
+  auto acc = hn::Zero(df);
+  for (; t + L <= nb; t += L) {
+    const auto e = hn::Exp(df, hn::Sub(hn::LoadU(df, s + t), mv));
+    hn::StoreU(e, df, s + t);
+    acc = hn::Add(acc, e);
+  }
+  sum = hn::GetLane(hn::SumOfLanes(df, acc));
+  for (; t < nb; ++t) {
+    s[t] = std::exp(s[t] - m_new);
+    sum += s[t];
+  }
+  m = m_new;
+  l = l * factor + sum;
+  *block_sum = sum;
+  return factor;
+}
+
+// y[j] += Σ_i x[i]·W[i][j] for row-major W [d, d].
+HWY_INLINE void MapAdd(const float* HWY_RESTRICT x, const float* HWY_RESTRICT w, size_t d, float* HWY_RESTRICT y) {
+  const hn::ScalableTag<float> df;
+  const size_t L = hn::Lanes(df);
+  for (size_t i = 0; i < d; ++i) {
+    const auto xv = hn::Set(df, x[i]);
+    const float* wr = w + i * d;
+    size_t j = 0;
+    for (; j + L <= d; j += L) hn::StoreU(hn::MulAdd(xv, hn::LoadU(df, wr + j), hn::LoadU(df, y + j)), df, y + j);
+    for (; j < d; ++j) y[j] += x[i] * wr[j];
+  }
+}
+
+// y[i] = scale · Σ_j W[i][j]·q[j] for row-major W [d, d].
+HWY_INLINE void MapQuery(const float* HWY_RESTRICT w, const float* HWY_RESTRICT q, size_t d, float scale,
+                         float* HWY_RESTRICT y) {
+  const float* rows[1];
+  for (size_t i = 0; i < d; ++i) {
+    float s = 0.f;
+    rows[0] = w + i * d;
+    Scores(q, rows, 1, d, &s);
+    y[i] = scale * s;
+  }
+}
+}  // namespace attn
+
+/// One decode step (see DecodeAttentionArgs). Throws Error on inconsistent
+/// arguments or a short workspace; never allocates.
+inline HWY_NOINLINE void DecodeAttention(const DecodeAttentionArgs& a) {
+  if (!a.plan || !a.q || !a.out) detail::fail("decode_attention: plan, q and out are required");
+  const AttentionLayerPlan& p = *a.plan;
+  const size_t d = p.head_dim, H = p.n_q_heads, G = p.n_q_heads / p.n_kv_heads, B = kAttnBlock;
+  if (a.n_sink + a.n_body == 0) detail::fail("decode_attention: no tokens to attend to");
+  if (a.n_sink && (!a.sink_k || !a.sink_v)) detail::fail("decode_attention: ", a.n_sink, " sink tokens but no sink streams");
+  if (a.n_body && (!a.k_streams || !a.v_streams)) detail::fail("decode_attention: body tokens but no streams");
+  if (!a.workspace || a.workspace_floats < decode_attention_workspace_floats(p))
+    detail::fail("decode_attention: workspace of ", a.workspace_floats, " floats, need ",
+                 decode_attention_workspace_floats(p));
+  float* qv = a.workspace;                 // [n_qvecs][d]
+  float* acc = qv + p.n_qvecs * d;         // [n_accs][d]
+  float* sc = acc + p.n_accs * d;          // [H][B]
+  float* m = sc + H * B;                   // [H]
+  float* l = m + H;                        // [H]
+  float* mass = l + H;                     // [H] body probability mass (bias of rebuilt V)
+  float* qb = mass + H;                    // [H] scale·q·b_K of rebuilt K
+  float* scratch = qb + H;                 // [B][d]
+  const float* rows[kAttnBlock];
+
+  // Query vectors: raw (scaled) per head, then the absorbed ones W_r q.
+  for (size_t h = 0; h < H; ++h) {
+    const float* q = a.q + h * d;
+    for (size_t i = 0; i < d; ++i) qv[h * d + i] = a.scale * q[i];
+    m[h] = -std::numeric_limits<float>::infinity();
+    l[h] = mass[h] = qb[h] = 0.f;
+    const auto& ks = p.k[h / G];
+    if (ks.rebuilt) {
+      float s = 0.f;
+      for (size_t i = 0; i < d; ++i) s += q[i] * ks.bias[i];
+      qb[h] = a.scale * s;
+    }
+  }
+  for (size_t s = 0; s < p.n_k_streams; ++s)
+    for (const auto& job : p.k_jobs[s]) {
+      if (job.vec < H) continue;
+      const auto& ks = p.k[job.head / G];
+      size_t r = 0;
+      while (ks.streams[r] != s) ++r;
+      attn::MapQuery(ks.weight + r * d * d, a.q + job.head * d, d, a.scale, qv + job.vec * d);
+    }
+  for (size_t i = 0; i < p.n_accs * d; ++i) acc[i] = 0.f;
+
+  // Sink tokens: exact K and V of every head.
+  for (size_t b0 = 0; b0 < a.n_sink; b0 += B) {
+    const size_t nb = a.n_sink - b0 < B ? a.n_sink - b0 : B;
+    for (size_t i = 0; i < H * B; ++i) sc[i] = 0.f;
+    for (size_t g = 0; g < p.n_kv_heads; ++g) {
+      attn::BlockRows(a.sink_k[g], b0, nb, d, scratch, rows);
+      for (size_t h = g * G; h < (g + 1) * G; ++h) attn::Scores(qv + h * d, rows, nb, d, sc + h * B);
+    }
+    for (size_t h = 0; h < H; ++h) {
+      float bs;
+      const float f = attn::Softmax(sc + h * B, nb, m[h], l[h], &bs);
+      attn::Scale(acc + h * d, d, f);
+      mass[h] *= f;
+    }
+    for (size_t g = 0; g < p.n_kv_heads; ++g) {
+      attn::BlockRows(a.sink_v[g], b0, nb, d, scratch, rows);
+      for (size_t h = g * G; h < (g + 1) * G; ++h) attn::Accumulate(sc + h * B, rows, nb, d, acc + h * d);
+    }
+  }
+  // Rebuilt-V accumulators of head h, for rescaling.
+  auto scale_head = [&](size_t h, float f) {
+    attn::Scale(acc + h * d, d, f);
+    const auto& vs = p.v[h / G];
+    if (!vs.rebuilt) return;
+    for (size_t s = 0; s < p.n_v_streams; ++s)
+      for (const auto& job : p.v_jobs[s])
+        if (job.head == h && job.vec >= H) attn::Scale(acc + job.vec * d, d, f);
+  };
+  // Body tokens: reference-only streams.
+  for (size_t b0 = 0; b0 < a.n_body; b0 += B) {
+    const size_t nb = a.n_body - b0 < B ? a.n_body - b0 : B;
+    for (size_t h = 0; h < H; ++h)
+      for (size_t t = 0; t < nb; ++t) sc[h * B + t] = qb[h];
+    for (size_t s = 0; s < p.n_k_streams; ++s) {
+      if (p.k_jobs[s].empty()) continue;
+      attn::BlockRows(a.k_streams[s], b0, nb, d, scratch, rows);
+      for (const auto& job : p.k_jobs[s]) attn::Scores(qv + job.vec * d, rows, nb, d, sc + job.head * B);
+    }
+    for (size_t h = 0; h < H; ++h) {
+      float bs;
+      const float f = attn::Softmax(sc + h * B, nb, m[h], l[h], &bs);
+      if (f != 1.f) scale_head(h, f);
+      mass[h] = mass[h] * f + bs;
+    }
+    for (size_t s = 0; s < p.n_v_streams; ++s) {
+      if (p.v_jobs[s].empty()) continue;
+      attn::BlockRows(a.v_streams[s], b0, nb, d, scratch, rows);
+      for (const auto& job : p.v_jobs[s]) attn::Accumulate(sc + job.head * B, rows, nb, d, acc + job.vec * d);
+    }
+  }
+  // Output: direct accumulator, plus the mapped reference accumulators and
+  // the bias weighted by the body's probability mass, over the softmax sum.
+  for (size_t h = 0; h < H; ++h) {
+    float* o = a.out + h * d;
+    for (size_t i = 0; i < d; ++i) o[i] = acc[h * d + i];
+    const auto& vs = p.v[h / G];
+    if (vs.rebuilt) {
+      for (size_t s = 0; s < p.n_v_streams; ++s)
+        for (const auto& job : p.v_jobs[s]) {
+          if (job.head != h || job.vec < H) continue;
+          size_t r = 0;
+          while (vs.streams[r] != s) ++r;
+          attn::MapAdd(acc + job.vec * d, vs.weight + r * d * d, d, o);
+        }
+      for (size_t i = 0; i < d; ++i) o[i] += mass[h] * vs.bias[i];
+    }
+    attn::Scale(o, d, 1.f / l[h]);
+  }
+}
+
+}  // namespace HWY_NAMESPACE
+}  // namespace headrecon
+HWY_AFTER_NAMESPACE();
+
+#endif  // HEADRECON_CPU_ATTENTION_INL_H_
