@@ -1,0 +1,389 @@
+#pragma once
+// A small f32 forward pass of the Llama family (GGUF architectures "llama" and
+// "qwen2") for the example engine: token embedding, RMSNorm, RoPE, grouped-
+// query causal attention over a KV cache, SwiGLU FFN, final norm, logits.
+// Weights are dequantized once at load; the matrix products run on BLAS
+// (sgemm). Hooks expose each layer's Q, K, V before and/or after RoPE.
+//
+// RoPE layout: llama.cpp rotates adjacent pairs (x[2i], x[2i+1]) for
+// LLM_ARCH_LLAMA (the converter permutes the Q/K weight rows of HF checkpoints
+// so that this equals HF's rotate_half on the original rows) and halves
+// (x[i], x[i + n_rot/2]) ("NEOX") for qwen2. Captured Q/K are in the GGUF row
+// order of the weights: for llama that is the permuted order, a fixed
+// permutation of HF's components within each head.
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "gguf.hpp"
+#include "headrecon/detail/lapack.hpp"
+
+extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+
+namespace headrecon_engine {
+
+/// Sets the BLAS thread count when the BLAS is OpenBLAS; returns false otherwise.
+inline bool set_blas_threads(int n) {
+  if (!openblas_set_num_threads) return false;
+  openblas_set_num_threads(n);
+  return true;
+}
+
+/// Row-major C(m×n) = alpha·op(A)·op(B) + beta·C in single precision.
+inline void sgemm_rm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda,
+                     const float* b, int ldb, float beta, float* c, int ldc) {
+  const char tas = ta ? 'T' : 'N', tbs = tb ? 'T' : 'N';
+  sgemm_(&tbs, &tas, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
+}
+
+/// Hyperparameters read from the GGUF metadata.
+struct LlamaConfig {
+  std::string arch;
+  std::size_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0,
+              n_vocab = 0, n_ctx_train = 0, n_rot = 0;
+  double rope_base = 10000.0, rms_eps = 1e-5;
+  bool rope_neox = false;  // false: pairs (2i, 2i+1); true: (i, i + n_rot/2)
+  bool tied_output = false;
+
+  std::size_t q_dim() const { return n_head * head_dim; }
+  std::size_t kv_dim() const { return n_head_kv * head_dim; }
+};
+
+/// The model's weights as float, row-major [out][in] (GGUF ne[0] = in).
+class LlamaModel {
+ public:
+  struct Layer {
+    std::vector<float> attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+  };
+
+  explicit LlamaModel(const GgufFile& f) : path_(f.path()) {
+    LlamaConfig& c = cfg_;
+    c.arch = f.get_string("general.architecture");
+    if (c.arch == "llama")
+      c.rope_neox = false;
+    else if (c.arch == "qwen2")
+      c.rope_neox = true;
+    else
+      fail(path_, ": architecture '", c.arch, "' is not supported (supported: llama, qwen2)");
+    const std::string a = c.arch + ".";
+    c.n_layer = f.get_uint(a + "block_count");
+    c.n_embd = f.get_uint(a + "embedding_length");
+    c.n_ff = f.get_uint(a + "feed_forward_length");
+    c.n_head = f.get_uint(a + "attention.head_count");
+    c.n_head_kv = f.get_uint(a + "attention.head_count_kv", c.n_head);
+    c.n_ctx_train = f.get_uint(a + "context_length", 0);
+    if (c.n_layer == 0 || c.n_embd == 0 || c.n_head == 0 || c.n_head_kv == 0 || c.n_ff == 0)
+      fail(path_, ": zero block_count, embedding_length, head_count, head_count_kv or feed_forward_length");
+    if (c.n_head % c.n_head_kv != 0)
+      fail(path_, ": head_count ", c.n_head, " is not a multiple of head_count_kv ", c.n_head_kv);
+    c.head_dim = f.get_uint(a + "attention.key_length", c.n_embd / c.n_head);
+    if (f.get_uint(a + "attention.value_length", c.head_dim) != c.head_dim)
+      fail(path_, ": attention.value_length differs from key_length (not supported)");
+    c.n_rot = f.get_uint(a + "rope.dimension_count", c.head_dim);
+    if (c.n_rot > c.head_dim || c.n_rot % 2 != 0)
+      fail(path_, ": rope.dimension_count ", c.n_rot, " must be even and <= head_dim ", c.head_dim);
+    c.rope_base = f.get_float(a + "rope.freq_base", 10000.0);
+    c.rms_eps = f.get_float(a + "attention.layer_norm_rms_epsilon");
+    if (f.find(a + "rope.scaling.type") && f.get_string(a + "rope.scaling.type") != "none")
+      fail(path_, ": rope scaling '", f.get_string(a + "rope.scaling.type"), "' is not supported");
+
+    const GgufTensor& emb = f.tensor("token_embd.weight");
+    if (emb.n_dims != 2 || emb.ne[0] != c.n_embd)
+      fail(path_, ": tensor 'token_embd.weight' has shape ", emb.shape_str(), ", expected [", c.n_embd, ", n_vocab]");
+    c.n_vocab = emb.ne[1];
+    if (f.find(a + "vocab_size") && f.get_uint(a + "vocab_size") != c.n_vocab)
+      fail(path_, ": ", a, "vocab_size = ", f.get_uint(a + "vocab_size"), " but token_embd.weight has ",
+           c.n_vocab, " rows");
+    tok_embd_ = load(f, "token_embd.weight", {c.n_embd, c.n_vocab});
+    output_norm_ = load(f, "output_norm.weight", {c.n_embd});
+    c.tied_output = f.find_tensor("output.weight") == nullptr;
+    if (!c.tied_output) output_ = load(f, "output.weight", {c.n_embd, c.n_vocab});
+
+    layers_.resize(c.n_layer);
+    for (std::size_t l = 0; l < c.n_layer; ++l) {
+      const std::string p = "blk." + std::to_string(l) + ".";
+      Layer& L = layers_[l];
+      L.attn_norm = load(f, p + "attn_norm.weight", {c.n_embd});
+      L.wq = load(f, p + "attn_q.weight", {c.n_embd, c.q_dim()});
+      L.wk = load(f, p + "attn_k.weight", {c.n_embd, c.kv_dim()});
+      L.wv = load(f, p + "attn_v.weight", {c.n_embd, c.kv_dim()});
+      L.wo = load(f, p + "attn_output.weight", {c.q_dim(), c.n_embd});
+      if (f.find_tensor(p + "attn_q.bias")) {
+        L.bq = load(f, p + "attn_q.bias", {c.q_dim()});
+        L.bk = load(f, p + "attn_k.bias", {c.kv_dim()});
+        L.bv = load(f, p + "attn_v.bias", {c.kv_dim()});
+      }
+      L.ffn_norm = load(f, p + "ffn_norm.weight", {c.n_embd});
+      L.w_gate = load(f, p + "ffn_gate.weight", {c.n_embd, c.n_ff});
+      L.w_up = load(f, p + "ffn_up.weight", {c.n_embd, c.n_ff});
+      L.w_down = load(f, p + "ffn_down.weight", {c.n_ff, c.n_embd});
+    }
+  }
+
+  const LlamaConfig& config() const { return cfg_; }
+  const std::string& path() const { return path_; }
+  const Layer& layer(std::size_t l) const { return layers_[l]; }
+  /// [n_vocab][n_embd]
+  const std::vector<float>& token_embedding() const { return tok_embd_; }
+  const std::vector<float>& output_norm() const { return output_norm_; }
+  /// [n_vocab][n_embd]: output.weight, or the token embedding when tied.
+  const std::vector<float>& output() const { return cfg_.tied_output ? tok_embd_ : output_; }
+  /// How many tensors of each ggml type were loaded.
+  const std::map<std::string, std::size_t>& tensor_types() const { return types_; }
+  std::size_t n_params() const { return n_params_; }
+
+ private:
+  std::vector<float> load(const GgufFile& f, const std::string& name, std::vector<std::uint64_t> shape) {
+    const GgufTensor& t = f.tensor(name);
+    bool ok = t.n_dims == shape.size();
+    for (std::size_t d = 0; ok && d < shape.size(); ++d) ok = t.ne[d] == shape[d];
+    if (!ok) {
+      std::string want = "[";
+      for (std::size_t d = 0; d < shape.size(); ++d) want += (d ? ", " : "") + std::to_string(shape[d]);
+      fail(path_, ": tensor '", name, "' has shape ", t.shape_str(), ", expected ", want, "]");
+    }
+    ++types_[ggml_type_name(t.type)];
+    n_params_ += t.n_elements;
+    return f.dequantize(t);
+  }
+
+  std::string path_;
+  LlamaConfig cfg_;
+  std::vector<float> tok_embd_, output_norm_, output_;
+  std::vector<Layer> layers_;
+  std::map<std::string, std::size_t> types_;
+  std::size_t n_params_ = 0;
+};
+
+/// Full K/V cache of one sequence: [layer][position][kv_head][head_dim] floats.
+class KvCache {
+ public:
+  KvCache(const LlamaConfig& c, std::size_t n_ctx)
+      : n_ctx_(n_ctx), kv_dim_(c.kv_dim()), k_(c.n_layer * n_ctx * kv_dim_), v_(k_.size()) {}
+  std::size_t capacity() const { return n_ctx_; }
+  /// Positions already filled (the next token's position).
+  std::size_t size() const { return n_past_; }
+  void clear() { n_past_ = 0; }
+  float* k(std::size_t layer) { return k_.data() + layer * n_ctx_ * kv_dim_; }
+  float* v(std::size_t layer) { return v_.data() + layer * n_ctx_ * kv_dim_; }
+  const float* k(std::size_t layer) const { return k_.data() + layer * n_ctx_ * kv_dim_; }
+  const float* v(std::size_t layer) const { return v_.data() + layer * n_ctx_ * kv_dim_; }
+  void advance(std::size_t n) { n_past_ += n; }
+
+ private:
+  std::size_t n_ctx_, kv_dim_, n_past_ = 0;
+  std::vector<float> k_, v_;
+};
+
+/// One layer's Q, K, V for a batch of tokens, packed [token][head][head_dim].
+struct QkvBatch {
+  std::size_t layer = 0, n_tokens = 0;
+  std::size_t pos0 = 0;  // position of the first token in its sequence
+  bool post_rope = true;
+  std::size_t n_head = 0, n_head_kv = 0, head_dim = 0;
+  const float *q = nullptr, *k = nullptr, *v = nullptr;
+};
+
+/// Which stage(s) the capture hook sees.
+enum class CaptureStage { pre_rope, post_rope, both };
+/// Which logits forward() computes.
+enum class LogitsMode { none, last, all };
+
+/// Runs the forward pass; owns scratch buffers (not thread-safe).
+class LlamaEngine {
+ public:
+  using Hook = std::function<void(const QkvBatch&)>;
+
+  explicit LlamaEngine(const LlamaModel& m) : m_(m) {}
+
+  /// Calls `hook` for every layer of every forward() at `stage`; an empty hook disables.
+  void set_hook(Hook hook, CaptureStage stage = CaptureStage::post_rope) {
+    hook_ = std::move(hook);
+    stage_ = stage;
+  }
+
+  /// Processes tokens[0..n) at positions cache.size() + i, appends their K/V
+  /// to the cache and, per `mode`, writes logits to `logits`: n × n_vocab
+  /// (all) or n_vocab (last), row-major.
+  void forward(const std::int32_t* tokens, std::size_t n, KvCache& cache, LogitsMode mode,
+               std::vector<float>* logits) {
+    const LlamaConfig& c = m_.config();
+    if (n == 0) return;
+    const std::size_t pos0 = cache.size();
+    if (pos0 + n > cache.capacity())
+      fail("forward: ", pos0 + n, " positions exceed the KV cache capacity ", cache.capacity());
+    const std::size_t E = c.n_embd, QD = c.q_dim(), KD = c.kv_dim(), F = c.n_ff;
+    x_.resize(n * E);
+    xn_.resize(n * E);
+    q_.resize(n * QD);
+    o_.resize(n * QD);
+    g_.resize(n * F);
+    u_.resize(n * F);
+    for (std::size_t t = 0; t < n; ++t) {
+      if (tokens[t] < 0 || std::size_t(tokens[t]) >= c.n_vocab)
+        fail("forward: token id ", tokens[t], " at index ", t, " is outside the vocabulary of ", c.n_vocab);
+      std::copy_n(m_.token_embedding().data() + std::size_t(tokens[t]) * E, E, x_.data() + t * E);
+    }
+    const int ni = int(n), Ei = int(E), QDi = int(QD), KDi = int(KD), Fi = int(F);
+    const bool pre = hook_ && stage_ != CaptureStage::post_rope;
+    const bool post = hook_ && stage_ != CaptureStage::pre_rope;
+    for (std::size_t l = 0; l < c.n_layer; ++l) {
+      const LlamaModel::Layer& L = m_.layer(l);
+      float* kc = cache.k(l) + pos0 * KD;  // this batch's rows of the cache
+      float* vc = cache.v(l) + pos0 * KD;
+      rms_norm(x_.data(), L.attn_norm.data(), xn_.data(), n, E, float(c.rms_eps));
+      sgemm_rm(false, true, ni, QDi, Ei, 1.f, xn_.data(), Ei, L.wq.data(), Ei, 0.f, q_.data(), QDi);
+      sgemm_rm(false, true, ni, KDi, Ei, 1.f, xn_.data(), Ei, L.wk.data(), Ei, 0.f, kc, KDi);
+      sgemm_rm(false, true, ni, KDi, Ei, 1.f, xn_.data(), Ei, L.wv.data(), Ei, 0.f, vc, KDi);
+      if (!L.bq.empty()) {
+        add_bias(q_.data(), L.bq.data(), n, QD);
+        add_bias(kc, L.bk.data(), n, KD);
+        add_bias(vc, L.bv.data(), n, KD);
+      }
+      if (pre) hook_(batch(l, n, pos0, false, kc, vc));
+      rope(q_.data(), n, c.n_head, pos0);
+      rope(kc, n, c.n_head_kv, pos0);
+      if (post) hook_(batch(l, n, pos0, true, kc, vc));
+
+      attention(l, n, pos0, cache);
+      // x += o · Woᵀ
+      sgemm_rm(false, true, ni, Ei, QDi, 1.f, o_.data(), QDi, L.wo.data(), QDi, 1.f, x_.data(), Ei);
+
+      rms_norm(x_.data(), L.ffn_norm.data(), xn_.data(), n, E, float(c.rms_eps));
+      sgemm_rm(false, true, ni, Fi, Ei, 1.f, xn_.data(), Ei, L.w_gate.data(), Ei, 0.f, g_.data(), Fi);
+      sgemm_rm(false, true, ni, Fi, Ei, 1.f, xn_.data(), Ei, L.w_up.data(), Ei, 0.f, u_.data(), Fi);
+      for (std::size_t i = 0; i < n * F; ++i) {
+        const float gv = g_[i];
+        g_[i] = gv / (1.f + std::exp(-gv)) * u_[i];  // SiLU(gate) * up
+      }
+      sgemm_rm(false, true, ni, Ei, Fi, 1.f, g_.data(), Fi, L.w_down.data(), Fi, 1.f, x_.data(), Ei);
+    }
+    cache.advance(n);
+    if (mode == LogitsMode::none || !logits) return;
+    const std::size_t first = mode == LogitsMode::last ? n - 1 : 0, rows = n - first;
+    rms_norm(x_.data() + first * E, m_.output_norm().data(), xn_.data(), rows, E, float(c.rms_eps));
+    logits->resize(rows * c.n_vocab);
+    sgemm_rm(false, true, int(rows), int(c.n_vocab), Ei, 1.f, xn_.data(), Ei, m_.output().data(), Ei, 0.f,
+             logits->data(), int(c.n_vocab));
+  }
+
+ private:
+  QkvBatch batch(std::size_t l, std::size_t n, std::size_t pos0, bool post_rope, const float* k,
+                 const float* v) const {
+    const LlamaConfig& c = m_.config();
+    QkvBatch b;
+    b.layer = l;
+    b.n_tokens = n;
+    b.pos0 = pos0;
+    b.post_rope = post_rope;
+    b.n_head = c.n_head;
+    b.n_head_kv = c.n_head_kv;
+    b.head_dim = c.head_dim;
+    b.q = q_.data();
+    b.k = k;
+    b.v = v;
+    return b;
+  }
+
+  static void rms_norm(const float* x, const float* w, float* y, std::size_t n, std::size_t E, float eps) {
+    for (std::size_t t = 0; t < n; ++t) {
+      const float* xr = x + t * E;
+      double ss = 0;
+      for (std::size_t i = 0; i < E; ++i) ss += double(xr[i]) * xr[i];
+      const float s = float(1.0 / std::sqrt(ss / double(E) + double(eps)));
+      for (std::size_t i = 0; i < E; ++i) y[t * E + i] = xr[i] * s * w[i];
+    }
+  }
+  static void add_bias(float* x, const float* b, std::size_t n, std::size_t d) {
+    for (std::size_t t = 0; t < n; ++t)
+      for (std::size_t i = 0; i < d; ++i) x[t * d + i] += b[i];
+  }
+
+  /// Rotates the first n_rot components of every head of rows [0, n) (row t
+  /// at position pos0 + t) in place.
+  void rope(float* x, std::size_t n, std::size_t heads, std::size_t pos0) {
+    const LlamaConfig& c = m_.config();
+    const std::size_t hd = c.head_dim, half = c.n_rot / 2;
+    if (inv_freq_.size() != half) {
+      inv_freq_.resize(half);
+      for (std::size_t i = 0; i < half; ++i)
+        inv_freq_[i] = std::pow(c.rope_base, -2.0 * double(i) / double(c.n_rot));
+    }
+    cs_.resize(2 * half);
+    for (std::size_t t = 0; t < n; ++t) {
+      const double pos = double(pos0 + t);
+      for (std::size_t i = 0; i < half; ++i) {
+        const double th = pos * inv_freq_[i];
+        cs_[2 * i] = float(std::cos(th));
+        cs_[2 * i + 1] = float(std::sin(th));
+      }
+      for (std::size_t h = 0; h < heads; ++h) {
+        float* v = x + (t * heads + h) * hd;
+        for (std::size_t i = 0; i < half; ++i) {
+          float& a = c.rope_neox ? v[i] : v[2 * i];
+          float& b = c.rope_neox ? v[i + half] : v[2 * i + 1];
+          const float co = cs_[2 * i], si = cs_[2 * i + 1];
+          const float a0 = a, b0 = b;
+          a = a0 * co - b0 * si;
+          b = a0 * si + b0 * co;
+        }
+      }
+    }
+  }
+
+  /// o_ = softmax(q kᵀ / √d, causal) v for every query head, over the cache.
+  void attention(std::size_t l, std::size_t n, std::size_t pos0, const KvCache& cache) {
+    const LlamaConfig& c = m_.config();
+    const std::size_t hd = c.head_dim, QD = c.q_dim(), KD = c.kv_dim(), L = pos0 + n;
+    const std::size_t group = c.n_head / c.n_head_kv;
+    s_.resize(n * L);
+    const float scale = float(1.0 / std::sqrt(double(hd)));
+    for (std::size_t h = 0; h < c.n_head; ++h) {
+      const std::size_t g = h / group;
+      const float* K = cache.k(l) + g * hd;
+      const float* V = cache.v(l) + g * hd;
+      sgemm_rm(false, true, int(n), int(L), int(hd), scale, q_.data() + h * hd, int(QD), K, int(KD), 0.f,
+               s_.data(), int(L));
+      for (std::size_t t = 0; t < n; ++t) {
+        float* row = s_.data() + t * L;
+        const std::size_t valid = pos0 + t + 1;  // causal: keys 0..pos0+t
+        float mx = row[0];
+        for (std::size_t j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
+        double sum = 0;
+        for (std::size_t j = 0; j < valid; ++j) {
+          row[j] = std::exp(row[j] - mx);
+          sum += row[j];
+        }
+        const float inv = float(1.0 / sum);
+        for (std::size_t j = 0; j < valid; ++j) row[j] *= inv;
+        std::fill(row + valid, row + L, 0.f);
+      }
+      sgemm_rm(false, false, int(n), int(hd), int(L), 1.f, s_.data(), int(L), V, int(KD), 0.f,
+               o_.data() + h * hd, int(QD));
+    }
+  }
+
+  const LlamaModel& m_;
+  Hook hook_;
+  CaptureStage stage_ = CaptureStage::post_rope;
+  std::vector<float> x_, xn_, q_, o_, g_, u_, s_, cs_;
+  std::vector<double> inv_freq_;
+};
+
+/// Natural-log probability of `target` under one row of logits (double accumulation).
+inline double log_prob(const float* logits, std::size_t n_vocab, std::int32_t target) {
+  float mx = logits[0];
+  for (std::size_t i = 1; i < n_vocab; ++i) mx = std::max(mx, logits[i]);
+  double sum = 0;
+  for (std::size_t i = 0; i < n_vocab; ++i) sum += std::exp(double(logits[i]) - double(mx));
+  return double(logits[std::size_t(target)]) - double(mx) - std::log(sum);
+}
+
+}  // namespace headrecon_engine

@@ -1,0 +1,445 @@
+// headrecon-engine: the example engine's command-line tool. Runs a Llama-
+// family GGUF model on the CPU, captures Q/K/V activations for headrecon, and
+// measures perplexity and speed. See examples/engine/README.md.
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "capture.hpp"
+#include "corpus.hpp"
+#include "gguf.hpp"
+#include "llama.hpp"
+#include "tokenizer.hpp"
+
+namespace he = headrecon_engine;
+using he::fail;
+
+namespace {
+
+const char* const usage_text = R"(usage: headrecon-engine COMMAND [options]
+
+Commands:
+  info      --model GGUF                       model properties, tensor types
+  tokenize  --model GGUF (--text FILE | --string S) [--special]
+                                               print token ids, one line
+  detokenize --model GGUF --ids "I I ..."      print the text of token ids
+  logits    --model GGUF (--ids "I I ..." | --string S) [--out FILE.f32] [--top K]
+                                               print top-K logits per position;
+                                               --out writes all logits (f32, n x vocab)
+  ppl       --model GGUF TEXT --tokens N [--seq-len 512] [--ids-out FILE]
+                                               perplexity and tokens/s
+  capture   --model GGUF TEXT --tokens N --out ACTS.safetensors [--pre-rope]
+            [--seq-len 512] [--kinds q,k,v] [--dtype f32|f16|bf16]
+                                               write a headrecon activations file
+  generate  --model GGUF (--prompt S | --ids "I I ...") [--n 32] [--chat]
+                                               greedy decoding; prefill and decode tokens/s
+  bench     --model GGUF [--seq-len 512] [--decode 64]
+                                               prefill and decode throughput
+
+TEXT is one of
+  --text FILE                      one text file (may be repeated; used in order)
+  --text-dir DIR [--split calib|eval|all] [--suffix .rst.txt]
+                                   files under DIR sorted by relative path; calib
+                                   takes even indices, eval odd ones (default all)
+  --ids "I I ..."                  token ids directly
+Documents are packed into one token stream, separated by <|endoftext|> (or EOS).
+
+Common options: --threads N (BLAS threads). --model defaults to
+$HEADRECON_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf (HEADRECON_CACHE defaults
+to ~/.cache/headrecon); fetch it with examples/engine/fetch_model.sh.
+)";
+
+class Args {
+ public:
+  Args(int argc, char** argv, const std::set<std::string>& valued, const std::set<std::string>& switches) {
+    for (int i = 2; i < argc; ++i) {
+      const std::string a = argv[i];
+      if (switches.count(a)) {
+        switches_.insert(a);
+      } else if (valued.count(a)) {
+        if (i + 1 >= argc) fail("option ", a, " needs a value");
+        values_[a].push_back(argv[++i]);
+      } else {
+        fail("unknown option or argument '", a, "'");
+      }
+    }
+  }
+  bool has(const std::string& f) const { return switches_.count(f) || values_.count(f); }
+  std::vector<std::string> all(const std::string& f) const {
+    auto it = values_.find(f);
+    return it == values_.end() ? std::vector<std::string>{} : it->second;
+  }
+  std::string str(const std::string& f, const std::string& def = "") const {
+    auto it = values_.find(f);
+    if (it == values_.end()) return def;
+    if (it->second.size() > 1) fail("option ", f, " given ", it->second.size(), " times");
+    return it->second[0];
+  }
+  std::string required(const std::string& f) const {
+    if (!values_.count(f)) fail("missing required option ", f);
+    return str(f);
+  }
+  long integer(const std::string& f, long def, long lo, long hi) const {
+    if (!values_.count(f)) return def;
+    const std::string s = str(f);
+    char* end = nullptr;
+    const long v = std::strtol(s.c_str(), &end, 10);
+    if (s.empty() || *end != '\0') fail("option ", f, ": '", s, "' is not an integer");
+    if (v < lo || v > hi) fail("option ", f, ": ", v, " is outside [", lo, ", ", hi, "]");
+    return v;
+  }
+
+ private:
+  std::map<std::string, std::vector<std::string>> values_;
+  std::set<std::string> switches_;
+};
+
+std::string default_model_path() {
+  const char* cache = std::getenv("HEADRECON_CACHE");
+  std::string base;
+  if (cache && *cache) {
+    base = cache;
+  } else {
+    const char* home = std::getenv("HOME");
+    base = std::string(home && *home ? home : ".") + "/.cache/headrecon";
+  }
+  return base + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+std::string model_path(const Args& a) {
+  const std::string p = a.str("--model", default_model_path());
+  std::ifstream is(p);
+  if (!is)
+    fail("model file ", p, " not found: pass --model or run examples/engine/fetch_model.sh to fetch ",
+         "SmolLM2-135M-Instruct.Q4_1.gguf into $HEADRECON_CACHE/models (default ~/.cache/headrecon/models)");
+  return p;
+}
+
+void apply_threads(const Args& a) {
+  if (a.has("--threads")) {
+    const long n = a.integer("--threads", 1, 1, 1024);
+    if (!he::set_blas_threads(int(n))) std::cerr << "note: --threads ignored (the BLAS is not OpenBLAS)\n";
+  }
+}
+
+std::vector<std::int32_t> parse_ids(const std::string& s) {
+  std::vector<std::int32_t> ids;
+  std::string norm = s;
+  for (char& ch : norm)
+    if (ch == ',') ch = ' ';
+  std::istringstream is(norm);
+  std::string w;
+  while (is >> w) {
+    char* end = nullptr;
+    const long v = std::strtol(w.c_str(), &end, 10);
+    if (*end != '\0' || v < 0 || v > INT32_MAX) fail("token id '", w, "' is not a non-negative integer");
+    ids.push_back(std::int32_t(v));
+  }
+  if (ids.empty()) fail("no token ids in '", s, "'");
+  return ids;
+}
+
+const std::set<std::string> text_options = {"--text", "--text-dir", "--split", "--suffix", "--ids"};
+
+/// The token stream named by --text / --text-dir / --ids, cut to `n` tokens (0: all).
+he::TokenStream text_tokens(const Args& a, const he::Tokenizer& tok, std::size_t n, std::string& source) {
+  const int given = int(a.has("--text")) + int(a.has("--text-dir")) + int(a.has("--ids"));
+  if (given != 1) fail("give exactly one of --text, --text-dir, --ids");
+  if (a.has("--ids")) {
+    he::TokenStream s;
+    s.tokens = parse_ids(a.str("--ids"));
+    if (n) {
+      if (s.tokens.size() < n) fail("--ids has ", s.tokens.size(), " tokens, ", n, " were asked for");
+      s.tokens.resize(n);
+    }
+    source = "ids";
+    return s;
+  }
+  std::vector<std::string> files;
+  if (a.has("--text")) {
+    files = a.all("--text");
+    source = "files:";
+    for (const auto& f : files) source += " " + f;
+  } else {
+    const std::string dir = a.str("--text-dir");
+    const he::Split split = he::parse_split(a.str("--split", "all"));
+    const std::string suffix = a.str("--suffix", ".txt");
+    files = he::list_text_files(dir, suffix, split);
+    if (files.empty()) fail(dir, ": no files ending in '", suffix, "'");
+    source = "dir: " + dir + " suffix " + suffix + " split " + he::split_name(split) + " (" +
+             std::to_string(files.size()) + " files, sorted by path; calib = even, eval = odd indices)";
+  }
+  for (const auto& f : files)
+    if (!std::ifstream(f)) fail(f, ": cannot open");
+  return he::build_token_stream(tok, files, n, he::document_separator(tok));
+}
+
+int cmd_info(const Args& a) {
+  const he::GgufFile f(model_path(a));
+  std::cout << "file: " << f.path() << " (" << f.file_size() << " bytes)\n"
+            << "GGUF version " << f.version() << ", " << f.metadata().size() << " metadata keys, "
+            << f.tensors().size() << " tensors, alignment " << f.alignment() << ", data at offset "
+            << f.data_offset() << "\n";
+  std::map<std::string, std::size_t> types;
+  for (const auto& t : f.tensors()) ++types[he::ggml_type_name(t.type)];
+  std::cout << "tensor types:";
+  for (const auto& [k, n] : types) std::cout << " " << k << " x" << n;
+  std::cout << "\n";
+  if (f.find("general.name")) std::cout << "name: " << f.get_string("general.name") << "\n";
+  const auto t0 = std::chrono::steady_clock::now();
+  const he::LlamaModel m(f);
+  const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const he::LlamaConfig& c = m.config();
+  std::cout << "architecture: " << c.arch << "\nlayers: " << c.n_layer << "\nhidden: " << c.n_embd
+            << "\nheads: " << c.n_head << "\nkv heads: " << c.n_head_kv << "\nhead_dim: " << c.head_dim
+            << "\nffn: " << c.n_ff << "\nvocab: " << c.n_vocab << "\ncontext (train): " << c.n_ctx_train
+            << "\nrope: base " << c.rope_base << ", dims " << c.n_rot << ", "
+            << (c.rope_neox ? "NEOX (halves)" : "NORM (adjacent pairs)") << "\nrms eps: " << c.rms_eps
+            << "\noutput: " << (c.tied_output ? "tied to token_embd" : "output.weight")
+            << "\nparameters: " << m.n_params() << "\nload + dequantize: " << load_s << " s\n";
+  const he::Tokenizer tok(f);
+  std::cout << "tokenizer: gpt2 (byte-level BPE), pre '" << tok.pre_tokenizer() << "', vocab "
+            << tok.vocab_size() << ", bos " << tok.bos_id() << ", eos " << tok.eos_id()
+            << ", add_bos " << (tok.add_bos() ? "true" : "false") << "\n";
+  return 0;
+}
+
+int cmd_tokenize(const Args& a) {
+  const he::GgufFile f(model_path(a));
+  const he::Tokenizer tok(f);
+  if (a.has("--text") == a.has("--string")) fail("give exactly one of --text, --string");
+  const std::string text = a.has("--text") ? he::read_text_file(a.str("--text")) : a.str("--string");
+  const auto ids = tok.encode(text, a.has("--special"));
+  for (std::size_t i = 0; i < ids.size(); ++i) std::cout << (i ? " " : "") << ids[i];
+  std::cout << "\n";
+  return 0;
+}
+
+int cmd_detokenize(const Args& a) {
+  const he::GgufFile f(model_path(a));
+  const he::Tokenizer tok(f);
+  std::cout << tok.decode(parse_ids(a.required("--ids")));
+  return 0;
+}
+
+int cmd_logits(const Args& a) {
+  const he::GgufFile f(model_path(a));
+  const he::Tokenizer tok(f);
+  const he::LlamaModel m(f);
+  if (a.has("--ids") == a.has("--string")) fail("give exactly one of --ids, --string");
+  const auto ids = a.has("--ids") ? parse_ids(a.str("--ids")) : tok.encode(a.str("--string"), true);
+  const std::size_t V = m.config().n_vocab, top = std::size_t(a.integer("--top", 5, 0, 1000));
+  he::LlamaEngine eng(m);
+  he::KvCache cache(m.config(), ids.size());
+  std::vector<float> logits;
+  eng.forward(ids.data(), ids.size(), cache, he::LogitsMode::all, &logits);
+  for (std::size_t t = 0; t < ids.size(); ++t) {
+    std::vector<std::int32_t> order(V);
+    for (std::size_t i = 0; i < V; ++i) order[i] = std::int32_t(i);
+    const float* row = logits.data() + t * V;
+    std::partial_sort(order.begin(), order.begin() + std::ptrdiff_t(std::min(top, V)), order.end(),
+                      [&](std::int32_t x, std::int32_t y) { return row[x] > row[y]; });
+    std::cout << t << " " << ids[t];
+    for (std::size_t k = 0; k < std::min(top, V); ++k) std::cout << " " << order[k] << ":" << row[order[k]];
+    std::cout << "\n";
+  }
+  if (a.has("--out")) {
+    std::ofstream os(a.str("--out"), std::ios::binary);
+    os.write(reinterpret_cast<const char*>(logits.data()), std::streamsize(logits.size() * sizeof(float)));
+    if (!os) fail(a.str("--out"), ": cannot write");
+  }
+  return 0;
+}
+
+int cmd_ppl(const Args& a) {
+  apply_threads(a);
+  const he::GgufFile f(model_path(a));
+  const he::Tokenizer tok(f);
+  const he::LlamaModel m(f);
+  const std::size_t n = std::size_t(a.integer("--tokens", 0, 2, 1L << 40));
+  if (!n) fail("missing required option --tokens");
+  const std::size_t seq = std::size_t(a.integer("--seq-len", 512, 2, 1L << 20));
+  std::string source;
+  const he::TokenStream s = text_tokens(a, tok, n, source);
+  if (a.has("--ids-out")) {
+    std::ofstream os(a.str("--ids-out"));
+    for (std::size_t i = 0; i < s.tokens.size(); ++i) os << (i ? " " : "") << s.tokens[i];
+    os << "\n";
+    if (!os) fail(a.str("--ids-out"), ": cannot write");
+  }
+  const he::PerplexityStats st = he::perplexity(m, s.tokens, seq);
+  std::cout << "text: " << source << "\n"
+            << "tokens: " << st.tokens << " in " << st.sequences << " sequences of <= " << seq
+            << " (" << st.predicted << " predicted)\n"
+            << "perplexity: " << st.ppl() << " (mean NLL " << st.nll / double(st.predicted) << " nats)\n"
+            << "time: " << st.seconds << " s, " << double(st.tokens) / st.seconds << " tokens/s\n";
+  return 0;
+}
+
+int cmd_capture(const Args& a) {
+  apply_threads(a);
+  const he::GgufFile f(model_path(a));
+  const he::Tokenizer tok(f);
+  const he::LlamaModel m(f);
+  const std::size_t n = std::size_t(a.integer("--tokens", 0, 1, 1L << 40));
+  if (!n) fail("missing required option --tokens");
+  he::CaptureOptions opt;
+  opt.seq_len = std::size_t(a.integer("--seq-len", 512, 1, 1L << 20));
+  opt.post_rope = !a.has("--pre-rope");
+  opt.dtype = headrecon::parse_dtype(a.str("--dtype", "f32"));
+  opt.q = opt.k = opt.v = false;
+  std::string kinds = a.str("--kinds", "q,k,v");
+  std::istringstream ks(kinds);
+  for (std::string k; std::getline(ks, k, ',');) {
+    const headrecon::Kind kind = headrecon::parse_kind(k);
+    (kind == headrecon::Kind::q ? opt.q : kind == headrecon::Kind::k ? opt.k : opt.v) = true;
+  }
+  std::string source;
+  const he::TokenStream s = text_tokens(a, tok, n, source);
+  opt.metadata["model"] = m.path().substr(m.path().find_last_of('/') + 1);
+  opt.metadata["text_source"] = source;
+  opt.metadata["text_files_used"] = std::to_string(s.files.size());
+  if (!s.files.empty()) {
+    opt.metadata["text_first_file"] = s.files.front();
+    opt.metadata["text_last_file"] = s.files.back();
+  }
+  const std::string out = a.required("--out");
+  const he::CaptureStats st = he::capture_activations(m, s.tokens, out, opt);
+  std::cout << "text: " << source << " (" << s.files.size() << " files used)\n"
+            << "wrote " << out << ": " << st.tokens << " tokens in " << st.sequences << " sequences of <= "
+            << opt.seq_len << ", " << m.config().n_layer << " layers, kinds " << kinds << ", "
+            << (opt.post_rope ? "post-RoPE" : "pre-RoPE") << ", " << headrecon::dtype_name(opt.dtype) << "\n"
+            << "time: " << st.seconds << " s (" << double(st.tokens) / st.seconds << " tokens/s; forward alone "
+            << double(st.tokens) / st.forward_seconds << " tokens/s)\n";
+  return 0;
+}
+
+int cmd_generate(const Args& a) {
+  apply_threads(a);
+  const he::GgufFile f(model_path(a));
+  const he::Tokenizer tok(f);
+  const he::LlamaModel m(f);
+  std::vector<std::int32_t> ids;
+  if (a.has("--ids") == a.has("--prompt")) fail("give exactly one of --prompt, --ids");
+  if (a.has("--ids")) {
+    ids = parse_ids(a.str("--ids"));
+  } else {
+    std::string p = a.str("--prompt");
+    if (a.has("--chat")) p = "<|im_start|>user\n" + p + "<|im_end|>\n<|im_start|>assistant\n";
+    ids = tok.encode(p, true);
+  }
+  if (tok.add_bos()) ids.insert(ids.begin(), tok.bos_id());
+  const std::size_t n_new = std::size_t(a.integer("--n", 32, 1, 1 << 20));
+  he::LlamaEngine eng(m);
+  he::KvCache cache(m.config(), ids.size() + n_new);
+  std::vector<float> logits;
+  auto argmax = [&]() {
+    return std::int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  eng.forward(ids.data(), ids.size(), cache, he::LogitsMode::last, &logits);
+  const auto t1 = std::chrono::steady_clock::now();
+  std::vector<std::int32_t> out;
+  std::int32_t next = argmax();
+  for (std::size_t i = 0; i < n_new; ++i) {
+    out.push_back(next);
+    if (next == tok.eos_id() || i + 1 == n_new) break;
+    eng.forward(&next, 1, cache, he::LogitsMode::last, &logits);
+    next = argmax();
+  }
+  const auto t2 = std::chrono::steady_clock::now();
+  const double pre_s = std::chrono::duration<double>(t1 - t0).count();
+  const double dec_s = std::chrono::duration<double>(t2 - t1).count();
+  std::cout << tok.decode(out) << "\n";
+  std::cerr << "prompt " << ids.size() << " tokens: " << double(ids.size()) / pre_s << " tokens/s; "
+            << "generated " << out.size() << " tokens";
+  if (out.size() > 1) std::cerr << ": " << double(out.size() - 1) / dec_s << " tokens/s";
+  std::cerr << "\n";
+  return 0;
+}
+
+int cmd_bench(const Args& a) {
+  apply_threads(a);
+  const he::GgufFile f(model_path(a));
+  const he::LlamaModel m(f);
+  const std::size_t seq = std::size_t(a.integer("--seq-len", 512, 1, 1 << 20));
+  const std::size_t dec = std::size_t(a.integer("--decode", 64, 0, 1 << 20));
+  const std::size_t V = m.config().n_vocab;
+  std::vector<std::int32_t> ids(seq);
+  for (std::size_t i = 0; i < seq; ++i) ids[i] = std::int32_t((i * 7919 + 17) % V);
+  he::LlamaEngine eng(m);
+  he::KvCache cache(m.config(), seq + dec);
+  std::vector<float> logits;
+  using clk = std::chrono::steady_clock;
+  auto secs = [](clk::time_point a0, clk::time_point b0) { return std::chrono::duration<double>(b0 - a0).count(); };
+  // Warm-up (BLAS thread start, page faults), then timed runs.
+  eng.forward(ids.data(), std::min<std::size_t>(seq, 32), cache, he::LogitsMode::none, nullptr);
+  cache.clear();
+  auto t0 = clk::now();
+  eng.forward(ids.data(), seq, cache, he::LogitsMode::none, nullptr);
+  auto t1 = clk::now();
+  const double pre_none = secs(t0, t1);
+  cache.clear();
+  t0 = clk::now();
+  eng.forward(ids.data(), seq, cache, he::LogitsMode::all, &logits);
+  t1 = clk::now();
+  const double pre_all = secs(t0, t1);
+  double dec_s = 0;
+  if (dec) {
+    t0 = clk::now();
+    std::int32_t next = 1;
+    for (std::size_t i = 0; i < dec; ++i) eng.forward(&next, 1, cache, he::LogitsMode::last, &logits);
+    dec_s = secs(t0, clk::now());
+  }
+  std::cout << "prefill " << seq << " tokens, no logits: " << double(seq) / pre_none << " tokens/s\n"
+            << "prefill " << seq << " tokens, all logits: " << double(seq) / pre_all << " tokens/s\n";
+  if (dec)
+    std::cout << "decode " << dec << " tokens after " << seq << " (last logits): " << double(dec) / dec_s
+              << " tokens/s\n";
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h" ||
+      std::string(argv[1]) == "help") {
+    std::cout << usage_text;
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string cmd = argv[1];
+  try {
+    auto with = [](std::set<std::string> s, const std::set<std::string>& more) {
+      s.insert(more.begin(), more.end());
+      return s;
+    };
+    if (cmd == "info") return cmd_info(Args(argc, argv, {"--model"}, {}));
+    if (cmd == "tokenize") return cmd_tokenize(Args(argc, argv, {"--model", "--text", "--string"}, {"--special"}));
+    if (cmd == "detokenize") return cmd_detokenize(Args(argc, argv, {"--model", "--ids"}, {}));
+    if (cmd == "logits")
+      return cmd_logits(Args(argc, argv, {"--model", "--ids", "--string", "--out", "--top", "--threads"}, {}));
+    if (cmd == "ppl")
+      return cmd_ppl(Args(argc, argv, with(text_options, {"--model", "--tokens", "--seq-len", "--ids-out", "--threads"}), {}));
+    if (cmd == "capture")
+      return cmd_capture(Args(argc, argv,
+                              with(text_options, {"--model", "--tokens", "--seq-len", "--out", "--kinds",
+                                                  "--dtype", "--threads"}),
+                              {"--pre-rope"}));
+    if (cmd == "generate")
+      return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads"}, {"--chat"}));
+    if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {}));
+    std::cerr << "headrecon-engine: unknown command '" << cmd << "'\n\n" << usage_text;
+    return 2;
+  } catch (const std::exception& e) {
+    std::cerr << "headrecon-engine " << cmd << ": error: " << e.what() << "\n";
+    return 1;
+  }
+}
