@@ -26,7 +26,13 @@ src=$(cd "$(dirname "$0")/../.." && pwd)
 work=${1:-$src/build/packaging}
 mkdir -p "$work"
 work=$(cd "$work" && pwd)
+# WORK is emptied: only a directory this script created (marked) or an empty one.
+if [ -n "$(ls -A "$work")" ] && [ ! -f "$work/.headrecon-packaging-work" ]; then
+  echo "refusing to empty $work: not a packaging work directory" >&2
+  exit 2
+fi
 find "$work" -mindepth 1 -maxdepth 1 ! -name conan-venv -exec rm -rf {} +
+touch "$work/.headrecon-packaging-work"
 conan_version=2.34.0  # pinned; `pip index versions conan` lists the others
 start=$SECONDS
 pass=0 fail=0 skip=0
