@@ -8,14 +8,17 @@ CMake targets, consumers do not get a CMakeDeps-generated config for
 headrecon: package_info() sets cmake_find_mode "none" and puts the package's
 own installed headreconConfig.cmake on CMAKE_PREFIX_PATH (builddirs), and that
 file calls find_dependency() for xtl, xtensor, BLAS/LAPACK (OpenBLAS),
-xtensor-blas and hwy with their real system target names.
+xtensor-blas and hwy with their real system target names. (A CMakeDeps config
+for headrecon would link xtensor::xtensor etc., targets that the platform
+packages do not provide.) Works offline: `conan create . --profile:all
+.ci/conan/profile` with the conancenter remote disabled.
 """
 import os
+import re
 
 from conan import ConanFile
 from conan.tools.cmake import CMake, CMakeToolchain, cmake_layout
-from conan.tools.files import copy, load
-import re
+from conan.tools.files import load
 
 
 class HeadreconConan(ConanFile):
