@@ -8,9 +8,10 @@ CMake targets, consumers do not get a CMakeDeps-generated config for
 headrecon: package_info() sets cmake_find_mode "none" and puts the package's
 own installed headreconConfig.cmake on CMAKE_PREFIX_PATH (builddirs), and that
 file calls find_dependency() for xtl, xtensor, BLAS/LAPACK (OpenBLAS),
-xtensor-blas and hwy with their real system target names. (A CMakeDeps config
-for headrecon would link xtensor::xtensor etc., targets that the platform
-packages do not provide.) Works offline: `conan create . --profile:all
+xtensor-blas and hwy with their real system target names. (With a
+CMakeDeps-generated config instead, the platform packages contribute nothing
+to headrecon::headrecon: tried, the test_package link fails on dgemm_,
+dpotrf_, ... from OpenBLAS.) Works offline: `conan create . --profile:all
 .ci/conan/profile` with the conancenter remote disabled.
 """
 import os
