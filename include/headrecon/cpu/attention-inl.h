@@ -18,6 +18,10 @@
 #include "hwy/contrib/math/math-inl.h"
 #include "hwy/highway.h"
 
+#ifndef HEADRECON_ATTN_UNROLL
+#define HEADRECON_ATTN_UNROLL _Pragma("GCC unroll 16")
+#endif
+
 HWY_BEFORE_NAMESPACE();
 namespace headrecon {
 namespace HWY_NAMESPACE {
@@ -36,42 +40,112 @@ HWY_INLINE void BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, f
   }
 }
 
-// score[t] += q·rows[t] for t < nb, four tokens at a time.
-HWY_INLINE void Scores(const float* HWY_RESTRICT q, const float* const* rows, size_t nb, size_t d,
-                       float* HWY_RESTRICT score) {
+// Sums of the lanes of each 128-bit block (4 floats) across the blocks of v.
+template <class D>
+HWY_INLINE hn::Vec<hn::Full128<float>> SumBlocks(D d, hn::Vec<D> v) {
+  if constexpr (hn::MaxLanes(D()) <= 4) {
+    (void)d;
+    return v;
+  } else {
+    const hn::Half<D> dh;
+    return SumBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
+  }
+}
+
+// The four horizontal sums of a0..a3 as one 4-lane vector {Σa0, Σa1, Σa2, Σa3}:
+// an interleave tree within 128-bit blocks, then the blocks added.
+template <class D>
+HWY_INLINE hn::Vec<hn::Full128<float>> Sum4(D d, hn::Vec<D> a0, hn::Vec<D> a1, hn::Vec<D> a2, hn::Vec<D> a3) {
+  const hn::Repartition<double, D> dd;
+  const auto s01 = hn::Add(hn::InterleaveLower(d, a0, a1), hn::InterleaveUpper(d, a0, a1));  // a0 a1 a0 a1 partials
+  const auto s23 = hn::Add(hn::InterleaveLower(d, a2, a3), hn::InterleaveUpper(d, a2, a3));
+  const auto lo = hn::InterleaveLower(dd, hn::BitCast(dd, s01), hn::BitCast(dd, s23));
+  const auto hi = hn::InterleaveUpper(dd, hn::BitCast(dd, s01), hn::BitCast(dd, s23));
+  return SumBlocks(d, hn::Add(hn::BitCast(d, lo), hn::BitCast(d, hi)));
+}
+
+// score_j[t] += q_j·rows[t] for t < nb and J (1 or 2) query vectors; register
+// tile of J queries × 4 tokens, horizontal sums reduced four tokens at once.
+template <size_t J>
+HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const float* const* rows, size_t nb, size_t d,
+                        float* const* HWY_RESTRICT scores) {
   const hn::ScalableTag<float> df;
+  const hn::Full128<float> d4;
   const size_t L = hn::Lanes(df);
+  const size_t dv = d - d % L;
   size_t t = 0;
   for (; t + 4 <= nb; t += 4) {
-    auto a0 = hn::Zero(df), a1 = hn::Zero(df), a2 = hn::Zero(df), a3 = hn::Zero(df);
-    size_t i = 0;
-    for (; i + L <= d; i += L) {
-      const auto qv = hn::LoadU(df, q + i);
-      a0 = hn::MulAdd(qv, hn::LoadU(df, rows[t] + i), a0);
-      a1 = hn::MulAdd(qv, hn::LoadU(df, rows[t + 1] + i), a1);
-      a2 = hn::MulAdd(qv, hn::LoadU(df, rows[t + 2] + i), a2);
-      a3 = hn::MulAdd(qv, hn::LoadU(df, rows[t + 3] + i), a3);
+    hn::Vec<decltype(df)> acc[J][4];
+    HEADRECON_ATTN_UNROLL
+    for (size_t j = 0; j < J; ++j) {
+      HEADRECON_ATTN_UNROLL
+      for (size_t u = 0; u < 4; ++u) acc[j][u] = hn::Zero(df);
     }
-    float s0 = hn::GetLane(hn::SumOfLanes(df, a0)), s1 = hn::GetLane(hn::SumOfLanes(df, a1));
-    float s2 = hn::GetLane(hn::SumOfLanes(df, a2)), s3 = hn::GetLane(hn::SumOfLanes(df, a3));
-    for (; i < d; ++i) {
-      s0 += q[i] * rows[t][i];
-      s1 += q[i] * rows[t + 1][i];
-      s2 += q[i] * rows[t + 2][i];
-      s3 += q[i] * rows[t + 3][i];
+    for (size_t i = 0; i < dv; i += L) {
+      const auto x0 = hn::LoadU(df, rows[t] + i), x1 = hn::LoadU(df, rows[t + 1] + i);
+      const auto x2 = hn::LoadU(df, rows[t + 2] + i), x3 = hn::LoadU(df, rows[t + 3] + i);
+      HEADRECON_ATTN_UNROLL
+      for (size_t j = 0; j < J; ++j) {
+        const auto qv = hn::LoadU(df, qs[j] + i);
+        acc[j][0] = hn::MulAdd(qv, x0, acc[j][0]);
+        acc[j][1] = hn::MulAdd(qv, x1, acc[j][1]);
+        acc[j][2] = hn::MulAdd(qv, x2, acc[j][2]);
+        acc[j][3] = hn::MulAdd(qv, x3, acc[j][3]);
+      }
     }
-    score[t] += s0;
-    score[t + 1] += s1;
-    score[t + 2] += s2;
-    score[t + 3] += s3;
+    for (size_t j = 0; j < J; ++j) {
+      auto s4 = Sum4(df, acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
+      for (size_t i = dv; i < d; ++i) {  // components past the last full vector
+        alignas(16) float tail[4] = {qs[j][i] * rows[t][i], qs[j][i] * rows[t + 1][i], qs[j][i] * rows[t + 2][i],
+                                     qs[j][i] * rows[t + 3][i]};
+        s4 = hn::Add(s4, hn::Load(d4, tail));
+      }
+      hn::StoreU(hn::Add(s4, hn::LoadU(d4, scores[j] + t)), d4, scores[j] + t);
+    }
   }
-  for (; t < nb; ++t) {
-    auto a = hn::Zero(df);
-    size_t i = 0;
-    for (; i + L <= d; i += L) a = hn::MulAdd(hn::LoadU(df, q + i), hn::LoadU(df, rows[t] + i), a);
-    float s = hn::GetLane(hn::SumOfLanes(df, a));
-    for (; i < d; ++i) s += q[i] * rows[t][i];
-    score[t] += s;
+  for (; t < nb; ++t)
+    for (size_t j = 0; j < J; ++j) {
+      auto a = hn::Zero(df);
+      for (size_t i = 0; i < dv; i += L) a = hn::MulAdd(hn::LoadU(df, qs[j] + i), hn::LoadU(df, rows[t] + i), a);
+      float s = hn::GetLane(hn::SumOfLanes(df, a));
+      for (size_t i = dv; i < d; ++i) s += qs[j][i] * rows[t][i];
+      scores[j][t] += s;
+    }
+}
+
+// score[t] += q·rows[t] for one query vector.
+HWY_INLINE void Scores(const float* HWY_RESTRICT q, const float* const* rows, size_t nb, size_t d,
+                       float* HWY_RESTRICT score) {
+  const float* qs[1] = {q};
+  float* ss[1] = {score};
+  ScoresJ<1>(qs, rows, nb, d, ss);
+}
+
+// acc[i0 .. i0 + K·L) += Σ_t p[t]·rows[t][…]: K independent accumulator
+// chains (K = 8 hides the FMA latency), the row loads shared by none.
+template <size_t K>
+HWY_INLINE void AccumulateK(const float* HWY_RESTRICT p, const float* const* rows, size_t nb, size_t i0,
+                            float* HWY_RESTRICT acc) {
+  const hn::ScalableTag<float> df;
+  const size_t L = hn::Lanes(df);
+  hn::Vec<decltype(df)> a[K];
+  HEADRECON_ATTN_UNROLL
+  for (size_t k = 0; k < K; ++k) a[k] = hn::LoadU(df, acc + i0 + k * L);
+  for (size_t t = 0; t < nb; ++t) {
+    const auto pv = hn::Set(df, p[t]);
+    const float* HWY_RESTRICT r = rows[t] + i0;
+    HEADRECON_ATTN_UNROLL
+    for (size_t k = 0; k < K; ++k) a[k] = hn::MulAdd(pv, hn::LoadU(df, r + k * L), a[k]);
+  }
+  HEADRECON_ATTN_UNROLL
+  for (size_t k = 0; k < K; ++k) hn::StoreU(a[k], df, acc + i0 + k * L);
+}
+
+template <size_t K>
+HWY_INLINE void AccumulateUpTo(size_t k, const float* p, const float* const* rows, size_t nb, size_t i0, float* acc) {
+  if constexpr (K > 0) {
+    if (k == K) return AccumulateK<K>(p, rows, nb, i0, acc);
+    return AccumulateUpTo<K - 1>(k, p, rows, nb, i0, acc);
   }
 }
 
@@ -81,21 +155,10 @@ HWY_INLINE void Accumulate(const float* HWY_RESTRICT p, const float* const* rows
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
   size_t i = 0;
-  for (; i + 2 * L <= d; i += 2 * L) {
-    auto a0 = hn::LoadU(df, acc + i), a1 = hn::LoadU(df, acc + i + L);
-    for (size_t t = 0; t < nb; ++t) {
-      const auto pv = hn::Set(df, p[t]);
-      a0 = hn::MulAdd(pv, hn::LoadU(df, rows[t] + i), a0);
-      a1 = hn::MulAdd(pv, hn::LoadU(df, rows[t] + i + L), a1);
-    }
-    hn::StoreU(a0, df, acc + i);
-    hn::StoreU(a1, df, acc + i + L);
-  }
-  for (; i + L <= d; i += L) {
-    auto a = hn::LoadU(df, acc + i);
-    for (size_t t = 0; t < nb; ++t) a = hn::MulAdd(hn::Set(df, p[t]), hn::LoadU(df, rows[t] + i), a);
-    hn::StoreU(a, df, acc + i);
-  }
+  for (; i + 8 * L <= d; i += 8 * L) AccumulateK<8>(p, rows, nb, i, acc);
+  const size_t rest = (d - i) / L;
+  if (rest) AccumulateUpTo<7>(rest, p, rows, nb, i, acc);
+  i += rest * L;
   for (; i < d; ++i)
     for (size_t t = 0; t < nb; ++t) acc[i] += p[t] * rows[t][i];
 }
@@ -244,7 +307,14 @@ inline HWY_NOINLINE void DecodeAttention(const DecodeAttentionArgs& a) {
     for (size_t s = 0; s < p.n_k_streams; ++s) {
       if (p.k_jobs[s].empty()) continue;
       attn::BlockRows(a.k_streams[s], b0, nb, d, scratch, rows);
-      for (const auto& job : p.k_jobs[s]) attn::Scores(qv + job.vec * d, rows, nb, d, sc + job.head * B);
+      const auto& jobs = p.k_jobs[s];
+      size_t j = 0;
+      for (; j + 2 <= jobs.size(); j += 2) {
+        const float* qs[2] = {qv + jobs[j].vec * d, qv + jobs[j + 1].vec * d};
+        float* ss[2] = {sc + jobs[j].head * B, sc + jobs[j + 1].head * B};
+        attn::ScoresJ<2>(qs, rows, nb, d, ss);
+      }
+      if (j < jobs.size()) attn::Scores(qv + jobs[j].vec * d, rows, nb, d, sc + jobs[j].head * B);
     }
     for (size_t h = 0; h < H; ++h) {
       float bs;

@@ -1,0 +1,64 @@
+#pragma once
+// The machine's limits, measured in the same run as the kernels: single-thread
+// f32 FMA peak (independent accumulators, no memory traffic) and single-thread
+// DRAM bandwidth (STREAM-like triad over buffers far larger than the caches).
+#include <chrono>
+#include <vector>
+
+#include <hwy/highway.h>
+
+namespace headrecon::bench {
+
+template <class F>
+double seconds_per_call(F&& f, double min_seconds = 0.25) {
+  f();
+  std::size_t reps = 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  double el = 0;
+  do {
+    f();
+    ++reps;
+    el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (el < min_seconds);
+  return el / double(reps);
+}
+
+namespace hn = hwy::HWY_NAMESPACE;
+
+/// GFLOP/s of 16 independent FMA chains on the widest static vector.
+inline double fma_peak_gflops() {
+  const hn::ScalableTag<float> df;
+  const std::size_t L = hn::Lanes(df), iters = 20000000 / L;
+  std::vector<float> sink(L);
+  auto run = [&] {
+    auto a0 = hn::Set(df, 1.f), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
+    auto a8 = a0, a9 = a0, a10 = a0, a11 = a0, a12 = a0, a13 = a0, a14 = a0, a15 = a0;
+    const auto m = hn::Set(df, 0.999999f), c = hn::Set(df, 1e-7f);
+    for (std::size_t i = 0; i < iters; ++i) {
+      a0 = hn::MulAdd(a0, m, c); a1 = hn::MulAdd(a1, m, c); a2 = hn::MulAdd(a2, m, c); a3 = hn::MulAdd(a3, m, c);
+      a4 = hn::MulAdd(a4, m, c); a5 = hn::MulAdd(a5, m, c); a6 = hn::MulAdd(a6, m, c); a7 = hn::MulAdd(a7, m, c);
+      a8 = hn::MulAdd(a8, m, c); a9 = hn::MulAdd(a9, m, c); a10 = hn::MulAdd(a10, m, c); a11 = hn::MulAdd(a11, m, c);
+      a12 = hn::MulAdd(a12, m, c); a13 = hn::MulAdd(a13, m, c); a14 = hn::MulAdd(a14, m, c); a15 = hn::MulAdd(a15, m, c);
+    }
+    auto s = hn::Add(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)), hn::Add(hn::Add(a4, a5), hn::Add(a6, a7)));
+    s = hn::Add(s, hn::Add(hn::Add(hn::Add(a8, a9), hn::Add(a10, a11)), hn::Add(hn::Add(a12, a13), hn::Add(a14, a15))));
+    hn::StoreU(s, df, sink.data());
+  };
+  const double t = seconds_per_call(run, 0.2);
+  return double(iters) * 16.0 * double(L) * 2.0 / t / 1e9;
+}
+
+/// GB/s of a[i] = b[i] + s·c[i] over 3 × 128 MiB (bytes: 2 reads + 1 write).
+inline double triad_gbps() {
+  const std::size_t n = std::size_t(32) << 20;
+  std::vector<float> a(n, 0.f), b(n, 1.f), c(n, 2.f);
+  const double t = seconds_per_call([&] {
+    float* HWY_RESTRICT pa = a.data();
+    const float* HWY_RESTRICT pb = b.data();
+    const float* HWY_RESTRICT pc = c.data();
+    for (std::size_t i = 0; i < n; ++i) pa[i] = pb[i] + 0.5f * pc[i];
+  }, 0.3);
+  return 3.0 * double(n) * 4.0 / t / 1e9;
+}
+
+}  // namespace headrecon::bench
