@@ -232,8 +232,8 @@ class Cursor {
   std::string read_string(const std::string& what) {
     const auto len = read<std::uint64_t>(what + " (string length)");
     if (len > size_ - pos_)
-      fail(path_, ": ", what, ": string length ", len, " at offset ", pos_ - 8,
-           " exceeds the remaining ", size_ - pos_, " bytes of the file");
+      fail(path_, ": truncated or malformed file: ", what, ": string length ", len, " at offset ",
+           pos_ - 8, " exceeds the remaining ", size_ - pos_, " bytes of the file");
     std::string s(reinterpret_cast<const char*>(data_ + pos_), std::size_t(len));
     pos_ += len;
     return s;
@@ -623,8 +623,9 @@ class GgufFile {
     v.n = c.read<std::uint64_t>(what + " (array length)");
     const std::uint64_t min_size = scalar_size(v.elem);
     if (v.n > c.remaining() / min_size)
-      fail(path_, ": ", what, ": array of ", v.n, " ", gguf_type_name(v.elem), " at offset ",
-           c.pos() - 12, " cannot fit in the remaining ", c.remaining(), " bytes of the file");
+      fail(path_, ": truncated or malformed file: ", what, ": array of ", v.n, " ",
+           gguf_type_name(v.elem), " at offset ", c.pos() - 12, " cannot fit in the remaining ",
+           c.remaining(), " bytes of the file");
     const std::size_t n = std::size_t(v.n);
     GgufValue tmp;
     switch (v.elem) {
@@ -680,9 +681,11 @@ class GgufFile {
     const auto n_kv = c.read<std::uint64_t>("the metadata count");
     // Every key/value takes at least 8 + 4 + 1 bytes, every tensor info 8 + 4 + 8 + 4 + 8.
     if (n_kv > c.remaining() / 13)
-      fail(path_, ": metadata count ", n_kv, " cannot fit in a file of ", map_.size(), " bytes");
+      fail(path_, ": truncated or malformed file: metadata count ", n_kv, " cannot fit in a file of ",
+           map_.size(), " bytes");
     if (n_tensors > c.remaining() / 32)
-      fail(path_, ": tensor count ", n_tensors, " cannot fit in a file of ", map_.size(), " bytes");
+      fail(path_, ": truncated or malformed file: tensor count ", n_tensors, " cannot fit in a file of ",
+           map_.size(), " bytes");
 
     kv_.reserve(std::size_t(n_kv));
     for (std::uint64_t k = 0; k < n_kv; ++k) {

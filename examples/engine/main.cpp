@@ -2,6 +2,7 @@
 // family GGUF model on the CPU, captures Q/K/V activations for headrecon, and
 // measures perplexity and speed. See examples/engine/README.md.
 
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -294,7 +295,9 @@ int cmd_capture(const Args& a) {
   he::CaptureOptions opt;
   opt.seq_len = std::size_t(a.integer("--seq-len", 512, 1, 1L << 20));
   opt.post_rope = !a.has("--pre-rope");
-  opt.dtype = headrecon::parse_dtype(a.str("--dtype", "f32"));
+  std::string dt = a.str("--dtype", "f32");
+  for (char& ch : dt) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+  opt.dtype = headrecon::parse_dtype(dt);
   opt.q = opt.k = opt.v = false;
   std::string kinds = a.str("--kinds", "q,k,v");
   std::istringstream ks(kinds);

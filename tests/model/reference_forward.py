@@ -249,6 +249,13 @@ def cmd_logits(args):
         print(f"C++ vs NumPy: max |logit diff| {d.max():.3e} (mean {d.mean():.3e}, "
               f"max |logit| {np.abs(z).max():.2f}); argmax agreement {agree}/{len(ids)}; "
               f"max |log-prob diff| {np.abs(lp_ref - lp_c).max():.3e}")
+    ppl = None
+    if args.ppl_ids:
+        pid = parse_ids(args.ppl_ids)
+        lp = log_softmax(m.forward(pid))
+        nll = -sum(lp[i, pid[i + 1]] for i in range(len(pid) - 1)) / (len(pid) - 1)
+        ppl = {"tokens": pid, "mean_nll": float(nll), "perplexity": math.exp(nll)}
+        print(f"perplexity of the {len(pid)} --ppl-ids tokens (one sequence): {math.exp(nll):.6f}")
     if args.json_out:
         out = {
             "model_file": os.path.basename(args.model),
@@ -258,6 +265,8 @@ def cmd_logits(args):
             "tokens": ids,
             "top": top,
         }
+        if ppl:
+            out["ppl"] = ppl
         with open(args.json_out, "w") as f:
             json.dump(out, f, indent=1)
             f.write("\n")
@@ -288,6 +297,7 @@ def main():
     p.add_argument("--top", type=int, default=5)
     p.add_argument("--json-out")
     p.add_argument("--compare")
+    p.add_argument("--ppl-ids", help="also store the perplexity of these ids (one sequence)")
     p = sub.add_parser("ppl")
     p.add_argument("--ids-file", required=True)
     p.add_argument("--seq-len", type=int, default=512)

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# End-to-end test of the headrecon-engine tool on the real model:
+# info, tokenize/detokenize, ppl, capture (text files and --ids), errors.
+# usage: engine_cli_test.sh ENGINE FETCH_SCRIPT
+set -euo pipefail
+engine=$1
+model=$(bash "$2")
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fail() { echo "engine_cli_test: FAIL: $*" >&2; exit 1; }
+
+"$engine" info --model "$model" > "$tmp/info.txt"
+grep -q "layers: 30" "$tmp/info.txt" || fail "info: layers"
+grep -q "kv heads: 3" "$tmp/info.txt" || fail "info: kv heads"
+grep -q "tensor types: F32 x61 Q4_1 x210 Q8_0 x1" "$tmp/info.txt" || fail "info: tensor types"
+
+text='In the beginning God created the heaven and the earth. 1:2 And the earth was without form.'
+ids=$("$engine" tokenize --model "$model" --string "$text")
+[ "$("$engine" detokenize --model "$model" --ids "$ids")" = "$text" ] || fail "tokenize/detokenize round trip"
+
+# Two documents in a directory: the calib split takes a.txt, eval takes b.txt.
+mkdir -p "$tmp/docs"
+for i in 1 2 3 4 5 6; do echo "$text The number is $i and the word is word$i."; done > "$tmp/docs/a.txt"
+for i in 1 2 3 4 5 6; do echo "int f$i(void) { return $i * 2; } /* helper $i */"; done > "$tmp/docs/b.txt"
+"$engine" ppl --model "$model" --text-dir "$tmp/docs" --split eval --tokens 100 --seq-len 64 \
+  --ids-out "$tmp/ids.txt" > "$tmp/ppl.txt"
+grep -q "perplexity: " "$tmp/ppl.txt" || fail "ppl output"
+grep -q "split eval (1 files" "$tmp/ppl.txt" || fail "ppl: eval split should hold 1 file"
+[ "$(wc -w < "$tmp/ids.txt")" = 100 ] || fail "ppl --ids-out should hold 100 ids"
+
+"$engine" capture --model "$model" --text "$tmp/docs/a.txt" --text "$tmp/docs/b.txt" --tokens 150 \
+  --seq-len 64 --kinds k,v --dtype bf16 --out "$tmp/acts.safetensors" > "$tmp/cap.txt"
+grep -q "150 tokens in 3 sequences" "$tmp/cap.txt" || fail "capture summary: $(cat "$tmp/cap.txt")"
+[ -s "$tmp/acts.safetensors" ] || fail "capture wrote no file"
+"$engine" capture --model "$model" --ids "$ids" --tokens 10 --pre-rope --out "$tmp/ids.safetensors" > /dev/null
+[ -s "$tmp/ids.safetensors" ] || fail "capture --ids wrote no file"
+
+# Errors are reported, not crashed on.
+if "$engine" capture --model "$model" --ids "1 2 3" --tokens 10 --out "$tmp/x.safetensors" 2> "$tmp/err.txt"; then
+  fail "asking for more tokens than given should fail"
+fi
+grep -q "error:" "$tmp/err.txt" || fail "error message missing"
+if "$engine" info --model "$tmp/docs/a.txt" 2> "$tmp/err.txt"; then fail "a text file is not a model"; fi
+grep -q "not a GGUF file" "$tmp/err.txt" || fail "bad-model message: $(cat "$tmp/err.txt")"
+echo "engine_cli_test: OK"
