@@ -4,6 +4,7 @@
 #include <string>
 
 #include "args.hpp"
+#include "bench_command.hpp"
 #include "fit_command.hpp"
 #include "inspect_command.hpp"
 #include "synth_command.hpp"
@@ -27,6 +28,8 @@ commands:
         write activations with planted linear structure
   demo [--dir DIR]
         synth + fit (K and V) + inspect on a built-in synthetic model
+  bench [--quick] [--json FILE]
+        kernel speed as ratios against baselines measured in the same run
 
 budget: fraction of heads per layer whose K/V stay cached (0.4 on 5 heads keeps 2).
 )";
@@ -127,6 +130,11 @@ int main(int argc, char** argv) {
     if (cmd == "fit") return cmd_fit(argc, argv);
     if (cmd == "synth") return cmd_synth(argc, argv);
     if (cmd == "demo") return cmd_demo(argc, argv);
+    if (cmd == "bench") {
+      Args a(argc, argv, 2, {"--json"}, {"--quick"});
+      run_bench({a.has("--quick"), a.str("--json", "")}, std::cout);
+      return 0;
+    }
     if (cmd == "inspect") {
       Args a(argc, argv, 2, {}, {});
       if (a.positional().size() != 1) detail::fail("inspect takes one plan file");

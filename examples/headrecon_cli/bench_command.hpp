@@ -1,0 +1,124 @@
+#pragma once
+// `headrecon bench`: the machine's limits and every kernel ratio measured in
+// one run, as a table a person reads and a JSON file. Single-threaded on both
+// sides (OpenBLAS is set to one thread), static Highway target of this build.
+#include <cstdio>
+#include <fstream>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "attention_problem.hpp"
+#include "headrecon/detail/json.hpp"
+#include "headrecon/moments.hpp"
+#include "machine_limits.hpp"
+#include "recon_problem.hpp"
+
+extern "C" void openblas_set_num_threads(int);
+
+namespace headrecon::cli {
+
+struct BenchConfig {
+  bool quick = false;     // small sizes (CI smoke run)
+  std::string json_path;  // empty: no JSON
+};
+
+inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
+  using namespace headrecon::bench;
+  using json = detail::json::Value;
+  using Obj = json::Object;
+  using Arr = json::Array;
+  openblas_set_num_threads(1);
+  const double tmin = cfg.quick ? 0.02 : 0.25;
+  Obj root;
+  char line[512];
+
+  // Machine limits, measured now.
+  const double fma = fma_peak_gflops(), triad = cfg.quick ? 0.0 : triad_gbps();
+  ReconProblem gemm(cfg.quick ? 256 : 2048, 128);
+  const double sgemm = gemm.flops() / seconds_per_call([&] { gemm.blas(); }, tmin) / 1e9;
+  os << "headrecon bench (Highway static target " << hwy::TargetName(HWY_STATIC_TARGET) << ", one thread)\n\n";
+  std::snprintf(line, sizeof line,
+                "machine: f32 FMA peak %.0f GFLOP/s, OpenBLAS sgemm %.0f GFLOP/s, triad %.1f GB/s\n\n", fma, sgemm, triad);
+  os << line;
+  root.push_back({"machine", json(Obj{{"target", json(hwy::TargetName(HWY_STATIC_TARGET))},
+                                               {"fma_peak_gflops", json(fma)},
+                                               {"sgemm_gflops", json(sgemm)},
+                                               {"triad_gbps", json(triad)}})});
+
+  // Streaming statistics.
+  {
+    const std::size_t n = 2048, p = cfg.quick ? 256 : 1024;
+    std::vector<float> x(n * p);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = float((i * 2654435761u) % 1000) * 1e-3f + 3.f;
+    Moments m(p);
+    const double t = seconds_per_call([&] { m.add_batch(x.data(), n, p); }, tmin);
+    std::vector<float> g(p * p);
+    const double ts = seconds_per_call([&] { detail::syrk_upper_rm(int(p), int(n), x.data(), int(p), g.data()); }, tmin);
+    const double gf = m.batch_flops(n) / t / 1e9;
+    std::snprintf(line, sizeof line,
+                  "statistics (p = %zu, batches of %zu tokens): %.1f GFLOP/s = %.2f x bare syrk, %.2f of sgemm, %.2f of FMA peak\n\n",
+                  p, n, gf, ts / t, gf / sgemm, gf / fma);
+    os << line;
+    root.push_back({"statistics", json(Obj{{"dim", json(double(p))}, {"gflops", json(gf)}, {"vs_syrk", json(ts / t)}})});
+  }
+
+  // Reconstruction vs OpenBLAS.
+  os << "reconstruction, 4 targets x 5 references, f32 cache (ratio = BLAS time / ours; goal >= 0.9 prefill, >= 1.5 decode)\n";
+  os << "  tokens    d   ours GFLOP/s   BLAS GFLOP/s   ratio   of FMA peak\n";
+  Arr recon;
+  const std::vector<std::size_t> token_list = cfg.quick ? std::vector<std::size_t>{1, 8, 256}
+                                                        : std::vector<std::size_t>{1, 2, 4, 8, 256, 1024, 4096};
+  for (std::size_t d : {64u, 128u})
+    for (std::size_t n : token_list) {
+      ReconProblem p(n, d);
+      const double tb = seconds_per_call([&] { p.blas(); }, tmin), to = seconds_per_call([&] { p.ours(); }, tmin);
+      std::snprintf(line, sizeof line, "  %6zu  %3zu   %12.1f   %12.1f   %5.2f   %11.2f\n", n, d, p.flops() / to / 1e9,
+                    p.flops() / tb / 1e9, tb / to, p.flops() / to / 1e9 / fma);
+      os << line;
+      recon.push_back(json(Obj{{"tokens", json(double(n))}, {"head_dim", json(double(d))},
+                                        {"gflops", json(p.flops() / to / 1e9)}, {"blas_gflops", json(p.flops() / tb / 1e9)},
+                                        {"vs_blas", json(tb / to)}}));
+    }
+  root.push_back({"reconstruction", json(recon)});
+
+  // Decode attention.
+  os << "\ndecode attention, one sequence and layer, 4 sink tokens; absorbed = reference-only cache\n"
+        "(goal: full/absorbed >= 1.8 at >= 8k, absorbed/refs-only <= 1.15)\n";
+  os << "  model          cache  context  full us  absorbed us  full/abs  abs/refs-only  rta/abs  abs GB/s  of triad\n";
+  Arr attn;
+  struct Row { const ModelShape* shape; std::size_t T; DType dt; };
+  std::vector<Row> rows;
+  const std::vector<std::size_t> ctx = cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{1024, 4096, 8192, 16384, 32768};
+  for (DType dt : {DType::f32, DType::bf16})
+    for (std::size_t T : ctx) rows.push_back({&kLlama3_8B, T, dt});
+  for (DType dt : {DType::f32, DType::bf16})
+    for (std::size_t T : cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{1024, 8192, 32768})
+      rows.push_back({&kSmolLM2, T, dt});
+  for (const Row& r : rows) {
+    AttentionProblem p(*r.shape, r.T, r.dt);
+    const double tf = seconds_per_call([&] { p.full(); }, tmin), ta = seconds_per_call([&] { p.absorbed(); }, tmin);
+    const double tr = seconds_per_call([&] { p.refs_only(); }, tmin);
+    const double trta = seconds_per_call([&] { p.reconstruct_then_attend(); }, tmin / 2);
+    const double gbs = p.ref_bytes() / ta / 1e9;
+    std::snprintf(line, sizeof line, "  %-13s  %-5s  %7zu  %7.0f  %11.0f  %8.2f  %13.2f  %7.2f  %8.1f  %8.2f\n",
+                  r.shape->name.c_str(), std::string(dtype_name(r.dt)).c_str(), r.T, tf * 1e6, ta * 1e6, tf / ta, ta / tr,
+                  trta / ta, gbs, triad > 0 ? gbs / triad : 0.0);
+    os << line;
+    attn.push_back(json(Obj{{"model", json(r.shape->name)}, {"cache", json(std::string(dtype_name(r.dt)))},
+                                     {"context", json(double(r.T))}, {"full_us", json(tf * 1e6)},
+                                     {"absorbed_us", json(ta * 1e6)}, {"refs_only_us", json(tr * 1e6)},
+                                     {"reconstruct_then_attend_us", json(trta * 1e6)}, {"full_over_absorbed", json(tf / ta)},
+                                     {"absorbed_over_refs_only", json(ta / tr)}, {"absorbed_gbps", json(gbs)},
+                                     {"full_gbps", json(p.full_bytes() / tf / 1e9)}}));
+  }
+  root.push_back({"decode_attention", json(attn)});
+  if (!cfg.json_path.empty()) {
+    std::ofstream f(cfg.json_path);
+    if (!f) detail::fail("bench: cannot write ", cfg.json_path);
+    f << detail::json::dump(json(root)) << "\n";
+    os << "\nJSON written to " << cfg.json_path << "\n";
+  }
+}
+
+}  // namespace headrecon::cli
