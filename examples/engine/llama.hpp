@@ -25,7 +25,11 @@
 #include "gguf.hpp"
 #include "headrecon/detail/lapack.hpp"
 
-extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" {
+void openblas_set_num_threads(int) __attribute__((weak));
+void sgemv_(const char* trans, const int* m, const int* n, const float* alpha, const float* a,
+            const int* lda, const float* x, const int* incx, const float* beta, float* y, const int* incy);
+}
 
 namespace headrecon_engine {
 
@@ -36,9 +40,19 @@ inline bool set_blas_threads(int n) {
   return true;
 }
 
-/// Row-major C(m×n) = alpha·op(A)·op(B) + beta·C in single precision.
+/// Row-major C(m×n) = alpha·op(A)·op(B) + beta·C in single precision. One
+/// row (decode) goes to sgemv, which reads B once instead of packing it.
 inline void sgemm_rm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda,
                      const float* b, int ldb, float beta, float* c, int ldc) {
+  if (m == 1 && !ta) {
+    // c = op(B)ᵀ-side product: row-major B (n×k if tb, k×n if not) is column-major Bᵀ.
+    const int one = 1;
+    if (tb)
+      sgemv_("T", &k, &n, &alpha, b, &ldb, a, &one, &beta, c, &one);
+    else
+      sgemv_("N", &n, &k, &alpha, b, &ldb, a, &one, &beta, c, &one);
+    return;
+  }
   const char tas = ta ? 'T' : 'N', tbs = tb ? 'T' : 'N';
   sgemm_(&tbs, &tas, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
 }
