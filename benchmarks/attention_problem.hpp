@@ -15,8 +15,10 @@ namespace headrecon::bench {
 struct ModelShape {
   std::string name;
   std::size_t n_q, n_kv, d, rebuilt;  // rebuilt: KV heads per layer rebuilt (K and V)
+  std::size_t refs = 0;               // references per rebuilt head (0: all cached heads)
 };
 inline const ModelShape kLlama3_8B{"llama3-8b", 32, 8, 128, 4};
+inline const ModelShape kLlama3_8B_2refs{"llama3-8b/2ref", 32, 8, 128, 4, 2};
 inline const ModelShape kSmolLM2{"smollm2-135m", 9, 3, 64, 1};
 
 struct AttentionProblem {
@@ -45,9 +47,10 @@ struct AttentionProblem {
       for (std::size_t h = cached; h < kv; ++h) {
         TargetMap t;
         t.target = {0, std::int32_t(h)};
-        for (std::size_t r = 0; r < cached; ++r) t.refs.push_back({0, std::int32_t(r)});
-        t.weight.resize(cached * d * d);
-        for (auto& w : t.weight) w = g(rng) / std::sqrt(float(cached * d));
+        const std::size_t k = s.refs ? s.refs : cached;
+        for (std::size_t r = 0; r < k; ++r) t.refs.push_back({0, std::int32_t((h + r) % cached)});
+        t.weight.resize(k * d * d);
+        for (auto& w : t.weight) w = g(rng) / std::sqrt(float(k * d));
         t.bias.assign(d, 0.1f);
         kp.layers[0].push_back(std::move(t));
       }
@@ -93,7 +96,7 @@ struct AttentionProblem {
     for (const KindPlan& kp : plan.kinds)
       for (const TargetMap& t : kp.layers[0]) {
         recon_refs.emplace_back();
-        for (HeadId r : t.refs) recon_refs.back().push_back(std::uint32_t(r.head));
+        for (HeadId r : t.refs) recon_refs.back().push_back(std::uint32_t(r.head));  // stream = slot = head
         const auto& dst = kp.kind == Kind::k ? recon_k : recon_v;
         recon_targets.push_back({t.weight.data(), t.bias.data(), nullptr, 0, dst[std::size_t(t.target.head)]});
       }

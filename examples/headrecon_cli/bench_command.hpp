@@ -92,6 +92,8 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   const std::vector<std::size_t> ctx = cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{1024, 4096, 8192, 16384, 32768};
   for (DType dt : {DType::f32, DType::bf16})
     for (std::size_t T : ctx) rows.push_back({&kLlama3_8B, T, dt});
+  for (std::size_t T : cfg.quick ? std::vector<std::size_t>{} : std::vector<std::size_t>{8192, 32768})
+    rows.push_back({&kLlama3_8B_2refs, T, DType::f32});
   for (DType dt : {DType::f32, DType::bf16})
     for (std::size_t T : cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{1024, 8192, 32768})
       rows.push_back({&kSmolLM2, T, dt});

@@ -121,46 +121,78 @@ HWY_INLINE void Scores(const float* HWY_RESTRICT q, const float* const* rows, si
   ScoresJ<1>(qs, rows, nb, d, ss);
 }
 
-// acc[i0 .. i0 + K·L) += Σ_t p[t]·rows[t][…]: K independent accumulator
-// chains (K = 8 hides the FMA latency), the row loads shared by none.
-template <size_t K>
-HWY_INLINE void AccumulateK(const float* HWY_RESTRICT p, const float* const* rows, size_t nb, size_t i0,
-                            float* HWY_RESTRICT acc) {
+// Jobs per register tile: 4 with 32 vector registers (AVX-512), else 2.
+constexpr size_t kTileJobs = HWY_MAX_BYTES >= 64 ? 4 : 2;
+
+// acc_j[i0 .. i0 + C·L) += Σ_t p_j[t]·rows[t][…] for J jobs on the same rows:
+// each row vector is loaded once for the J jobs (loads, not FMAs, bound the
+// untiled loop), J·C independent accumulator chains.
+template <size_t J, size_t C>
+HWY_INLINE void AccumulateTile(const float* const* HWY_RESTRICT ps, const float* const* rows, size_t nb, size_t i0,
+                               float* const* HWY_RESTRICT accs) {
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
-  hn::Vec<decltype(df)> a[K];
+  hn::Vec<decltype(df)> a[J][C];
   HEADRECON_ATTN_UNROLL
-  for (size_t k = 0; k < K; ++k) a[k] = hn::LoadU(df, acc + i0 + k * L);
-  for (size_t t = 0; t < nb; ++t) {
-    const auto pv = hn::Set(df, p[t]);
-    const float* HWY_RESTRICT r = rows[t] + i0;
+  for (size_t j = 0; j < J; ++j) {
     HEADRECON_ATTN_UNROLL
-    for (size_t k = 0; k < K; ++k) a[k] = hn::MulAdd(pv, hn::LoadU(df, r + k * L), a[k]);
+    for (size_t c = 0; c < C; ++c) a[j][c] = hn::LoadU(df, accs[j] + i0 + c * L);
+  }
+  for (size_t t = 0; t < nb; ++t) {
+    hn::Vec<decltype(df)> x[C];
+    HEADRECON_ATTN_UNROLL
+    for (size_t c = 0; c < C; ++c) x[c] = hn::LoadU(df, rows[t] + i0 + c * L);
+    HEADRECON_ATTN_UNROLL
+    for (size_t j = 0; j < J; ++j) {
+      const auto pv = hn::Set(df, ps[j][t]);
+      HEADRECON_ATTN_UNROLL
+      for (size_t c = 0; c < C; ++c) a[j][c] = hn::MulAdd(pv, x[c], a[j][c]);
+    }
   }
   HEADRECON_ATTN_UNROLL
-  for (size_t k = 0; k < K; ++k) hn::StoreU(a[k], df, acc + i0 + k * L);
-}
-
-template <size_t K>
-HWY_INLINE void AccumulateUpTo(size_t k, const float* p, const float* const* rows, size_t nb, size_t i0, float* acc) {
-  if constexpr (K > 0) {
-    if (k == K) return AccumulateK<K>(p, rows, nb, i0, acc);
-    return AccumulateUpTo<K - 1>(k, p, rows, nb, i0, acc);
+  for (size_t j = 0; j < J; ++j) {
+    HEADRECON_ATTN_UNROLL
+    for (size_t c = 0; c < C; ++c) hn::StoreU(a[j][c], df, accs[j] + i0 + c * L);
   }
 }
 
-// acc += Σ_t p[t]·rows[t].
-HWY_INLINE void Accumulate(const float* HWY_RESTRICT p, const float* const* rows, size_t nb, size_t d,
-                           float* HWY_RESTRICT acc) {
+template <size_t J>
+HWY_INLINE void AccumulateJobs(const float* const* ps, const float* const* rows, size_t nb, size_t d,
+                               float* const* accs) {
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
   size_t i = 0;
-  for (; i + 8 * L <= d; i += 8 * L) AccumulateK<8>(p, rows, nb, i, acc);
-  const size_t rest = (d - i) / L;
-  if (rest) AccumulateUpTo<7>(rest, p, rows, nb, i, acc);
-  i += rest * L;
+  for (; i + 4 * L <= d; i += 4 * L) AccumulateTile<J, 4>(ps, rows, nb, i, accs);
+  for (; i + L <= d; i += L) AccumulateTile<J, 1>(ps, rows, nb, i, accs);
   for (; i < d; ++i)
-    for (size_t t = 0; t < nb; ++t) acc[i] += p[t] * rows[t][i];
+    for (size_t j = 0; j < J; ++j)
+      for (size_t t = 0; t < nb; ++t) accs[j][i] += ps[j][t] * rows[t][i];
+}
+
+// acc += Σ_t p[t]·rows[t] (one job).
+HWY_INLINE void Accumulate(const float* HWY_RESTRICT p, const float* const* rows, size_t nb, size_t d,
+                           float* HWY_RESTRICT acc) {
+  const float* ps[1] = {p};
+  float* accs[1] = {acc};
+  AccumulateJobs<1>(ps, rows, nb, d, accs);
+}
+
+template <size_t J>
+HWY_INLINE void ScoresUpTo(size_t n, const float* const* qs, const float* const* rows, size_t nb, size_t d,
+                           float* const* ss) {
+  if constexpr (J > 0) {
+    if (n == J) return ScoresJ<J>(qs, rows, nb, d, ss);
+    return ScoresUpTo<J - 1>(n, qs, rows, nb, d, ss);
+  }
+}
+
+template <size_t J>
+HWY_INLINE void AccumulateUpTo(size_t n, const float* const* ps, const float* const* rows, size_t nb, size_t d,
+                               float* const* accs) {
+  if constexpr (J > 0) {
+    if (n == J) return AccumulateJobs<J>(ps, rows, nb, d, accs);
+    return AccumulateUpTo<J - 1>(n, ps, rows, nb, d, accs);
+  }
 }
 
 HWY_INLINE void Scale(float* HWY_RESTRICT x, size_t n, float f) {
@@ -308,13 +340,13 @@ inline HWY_NOINLINE void DecodeAttention(const DecodeAttentionArgs& a) {
       if (p.k_jobs[s].empty()) continue;
       attn::BlockRows(a.k_streams[s], b0, nb, d, scratch, rows);
       const auto& jobs = p.k_jobs[s];
-      size_t j = 0;
-      for (; j + 2 <= jobs.size(); j += 2) {
-        const float* qs[2] = {qv + jobs[j].vec * d, qv + jobs[j + 1].vec * d};
-        float* ss[2] = {sc + jobs[j].head * B, sc + jobs[j + 1].head * B};
-        attn::ScoresJ<2>(qs, rows, nb, d, ss);
+      for (size_t j = 0; j < jobs.size(); j += attn::kTileJobs) {
+        const float* qs[attn::kTileJobs];
+        float* ss[attn::kTileJobs];
+        const size_t n = jobs.size() - j < attn::kTileJobs ? jobs.size() - j : attn::kTileJobs;
+        for (size_t u = 0; u < n; ++u) qs[u] = qv + jobs[j + u].vec * d, ss[u] = sc + jobs[j + u].head * B;
+        attn::ScoresUpTo<attn::kTileJobs>(n, qs, rows, nb, d, ss);
       }
-      if (j < jobs.size()) attn::Scores(qv + jobs[j].vec * d, rows, nb, d, sc + jobs[j].head * B);
     }
     for (size_t h = 0; h < H; ++h) {
       float bs;
@@ -325,7 +357,14 @@ inline HWY_NOINLINE void DecodeAttention(const DecodeAttentionArgs& a) {
     for (size_t s = 0; s < p.n_v_streams; ++s) {
       if (p.v_jobs[s].empty()) continue;
       attn::BlockRows(a.v_streams[s], b0, nb, d, scratch, rows);
-      for (const auto& job : p.v_jobs[s]) attn::Accumulate(sc + job.head * B, rows, nb, d, acc + job.vec * d);
+      const auto& jobs = p.v_jobs[s];
+      for (size_t j = 0; j < jobs.size(); j += attn::kTileJobs) {
+        const float* ps[attn::kTileJobs];
+        float* accs[attn::kTileJobs];
+        const size_t n = jobs.size() - j < attn::kTileJobs ? jobs.size() - j : attn::kTileJobs;
+        for (size_t u = 0; u < n; ++u) ps[u] = sc + jobs[j + u].head * B, accs[u] = acc + jobs[j + u].vec * d;
+        attn::AccumulateUpTo<attn::kTileJobs>(n, ps, rows, nb, d, accs);
+      }
     }
   }
   // Output: direct accumulator, plus the mapped reference accumulators and
