@@ -277,6 +277,7 @@ int cmd_ppl(const Args& a) {
     if (!os) fail(a.str("--ids-out"), ": cannot write");
   }
   const he::PerplexityStats st = he::perplexity(m, s.tokens, seq);
+  std::cout.precision(8);
   std::cout << "text: " << source << "\n"
             << "tokens: " << st.tokens << " in " << st.sequences << " sequences of <= " << seq
             << " (" << st.predicted << " predicted)\n"
