@@ -56,7 +56,8 @@ class Model:
         r = GGUFReader(path)
         self.r = r
         arch = field_value(r, "general.architecture")
-        assert arch == "llama", f"reference supports llama only, got {arch}"
+        assert arch in ("llama", "qwen2"), f"reference supports llama and qwen2, got {arch}"
+        self.arch = arch
         a = arch + "."
         self.n_layer = field_value(r, a + "block_count")
         self.n_embd = field_value(r, a + "embedding_length")
@@ -73,7 +74,8 @@ class Model:
             self.w["output.weight"] = self.w["token_embd.weight"]  # tied embedding
         # GGUF llama Q/K rows are permuted for llama.cpp's adjacent-pair RoPE;
         # restore HF order (per head: first half, second half) for rotate_half.
-        for l in range(self.n_layer):
+        # qwen2 GGUFs keep HF order (llama.cpp rotates halves for them).
+        for l in range(self.n_layer if arch == "llama" else 0):
             for name, nh in (("attn_q", self.n_head), ("attn_k", self.n_kv)):
                 k = f"blk.{l}.{name}.weight"
                 w = self.w[k]
@@ -106,9 +108,11 @@ class Model:
         for l in range(self.n_layer):
             p = f"blk.{l}."
             h = self.rms(x, W[p + "attn_norm.weight"])
-            q = (h @ W[p + "attn_q.weight"].T).reshape(T, self.n_head, self.hd)
-            k = (h @ W[p + "attn_k.weight"].T).reshape(T, self.n_kv, self.hd)
-            v = (h @ W[p + "attn_v.weight"].T).reshape(T, self.n_kv, self.hd)
+            q, k, v = (h @ W[p + f"attn_{n}.weight"].T + W.get(p + f"attn_{n}.bias", 0.0)
+                       for n in "qkv")
+            q = q.reshape(T, self.n_head, self.hd)
+            k = k.reshape(T, self.n_kv, self.hd)
+            v = v.reshape(T, self.n_kv, self.hd)
             q, k = self.rope(q, pos), self.rope(k, pos)
             out = np.empty((T, self.n_head, self.hd))
             for hh in range(self.n_head):

@@ -1,8 +1,10 @@
-// Tests of the example engine's GGUF reader on crafted files and on a fixture
-// of every quantization type (no model needed), and of the text selection.
+// Tests of the example engine that need no downloaded model: the GGUF reader
+// on crafted files and on a fixture of every quantization type, a tiny random
+// qwen2 model against the NumPy reference, and the text selection.
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -12,6 +14,7 @@
 #include "corpus.hpp"
 #include "engine_test_util.hpp"
 #include "gguf.hpp"
+#include "llama.hpp"
 
 using namespace headrecon_engine_test;
 using headrecon_test::write_file;
@@ -247,3 +250,78 @@ TEST_CASE("corpus: file selection is sorted and splits are disjoint") {
   for (const auto& c : cal) CHECK(std::find(ev.begin(), ev.end(), c) == ev.end());
 }
 
+
+TEST_CASE("llama: a tiny random qwen2 model matches the NumPy reference (biases, NEOX RoPE, untied output)") {
+  // tests/model/tiny_qwen2.gguf (make_tiny_qwen2.py): 2 layers, hidden 32,
+  // 4 query / 2 KV heads of 8, Q/K/V biases, output.weight, weights in Q8_0,
+  // Q4_1, Q5_0, F16, F32; expect.logits from reference_forward.py (float64).
+  he::GgufFile f(test_dir + "/tiny_qwen2.gguf");
+  const he::LlamaModel m(f);
+  const he::LlamaConfig& c = m.config();
+  CHECK(c.arch == "qwen2");
+  CHECK(c.rope_neox);
+  CHECK_FALSE(c.tied_output);
+  CHECK(c.head_dim == 8);
+  CHECK(c.n_head_kv == 2);
+  CHECK_FALSE(m.layer(0).bq.empty());
+  const he::GgufValue& idv = f.get("fixture.token_ids");
+  std::vector<std::int32_t> ids;
+  for (auto v : idv.ints) ids.push_back(std::int32_t(v));
+  for (auto v : idv.uints) ids.push_back(std::int32_t(v));
+  REQUIRE(ids.size() == 11);
+  const std::vector<float> want = f.dequantize(f.tensor("expect.logits"));
+  REQUIRE(want.size() == ids.size() * c.n_vocab);
+
+  he::LlamaEngine eng(m);
+  he::KvCache cache(c, ids.size());
+  std::vector<float> got;
+  eng.forward(ids.data(), ids.size(), cache, he::LogitsMode::all, &got);
+  REQUIRE(got.size() == want.size());
+  double max_diff = 0;
+  for (std::size_t i = 0; i < got.size(); ++i) max_diff = std::max(max_diff, double(std::fabs(got[i] - want[i])));
+  INFO("max |logit diff| vs NumPy: " << max_diff);
+  CHECK(max_diff < 1e-4);  // logits within +-6, float32 through 2 layers
+
+  // The same logits one token at a time (sgemv path, cache reuse).
+  he::KvCache inc(c, ids.size());
+  std::vector<float> one;
+  double inc_diff = 0;
+  for (std::size_t t = 0; t < ids.size(); ++t) {
+    eng.forward(&ids[t], 1, inc, he::LogitsMode::last, &one);
+    for (std::size_t i = 0; i < c.n_vocab; ++i)
+      inc_diff = std::max(inc_diff, double(std::fabs(one[i] - want[t * c.n_vocab + i])));
+  }
+  INFO("max |logit diff| incremental vs NumPy: " << inc_diff);
+  CHECK(inc_diff < 1e-4);
+}
+
+TEST_CASE("llama: models with missing or misshapen tensors are rejected naming the tensor") {
+  Craft c;
+  c.kv.push_back(Craft::kv_str("general.architecture", "llama"));
+  c.kv.push_back(Craft::kv_u32("llama.block_count", 1));
+  c.kv.push_back(Craft::kv_u32("llama.embedding_length", 32));
+  c.kv.push_back(Craft::kv_u32("llama.feed_forward_length", 32));
+  c.kv.push_back(Craft::kv_u32("llama.attention.head_count", 4));
+  c.kv.push_back(Craft::kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f));
+  c.tensors.push_back({"token_embd.weight", {32, 4}, 0, f32_data(std::vector<float>(128, 0.f))});
+  TempDir d;
+  const std::string p = d.file("m.gguf");
+  spit(p, c.build());
+  {
+    he::GgufFile f(p);
+    CHECK_THROWS_WITH(he::LlamaModel(f), Catch::Contains("missing tensor 'output_norm.weight'") && Catch::Contains(p));
+  }
+  c.tensors.push_back({"output_norm.weight", {16}, 0, f32_data(std::vector<float>(16, 1.f))});
+  spit(p, c.build());
+  {
+    he::GgufFile f(p);
+    CHECK_THROWS_WITH(he::LlamaModel(f), Catch::Contains("tensor 'output_norm.weight' has shape [16], expected [32]"));
+  }
+  Craft q = c;
+  q.kv[0] = Craft::kv_str("general.architecture", "mamba");
+  spit(p, q.build());
+  {
+    he::GgufFile f(p);
+    CHECK_THROWS_WITH(he::LlamaModel(f), Catch::Contains("architecture 'mamba' is not supported"));
+  }
+}
