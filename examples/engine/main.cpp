@@ -47,9 +47,10 @@ Commands:
 
 TEXT is one of
   --text FILE                      one text file (may be repeated; used in order)
-  --text-dir DIR [--split calib|eval|all] [--suffix .rst.txt]
+  --text-dir DIR [--split calib|eval|all] [--suffix .txt]
                                    files under DIR sorted by relative path; calib
-                                   takes even indices, eval odd ones (default all)
+                                   takes even indices, eval odd ones (default:
+                                   calib for capture, eval for ppl)
   --ids "I I ..."                  token ids directly
 Documents are packed into one token stream, separated by <|endoftext|> (or EOS).
 
@@ -151,7 +152,8 @@ std::vector<std::int32_t> parse_ids(const std::string& s) {
 const std::set<std::string> text_options = {"--text", "--text-dir", "--split", "--suffix", "--ids"};
 
 /// The token stream named by --text / --text-dir / --ids, cut to `n` tokens (0: all).
-he::TokenStream text_tokens(const Args& a, const he::Tokenizer& tok, std::size_t n, std::string& source) {
+he::TokenStream text_tokens(const Args& a, const he::Tokenizer& tok, std::size_t n, std::string& source,
+                            const char* default_split) {
   const int given = int(a.has("--text")) + int(a.has("--text-dir")) + int(a.has("--ids"));
   if (given != 1) fail("give exactly one of --text, --text-dir, --ids");
   if (a.has("--ids")) {
@@ -171,7 +173,7 @@ he::TokenStream text_tokens(const Args& a, const he::Tokenizer& tok, std::size_t
     for (const auto& f : files) source += " " + f;
   } else {
     const std::string dir = a.str("--text-dir");
-    const he::Split split = he::parse_split(a.str("--split", "all"));
+    const he::Split split = he::parse_split(a.str("--split", default_split));
     const std::string suffix = a.str("--suffix", ".txt");
     files = he::list_text_files(dir, suffix, split);
     if (files.empty()) fail(dir, ": no files ending in '", suffix, "'");
@@ -269,7 +271,7 @@ int cmd_ppl(const Args& a) {
   if (!n) fail("missing required option --tokens");
   const std::size_t seq = std::size_t(a.integer("--seq-len", 512, 2, 1L << 20));
   std::string source;
-  const he::TokenStream s = text_tokens(a, tok, n, source);
+  const he::TokenStream s = text_tokens(a, tok, n, source, "eval");
   if (a.has("--ids-out")) {
     std::ofstream os(a.str("--ids-out"));
     for (std::size_t i = 0; i < s.tokens.size(); ++i) os << (i ? " " : "") << s.tokens[i];
@@ -307,7 +309,7 @@ int cmd_capture(const Args& a) {
     (kind == headrecon::Kind::q ? opt.q : kind == headrecon::Kind::k ? opt.k : opt.v) = true;
   }
   std::string source;
-  const he::TokenStream s = text_tokens(a, tok, n, source);
+  const he::TokenStream s = text_tokens(a, tok, n, source, "calib");
   opt.metadata["model"] = m.path().substr(m.path().find_last_of('/') + 1);
   opt.metadata["text_source"] = source;
   opt.metadata["text_files_used"] = std::to_string(s.files.size());

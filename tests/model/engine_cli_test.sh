@@ -27,6 +27,10 @@ for i in 1 2 3 4 5 6; do echo "int f$i(void) { return $i * 2; } /* helper $i */"
 grep -q "perplexity: " "$tmp/ppl.txt" || fail "ppl output"
 grep -q "split eval (1 files" "$tmp/ppl.txt" || fail "ppl: eval split should hold 1 file"
 [ "$(wc -w < "$tmp/ids.txt")" = 100 ] || fail "ppl --ids-out should hold 100 ids"
+# Without --split, capture takes the calibration files.
+"$engine" capture --model "$model" --text-dir "$tmp/docs" --tokens 80 --seq-len 40 --kinds q \
+  --out "$tmp/calib.safetensors" > "$tmp/cal.txt"
+grep -q "split calib (1 files" "$tmp/cal.txt" || fail "capture should default to the calib split"
 
 "$engine" capture --model "$model" --text "$tmp/docs/a.txt" --text "$tmp/docs/b.txt" --tokens 150 \
   --seq-len 64 --kinds k,v --dtype bf16 --out "$tmp/acts.safetensors" > "$tmp/cap.txt"
