@@ -34,7 +34,9 @@ struct AttentionProblem {
   std::vector<std::vector<std::uint32_t>> recon_refs;
   std::vector<ReconTarget> recon_targets;
 
-  AttentionProblem(const ModelShape& s, std::size_t T, DType dt) : shape(s), tokens(T), dtype(dt) {
+  bool head_major = false;
+  AttentionProblem(const ModelShape& s, std::size_t T, DType dt, bool head_major_ = false)
+      : shape(s), tokens(T), dtype(dt), head_major(head_major_) {
     std::mt19937 rng(11);
     std::normal_distribution<float> g;
     const std::size_t d = s.d, kv = s.n_kv, cached = kv - s.rebuilt;
@@ -71,15 +73,20 @@ struct AttentionProblem {
     const void* fb = dt == DType::f32 ? static_cast<const void*>(full32.data()) : full16.data();
     const void* rb = dt == DType::f32 ? static_cast<const void*>(ref32.data()) : ref16.data();
     (void)es;
+    // Token-major [T][heads][d] by default; head-major [heads][T][d] keeps each stream contiguous.
+    auto off = [&](std::size_t h, std::size_t n) {  // n: tokens of that cache
+      return head_major ? std::ptrdiff_t(h * n * d) : std::ptrdiff_t(h * d);
+    };
+    auto stride = [&](std::size_t heads) { return head_major ? std::ptrdiff_t(d) : std::ptrdiff_t(heads * d); };
     for (std::size_t h = 0; h < kv; ++h) {
-      full_k.push_back({fb, dt, std::ptrdiff_t(h * d), std::ptrdiff_t(kv * d), nullptr, 0, 0});
-      full_v.push_back({fb, dt, std::ptrdiff_t(T * kv * d + h * d), std::ptrdiff_t(kv * d), nullptr, 0, 0});
+      full_k.push_back({fb, dt, off(h, T), stride(kv), nullptr, 0, 0});
+      full_v.push_back({fb, dt, std::ptrdiff_t(T * kv * d) + off(h, T), stride(kv), nullptr, 0, 0});
     }
     sink_k = full_k;  // sinks: the first S tokens of the full cache
     sink_v = full_v;
     for (std::size_t h = 0; h < cached; ++h) {
-      body_k.push_back({rb, dt, std::ptrdiff_t(h * d), std::ptrdiff_t(cached * d), nullptr, 0, 0});
-      body_v.push_back({rb, dt, std::ptrdiff_t(body * cached * d + h * d), std::ptrdiff_t(cached * d), nullptr, 0, 0});
+      body_k.push_back({rb, dt, off(h, body), stride(cached), nullptr, 0, 0});
+      body_v.push_back({rb, dt, std::ptrdiff_t(body * cached * d) + off(h, body), stride(cached), nullptr, 0, 0});
     }
     q.resize(s.n_q * d);
     for (auto& x : q) x = g(rng);
