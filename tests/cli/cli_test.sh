@@ -42,6 +42,10 @@ expect_ok "fixed" "k 1\.5 <- 1\.0 1\.1" \
   "$tool" fit --acts "$acts" --kind k --strategy fixed --fixed "1.5=1.0,1.1" --out "$dir/fixed.plan"
 expect_ok inspect "k: 6 heads/layer, 9 of 18 rebuilt" "$tool" inspect "$dir/greedy.plan"
 
+# The bench command runs end to end (small sizes) and writes valid JSON.
+expect_ok "bench --quick" "decode attention" "$tool" bench --quick --json "$dir/bench.json"
+if python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert d['reconstruction'] and d['decode_attention']" "$dir/bench.json" 2>/dev/null; then ok; else bad "bench JSON"; fi
+
 expect_fail "missing file" "nope\.safetensors" "$tool" fit --acts "$dir/nope.safetensors" --out "$dir/x.plan"
 expect_fail "bad kind" "unknown kind 'x'" "$tool" fit --acts "$acts" --kind x --out "$dir/x.plan"
 expect_fail "bad budget" "budget must be in \(0, 1\]" "$tool" fit --acts "$acts" --budget 1.5 --out "$dir/x.plan"
