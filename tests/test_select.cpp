@@ -108,7 +108,7 @@ TEST_CASE("shared keeps the base heads and predicts the rest from all of them", 
   }
 }
 
-TEST_CASE("shared falls back to greedy growth when subsets are many", "[select]") {
+TEST_CASE("shared uses backward elimination and swaps when subsets are many", "[select]") {
   SyntheticSpec s = spec6();
   s.n_heads = 12;  // C(12, 6) = 924 subsets
   s.n_layers = 1;
