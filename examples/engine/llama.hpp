@@ -22,8 +22,11 @@
 #include <string>
 #include <vector>
 
+#include <random>
+
 #include "gguf.hpp"
 #include "headrecon/detail/lapack.hpp"
+#include "ref_kv.hpp"
 
 extern "C" {
 void openblas_set_num_threads(int) __attribute__((weak));
@@ -143,6 +146,35 @@ class LlamaModel {
 
   const LlamaConfig& config() const { return cfg_; }
   const std::string& path() const { return path_; }
+  AttentionShape attention_shape() const { return {cfg_.n_layer, cfg_.n_head, cfg_.n_head_kv, cfg_.head_dim}; }
+
+  /// Replaces every weight by a random one of matching scale, keeping the
+  /// architecture: each matrix (embedding, Q/K/V/O, FFN, untied output) by
+  /// i.i.d. N(0, s²) with s the RMS of the trained matrix; norm weights by 1
+  /// and biases by 0, as at initialization. Deterministic in `seed`.
+  void randomize(std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    auto fill = [&](std::vector<float>& w) {
+      if (w.empty()) return;
+      double ss = 0;
+      for (float x : w) ss += double(x) * x;
+      std::normal_distribution<float> g(0.f, float(std::sqrt(ss / double(w.size()))));
+      for (float& x : w) x = g(rng);
+    };
+    fill(tok_embd_);
+    if (!cfg_.tied_output) fill(output_);
+    std::fill(output_norm_.begin(), output_norm_.end(), 1.f);
+    for (Layer& L : layers_) {
+      for (auto* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) fill(*w);
+      for (auto* b : {&L.bq, &L.bk, &L.bv}) std::fill(b->begin(), b->end(), 0.f);
+      std::fill(L.attn_norm.begin(), L.attn_norm.end(), 1.f);
+      std::fill(L.ffn_norm.begin(), L.ffn_norm.end(), 1.f);
+    }
+    randomized_ = true;
+  }
+  bool randomized() const { return randomized_; }
+  /// Mutable access to a layer's weights (tests plant structure with it).
+  Layer& mutable_layer(std::size_t l) { return layers_.at(l); }
   const Layer& layer(std::size_t l) const { return layers_[l]; }
   /// [n_vocab][n_embd]
   const std::vector<float>& token_embedding() const { return tok_embd_; }
@@ -174,6 +206,7 @@ class LlamaModel {
   std::vector<Layer> layers_;
   std::map<std::string, std::size_t> types_;
   std::size_t n_params_ = 0;
+  bool randomized_ = false;
 };
 
 /// Full K/V cache of one sequence: [layer][position][kv_head][head_dim] floats.
@@ -228,11 +261,30 @@ class LlamaEngine {
   /// (all) or n_vocab (last), row-major.
   void forward(const std::int32_t* tokens, std::size_t n, KvCache& cache, LogitsMode mode,
                std::vector<float>* logits) {
+    run(tokens, n, &cache, nullptr, mode, logits);
+  }
+
+  /// The same over a reference-only cache: K/V go to `cache` (only the heads
+  /// it stores), and every token's attention runs decode_attention over it
+  /// (token t sees positions 0..pos0+t), whatever n is.
+  void forward(const std::int32_t* tokens, std::size_t n, RefKvCache& cache, LogitsMode mode,
+               std::vector<float>* logits) {
+    const LlamaConfig& c = m_.config();
+    const headrecon::RefCacheLayout& lay = cache.layout();
+    if (std::size_t(lay.n_layers()) != c.n_layer || std::size_t(lay.n_kv_heads()) != c.n_head_kv ||
+        std::size_t(lay.head_dim()) != c.head_dim)
+      fail("forward: the reference cache was made for another model shape");
+    run(tokens, n, nullptr, &cache, mode, logits);
+  }
+
+ private:
+  void run(const std::int32_t* tokens, std::size_t n, KvCache* full, RefKvCache* ref, LogitsMode mode,
+           std::vector<float>* logits) {
     const LlamaConfig& c = m_.config();
     if (n == 0) return;
-    const std::size_t pos0 = cache.size();
-    if (pos0 + n > cache.capacity())
-      fail("forward: ", pos0 + n, " positions exceed the KV cache capacity ", cache.capacity());
+    const std::size_t pos0 = full ? full->size() : ref->size();
+    const std::size_t cap = full ? full->capacity() : ref->capacity();
+    if (pos0 + n > cap) fail("forward: ", pos0 + n, " positions exceed the KV cache capacity ", cap);
     const std::size_t E = c.n_embd, QD = c.q_dim(), KD = c.kv_dim(), F = c.n_ff;
     x_.resize(n * E);
     xn_.resize(n * E);
@@ -250,8 +302,12 @@ class LlamaEngine {
     const bool post = hook_ && stage_ != CaptureStage::pre_rope;
     for (std::size_t l = 0; l < c.n_layer; ++l) {
       const LlamaModel::Layer& L = m_.layer(l);
-      float* kc = cache.k(l) + pos0 * KD;  // this batch's rows of the cache
-      float* vc = cache.v(l) + pos0 * KD;
+      if (ref) {
+        kb_.resize(n * KD);
+        vb_.resize(n * KD);
+      }
+      float* kc = ref ? kb_.data() : full->k(l) + pos0 * KD;  // this batch's rows of the full cache
+      float* vc = ref ? vb_.data() : full->v(l) + pos0 * KD;
       rms_norm(x_.data(), L.attn_norm.data(), xn_.data(), n, E, float(c.rms_eps));
       sgemm_rm(false, true, ni, QDi, Ei, 1.f, xn_.data(), Ei, L.wq.data(), Ei, 0.f, q_.data(), QDi);
       sgemm_rm(false, true, ni, KDi, Ei, 1.f, xn_.data(), Ei, L.wk.data(), Ei, 0.f, kc, KDi);
@@ -266,7 +322,12 @@ class LlamaEngine {
       rope(kc, n, c.n_head_kv, pos0);
       if (post) hook_(batch(l, n, pos0, true, kc, vc));
 
-      attention(l, n, pos0, cache);
+      if (ref) {
+        ref->append(l, pos0, n, kc, vc);
+        for (std::size_t t = 0; t < n; ++t) ref->attend(l, pos0 + t, q_.data() + t * QD, o_.data() + t * QD);
+      } else {
+        attention(l, n, pos0, *full);
+      }
       // x += o · Woᵀ
       sgemm_rm(false, true, ni, Ei, QDi, 1.f, o_.data(), QDi, L.wo.data(), QDi, 1.f, x_.data(), Ei);
 
@@ -279,7 +340,10 @@ class LlamaEngine {
       }
       sgemm_rm(false, true, ni, Ei, Fi, 1.f, g_.data(), Fi, L.w_down.data(), Fi, 1.f, x_.data(), Ei);
     }
-    cache.advance(n);
+    if (full)
+      full->advance(n);
+    else
+      ref->advance(n);
     if (mode == LogitsMode::none || !logits) return;
     const std::size_t first = mode == LogitsMode::last ? n - 1 : 0, rows = n - first;
     rms_norm(x_.data() + first * E, m_.output_norm().data(), xn_.data(), rows, E, float(c.rms_eps));
@@ -288,7 +352,6 @@ class LlamaEngine {
              logits->data(), int(c.n_vocab));
   }
 
- private:
   QkvBatch batch(std::size_t l, std::size_t n, std::size_t pos0, bool post_rope, const float* k,
                  const float* v) const {
     const LlamaConfig& c = m_.config();
@@ -387,7 +450,7 @@ class LlamaEngine {
   const LlamaModel& m_;
   Hook hook_;
   CaptureStage stage_ = CaptureStage::post_rope;
-  std::vector<float> x_, xn_, q_, o_, g_, u_, s_, cs_;
+  std::vector<float> x_, xn_, q_, o_, g_, u_, s_, cs_, kb_, vb_;
   std::vector<double> inv_freq_;
 };
 

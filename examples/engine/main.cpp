@@ -16,7 +16,9 @@
 
 #include "capture.hpp"
 #include "corpus.hpp"
+#include "eval.hpp"
 #include "gguf.hpp"
+#include "headrecon/plan_io.hpp"
 #include "llama.hpp"
 #include "tokenizer.hpp"
 
@@ -44,6 +46,14 @@ Commands:
                                                greedy decoding; prefill and decode tokens/s
   bench     --model GGUF [--seq-len 512] [--decode 64]
                                                prefill and decode throughput
+  eval      --model GGUF TEXT [--seqs 2] [--seq-len 256] --plan [NAME=]PLAN ...
+            [--variants k,v,kv] [--sinks 0,4] [--cache-dtype f32|f16|bf16]
+            [--chunk 1] [--csv FILE] [--json FILE] [--md FILE]
+                                               perplexity decoded token by token
+                                               through a reference-only KV cache:
+                                               full cache, then each plan on K, V,
+                                               K+V at each sink count; KV bytes,
+                                               decode tokens/s
 
 TEXT is one of
   --text FILE                      one text file (may be repeated; used in order)
@@ -54,7 +64,8 @@ TEXT is one of
   --ids "I I ..."                  token ids directly
 Documents are packed into one token stream, separated by <|endoftext|> (or EOS).
 
-Common options: --threads N (BLAS threads). --model defaults to
+Common options: --threads N (BLAS threads); --random-init SEED replaces every
+weight by a random one of matching scale (same architecture). --model defaults to
 $HEADRECON_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf (HEADRECON_CACHE defaults
 to ~/.cache/headrecon); fetch it with examples/engine/fetch_model.sh.
 )";
@@ -123,6 +134,13 @@ std::string model_path(const Args& a) {
     fail("model file ", p, " not found: pass --model or run examples/engine/fetch_model.sh to fetch ",
          "SmolLM2-135M-Instruct.Q4_1.gguf into $HEADRECON_CACHE/models (default ~/.cache/headrecon/models)");
   return p;
+}
+
+/// The model of --model, randomized when --random-init SEED is given.
+he::LlamaModel load_model(const Args& a, const he::GgufFile& f) {
+  he::LlamaModel m(f);
+  if (a.has("--random-init")) m.randomize(std::uint64_t(a.integer("--random-init", 0, 0, 1L << 62)));
+  return m;
 }
 
 void apply_threads(const Args& a) {
@@ -198,7 +216,7 @@ int cmd_info(const Args& a) {
   std::cout << "\n";
   if (f.find("general.name")) std::cout << "name: " << f.get_string("general.name") << "\n";
   const auto t0 = std::chrono::steady_clock::now();
-  const he::LlamaModel m(f);
+  const he::LlamaModel m = load_model(a, f);
   const double load_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   const he::LlamaConfig& c = m.config();
   std::cout << "architecture: " << c.arch << "\nlayers: " << c.n_layer << "\nhidden: " << c.n_embd
@@ -236,7 +254,7 @@ int cmd_detokenize(const Args& a) {
 int cmd_logits(const Args& a) {
   const he::GgufFile f(model_path(a));
   const he::Tokenizer tok(f);
-  const he::LlamaModel m(f);
+  const he::LlamaModel m = load_model(a, f);
   if (a.has("--ids") == a.has("--string")) fail("give exactly one of --ids, --string");
   const auto ids = a.has("--ids") ? parse_ids(a.str("--ids")) : tok.encode(a.str("--string"), true);
   const std::size_t V = m.config().n_vocab, top = std::size_t(a.integer("--top", 5, 0, 1000));
@@ -266,7 +284,7 @@ int cmd_ppl(const Args& a) {
   apply_threads(a);
   const he::GgufFile f(model_path(a));
   const he::Tokenizer tok(f);
-  const he::LlamaModel m(f);
+  const he::LlamaModel m = load_model(a, f);
   const std::size_t n = std::size_t(a.integer("--tokens", 0, 2, 1L << 40));
   if (!n) fail("missing required option --tokens");
   const std::size_t seq = std::size_t(a.integer("--seq-len", 512, 2, 1L << 20));
@@ -292,7 +310,7 @@ int cmd_capture(const Args& a) {
   apply_threads(a);
   const he::GgufFile f(model_path(a));
   const he::Tokenizer tok(f);
-  const he::LlamaModel m(f);
+  const he::LlamaModel m = load_model(a, f);
   const std::size_t n = std::size_t(a.integer("--tokens", 0, 1, 1L << 40));
   if (!n) fail("missing required option --tokens");
   he::CaptureOptions opt;
@@ -311,6 +329,7 @@ int cmd_capture(const Args& a) {
   std::string source;
   const he::TokenStream s = text_tokens(a, tok, n, source, "calib");
   opt.metadata["model"] = m.path().substr(m.path().find_last_of('/') + 1);
+  if (m.randomized()) opt.metadata["random_init"] = a.str("--random-init");
   opt.metadata["text_source"] = source;
   opt.metadata["text_files_used"] = std::to_string(s.files.size());
   if (!s.files.empty()) {
@@ -332,7 +351,7 @@ int cmd_generate(const Args& a) {
   apply_threads(a);
   const he::GgufFile f(model_path(a));
   const he::Tokenizer tok(f);
-  const he::LlamaModel m(f);
+  const he::LlamaModel m = load_model(a, f);
   std::vector<std::int32_t> ids;
   if (a.has("--ids") == a.has("--prompt")) fail("give exactly one of --prompt, --ids");
   if (a.has("--ids")) {
@@ -375,7 +394,7 @@ int cmd_generate(const Args& a) {
 int cmd_bench(const Args& a) {
   apply_threads(a);
   const he::GgufFile f(model_path(a));
-  const he::LlamaModel m(f);
+  const he::LlamaModel m = load_model(a, f);
   const std::size_t seq = std::size_t(a.integer("--seq-len", 512, 1, 1 << 20));
   const std::size_t dec = std::size_t(a.integer("--decode", 64, 0, 1 << 20));
   const std::size_t V = m.config().n_vocab;
@@ -413,6 +432,74 @@ int cmd_bench(const Args& a) {
   return 0;
 }
 
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream is(s);
+  for (std::string x; std::getline(is, x, ',');)
+    if (!x.empty()) out.push_back(x);
+  return out;
+}
+
+int cmd_eval(const Args& a) {
+  apply_threads(a);
+  const he::GgufFile f(model_path(a));
+  const he::Tokenizer tok(f);
+  const he::LlamaModel m = load_model(a, f);
+  he::EvalOptions opt;
+  opt.seq_len = std::size_t(a.integer("--seq-len", 256, 2, 1L << 20));
+  const std::size_t seqs = std::size_t(a.integer("--seqs", 2, 1, 1L << 20));
+  opt.chunk = std::size_t(a.integer("--chunk", 1, 1, 1L << 20));
+  std::string dt = a.str("--cache-dtype", "f32");
+  for (char& ch : dt) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+  opt.dtype = headrecon::parse_dtype(dt);
+  if (a.has("--variants")) {
+    opt.variants.clear();
+    for (const auto& v : split_list(a.str("--variants"))) opt.variants.push_back(he::parse_apply(v));
+  }
+  if (a.has("--sinks")) {
+    opt.sinks.clear();
+    for (const auto& v : split_list(a.str("--sinks"))) {
+      char* end = nullptr;
+      const long x = std::strtol(v.c_str(), &end, 10);
+      if (*end || x < 0 || x > 1 << 20) fail("--sinks: '", v, "' is not a token count");
+      opt.sinks.push_back(int(x));
+    }
+  }
+  std::vector<he::EvalPlan> plans;
+  for (const auto& spec : a.all("--plan")) {
+    const auto eq = spec.find('=');
+    std::string name = eq == std::string::npos ? spec : spec.substr(0, eq);
+    const std::string path = eq == std::string::npos ? spec : spec.substr(eq + 1);
+    if (eq == std::string::npos) {
+      name = name.substr(name.find_last_of('/') + 1);
+      name = name.substr(0, name.find('.'));
+    }
+    plans.push_back({name, headrecon::load_plan(path)});
+  }
+  std::string source;
+  const he::TokenStream s = text_tokens(a, tok, seqs * opt.seq_len, source, "eval");
+  std::cout << "text: " << source << "\n"
+            << "eval: " << seqs << " sequences of " << opt.seq_len << " tokens, decoded one token at a time"
+            << (opt.chunk > 1 ? " (chunks of " + std::to_string(opt.chunk) + ")" : std::string())
+            << " through the reference-only cache (" << headrecon::dtype_name(opt.dtype) << ")\n";
+  const std::vector<he::EvalRow> rows = he::run_eval(m, s.tokens, plans, opt, std::cout);
+  std::cout << "\n";
+  he::print_eval_table(rows, std::cout, false);
+  std::map<std::string, std::string> meta{{"model", m.path()},
+                                          {"text", source},
+                                          {"seq_len", std::to_string(opt.seq_len)},
+                                          {"sequences", std::to_string(seqs)},
+                                          {"cache_dtype", std::string(headrecon::dtype_name(opt.dtype))},
+                                          {"chunk", std::to_string(opt.chunk)}};
+  if (a.has("--csv")) he::write_eval_csv(rows, a.str("--csv"));
+  if (a.has("--json")) he::write_eval_json(rows, meta, a.str("--json"));
+  if (a.has("--md")) {
+    std::ofstream os(a.str("--md"));
+    he::print_eval_table(rows, os, true);
+  }
+  return 0;
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -431,16 +518,22 @@ int main(int argc, char** argv) {
     if (cmd == "tokenize") return cmd_tokenize(Args(argc, argv, {"--model", "--text", "--string"}, {"--special"}));
     if (cmd == "detokenize") return cmd_detokenize(Args(argc, argv, {"--model", "--ids"}, {}));
     if (cmd == "logits")
-      return cmd_logits(Args(argc, argv, {"--model", "--ids", "--string", "--out", "--top", "--threads"}, {}));
+      return cmd_logits(Args(argc, argv, {"--model", "--ids", "--string", "--out", "--top", "--threads", "--random-init"}, {}));
     if (cmd == "ppl")
-      return cmd_ppl(Args(argc, argv, with(text_options, {"--model", "--tokens", "--seq-len", "--ids-out", "--threads"}), {}));
+      return cmd_ppl(Args(argc, argv, with(text_options, {"--model", "--tokens", "--seq-len", "--ids-out", "--threads", "--random-init"}), {}));
     if (cmd == "capture")
       return cmd_capture(Args(argc, argv,
                               with(text_options, {"--model", "--tokens", "--seq-len", "--out", "--kinds",
-                                                  "--dtype", "--threads"}),
+                                                  "--dtype", "--threads", "--random-init"}),
                               {"--pre-rope"}));
     if (cmd == "generate")
-      return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads"}, {"--chat"}));
+      return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads", "--random-init"}, {"--chat"}));
+    if (cmd == "eval")
+      return cmd_eval(Args(argc, argv,
+                           with(text_options, {"--model", "--seqs", "--seq-len", "--plan", "--variants", "--sinks",
+                                               "--cache-dtype", "--chunk", "--csv", "--json", "--md", "--threads",
+                                               "--random-init"}),
+                           {}));
     if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {}));
     std::cerr << "headrecon-engine: unknown command '" << cmd << "'\n\n" << usage_text;
     return 2;

@@ -1,0 +1,320 @@
+#pragma once
+// Perplexity measured by decoding token by token through a reference-only KV
+// cache (RefKvCache + headrecon::decode_attention), and the `eval` matrix:
+// full cache vs plans applied to keys only, values only or both, at several
+// sink-token counts, with KV bytes and decode speed.
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "capture.hpp"
+#include "headrecon/plan.hpp"
+#include "llama.hpp"
+#include "ref_kv.hpp"
+
+namespace headrecon_engine {
+
+struct DecodePplStats {
+  double nll = 0;
+  std::size_t predicted = 0, tokens = 0, sequences = 0;
+  double seconds = 0;       // all decode steps
+  double attn_seconds = 0;  // inside decode_attention (all layers)
+  std::size_t allocated_bytes = 0, layout_bytes = 0, full_bytes = 0;  // one sequence's cache (seq_len tokens)
+  double ppl() const { return std::exp(nll / double(predicted)); }
+  double tokens_per_s() const { return double(tokens) / seconds; }
+};
+
+/// Perplexity of `tokens` in sequences of seq_len, every token decoded one at
+/// a time (forward of 1 token, last logits) through a RefKvCache built from
+/// `plan` (null: full cache, same kernel). `chunk` > 1 feeds that many tokens
+/// per forward (same attention per token, batched projections; faster, same
+/// result up to rounding) - 1 is true decoding.
+inline DecodePplStats decode_perplexity(const LlamaModel& model, const std::vector<std::int32_t>& tokens,
+                                        std::size_t seq_len, const headrecon::Plan* plan,
+                                        headrecon::DType dtype = headrecon::DType::f32, std::size_t chunk = 1) {
+  const LlamaConfig& c = model.config();
+  if (seq_len < 2) fail("decode perplexity: seq_len must be at least 2");
+  if (chunk == 0) chunk = 1;
+  LlamaEngine eng(model);
+  RefKvCache cache(model.attention_shape(), plan, std::min(seq_len, tokens.size()), dtype);
+  DecodePplStats st;
+  st.allocated_bytes = cache.allocated_bytes();
+  st.layout_bytes = cache.layout_bytes();
+  st.full_bytes = cache.full_bytes();
+  std::vector<float> logits;
+  const LogitsMode mode = chunk == 1 ? LogitsMode::last : LogitsMode::all;
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t t0 = 0; t0 < tokens.size(); t0 += seq_len) {
+    const std::size_t n = std::min(seq_len, tokens.size() - t0);
+    cache.clear();
+    for (std::size_t i = 0; i < n; i += chunk) {
+      const std::size_t m = std::min(chunk, n - i);
+      eng.forward(tokens.data() + t0 + i, m, cache, mode, &logits);
+      for (std::size_t j = 0; j < m; ++j) {
+        if (i + j + 1 >= n) break;
+        const float* row = logits.data() + (mode == LogitsMode::last ? 0 : j * c.n_vocab);
+        st.nll -= log_prob(row, c.n_vocab, tokens[t0 + i + j + 1]);
+        ++st.predicted;
+      }
+    }
+    ++st.sequences;
+  }
+  st.tokens = tokens.size();
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  st.attn_seconds = cache.attention_seconds();
+  if (st.predicted == 0) fail("decode perplexity: no token to score");
+  return st;
+}
+
+/// Which kinds of a plan are applied.
+enum class Apply { k, v, kv };
+inline const char* apply_name(Apply a) { return a == Apply::k ? "K" : a == Apply::v ? "V" : "K+V"; }
+inline Apply parse_apply(const std::string& s) {
+  if (s == "k" || s == "K") return Apply::k;
+  if (s == "v" || s == "V") return Apply::v;
+  if (s == "kv" || s == "KV" || s == "k+v" || s == "K+V") return Apply::kv;
+  fail("unknown variant '", s, "' (expected k, v or kv)");
+}
+
+/// `plan` restricted to K and/or V (a kind missing from a plan is fully
+/// cached), with `sink` sink tokens.
+inline headrecon::Plan plan_variant(const headrecon::Plan& plan, Apply a, int sink) {
+  headrecon::Plan p = plan;
+  p.kinds.clear();
+  for (const auto& kp : plan.kinds) {
+    if (kp.kind == headrecon::Kind::k && a != Apply::v) p.kinds.push_back(kp);
+    if (kp.kind == headrecon::Kind::v && a != Apply::k) p.kinds.push_back(kp);
+  }
+  p.sink_tokens = sink;
+  return p;
+}
+
+/// A canonical description of which heads a plan rebuilds from which, and its
+/// maps' values (two plans with equal keys give identical results).
+inline std::string plan_key(const headrecon::Plan& p) {
+  std::string s = std::to_string(p.sink_tokens);
+  for (const auto& kp : p.kinds) {
+    s += "|" + std::string(headrecon::kind_name(kp.kind));
+    for (const auto& layer : kp.layers)
+      for (const auto& t : layer) {
+        s += ";" + std::to_string(t.target.layer) + "." + std::to_string(t.target.head) + "<";
+        for (auto r : t.refs) s += std::to_string(r.layer) + "." + std::to_string(r.head) + ",";
+        double h = 0;
+        for (std::size_t i = 0; i < t.weight.size(); ++i) h += double(t.weight[i]) * double(i % 977 + 1);
+        for (float b : t.bias) h += b;
+        char buf[32];
+        std::snprintf(buf, sizeof buf, "%.9g", h);
+        s += buf;
+      }
+  }
+  return s;
+}
+
+struct EvalRow {
+  std::string plan = "full";  // plan name, "full" for the full cache
+  std::string apply = "-";    // K, V, K+V or -
+  int sink = 0;
+  std::size_t k_rebuilt = 0, v_rebuilt = 0, kv_heads = 0;  // rebuilt heads over all layers; K (or V) heads of the model
+  std::size_t max_refs = 0;
+  double mean_r2_k = NAN, mean_r2_v = NAN;  // held-out R² of the rebuilt heads (from the plan)
+  DecodePplStats st;
+  std::string same_as;  // an earlier row with the same plan content (result copied, not re-run)
+};
+
+inline double mean_r2(const headrecon::KindPlan* kp) {
+  if (!kp || kp->n_targets() == 0) return NAN;
+  double s = 0;
+  for (const auto& l : kp->layers)
+    for (const auto& t : l) s += t.r2_heldout;
+  return s / double(kp->n_targets());
+}
+
+inline EvalRow describe_row(const std::string& name, const headrecon::Plan* p, Apply a, int sink,
+                            std::size_t kv_heads_total) {
+  EvalRow r;
+  r.plan = name;
+  r.sink = sink;
+  r.kv_heads = kv_heads_total;
+  if (!p) return r;
+  r.apply = apply_name(a);
+  if (const auto* k = p->find(headrecon::Kind::k)) r.k_rebuilt = k->n_targets(), r.mean_r2_k = mean_r2(k);
+  if (const auto* v = p->find(headrecon::Kind::v)) r.v_rebuilt = v->n_targets(), r.mean_r2_v = mean_r2(v);
+  for (const auto& kp : p->kinds)
+    for (const auto& l : kp.layers)
+      for (const auto& t : l) r.max_refs = std::max(r.max_refs, t.refs.size());
+  return r;
+}
+
+inline std::string fmtd(const char* f, double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, f, v);
+  return buf;
+}
+
+/// The table, as printed and as Markdown (md = true).
+inline void print_eval_table(const std::vector<EvalRow>& rows, std::ostream& os, bool md) {
+  const EvalRow* base = nullptr;
+  for (const auto& r : rows)
+    if (r.plan == "full") base = &r;
+  const char* hdr[] = {"plan", "applied", "sink", "K rebuilt", "V rebuilt", "max refs", "R2 K", "R2 V",
+                       "ppl", "vs full", "KV bytes", "saved", "decode tok/s", "attn us/tok"};
+  std::vector<std::vector<std::string>> cells;
+  for (const auto& r : rows) {
+    const double ppl = r.st.ppl();
+    std::vector<std::string> c;
+    c.push_back(r.plan);
+    c.push_back(r.apply);
+    c.push_back(std::to_string(r.sink));
+    c.push_back(std::to_string(r.k_rebuilt) + "/" + std::to_string(r.kv_heads));
+    c.push_back(std::to_string(r.v_rebuilt) + "/" + std::to_string(r.kv_heads));
+    c.push_back(r.max_refs ? std::to_string(r.max_refs) : "-");
+    c.push_back(std::isnan(r.mean_r2_k) ? "-" : fmtd("%.3f", r.mean_r2_k));
+    c.push_back(std::isnan(r.mean_r2_v) ? "-" : fmtd("%.3f", r.mean_r2_v));
+    c.push_back(fmtd("%.4f", ppl));
+    c.push_back(base ? fmtd("%+.2f%%", 100.0 * (ppl / base->st.ppl() - 1.0)) : "-");
+    c.push_back(std::to_string(r.st.allocated_bytes));
+    c.push_back(fmtd("%.1f%%", 100.0 * (1.0 - double(r.st.allocated_bytes) / double(r.st.full_bytes))));
+    c.push_back(r.same_as.empty() ? fmtd("%.1f", r.st.tokens_per_s()) : "= " + r.same_as);
+    c.push_back(r.same_as.empty() ? fmtd("%.0f", 1e6 * r.st.attn_seconds / double(r.st.tokens)) : "");
+    cells.push_back(std::move(c));
+  }
+  const std::size_t nc = sizeof hdr / sizeof hdr[0];
+  std::vector<std::size_t> w(nc);
+  for (std::size_t i = 0; i < nc; ++i) w[i] = std::string(hdr[i]).size();
+  for (const auto& c : cells)
+    for (std::size_t i = 0; i < nc; ++i) w[i] = std::max(w[i], c[i].size());
+  auto line = [&](const std::vector<std::string>& c) {
+    for (std::size_t i = 0; i < nc; ++i) {
+      if (md) os << "| ";
+      const std::string pad(w[i] - c[i].size(), ' ');
+      os << (i < 3 ? c[i] + pad : pad + c[i]) << (md ? " " : "  ");
+    }
+    os << (md ? "|\n" : "\n");
+  };
+  line(std::vector<std::string>(hdr, hdr + nc));
+  if (md) {
+    for (std::size_t i = 0; i < nc; ++i) os << "|" << (i < 3 ? ":" : "") << std::string(w[i] + 1, '-') << (i < 3 ? "" : ":");
+    os << "|\n";
+  }
+  for (const auto& c : cells) line(c);
+}
+
+inline void write_eval_csv(const std::vector<EvalRow>& rows, const std::string& path) {
+  std::ofstream os(path);
+  os << "plan,applied,sink,k_rebuilt,v_rebuilt,kv_heads,max_refs,mean_r2_k,mean_r2_v,ppl,mean_nll,predicted,"
+        "tokens,sequences,kv_bytes_allocated,kv_bytes_layout,kv_bytes_full,decode_seconds,decode_tokens_per_s,"
+        "attention_seconds,same_as\n";
+  for (const auto& r : rows) {
+    os << r.plan << "," << r.apply << "," << r.sink << "," << r.k_rebuilt << "," << r.v_rebuilt << "," << r.kv_heads
+       << "," << r.max_refs << "," << (std::isnan(r.mean_r2_k) ? "" : fmtd("%.6f", r.mean_r2_k)) << ","
+       << (std::isnan(r.mean_r2_v) ? "" : fmtd("%.6f", r.mean_r2_v)) << "," << fmtd("%.6f", r.st.ppl()) << ","
+       << fmtd("%.8f", r.st.nll / double(r.st.predicted)) << "," << r.st.predicted << "," << r.st.tokens << ","
+       << r.st.sequences << "," << r.st.allocated_bytes << "," << r.st.layout_bytes << "," << r.st.full_bytes << ","
+       << fmtd("%.4f", r.st.seconds) << "," << fmtd("%.3f", r.st.tokens_per_s()) << ","
+       << fmtd("%.5f", r.st.attn_seconds) << "," << r.same_as << "\n";
+  }
+  if (!os) fail(path, ": cannot write");
+}
+
+inline void write_eval_json(const std::vector<EvalRow>& rows, const std::map<std::string, std::string>& meta,
+                            const std::string& path) {
+  std::ofstream os(path);
+  auto q = [](const std::string& s) {
+    std::string o = "\"";
+    for (char ch : s) {
+      if (ch == '"' || ch == '\\') o += '\\';
+      if (static_cast<unsigned char>(ch) < 0x20) {
+        o += fmtd("\\u%04x", double(static_cast<unsigned char>(ch)));
+        continue;
+      }
+      o += ch;
+    }
+    return o + "\"";
+  };
+  auto num = [](double v, const char* f) { return std::isnan(v) ? std::string("null") : fmtd(f, v); };
+  os << "{\n  \"meta\": {";
+  bool first = true;
+  for (const auto& [k, v] : meta) os << (first ? "" : ", ") << q(k) << ": " << q(v), first = false;
+  os << "},\n  \"rows\": [\n";
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    const auto& r = rows[i];
+    os << "    {\"plan\": " << q(r.plan) << ", \"applied\": " << q(r.apply) << ", \"sink\": " << r.sink
+       << ", \"k_rebuilt\": " << r.k_rebuilt << ", \"v_rebuilt\": " << r.v_rebuilt << ", \"kv_heads\": " << r.kv_heads
+       << ", \"max_refs\": " << r.max_refs << ", \"mean_r2_k\": " << num(r.mean_r2_k, "%.6f")
+       << ", \"mean_r2_v\": " << num(r.mean_r2_v, "%.6f") << ", \"ppl\": " << fmtd("%.6f", r.st.ppl())
+       << ", \"predicted\": " << r.st.predicted << ", \"tokens\": " << r.st.tokens
+       << ", \"kv_bytes_allocated\": " << r.st.allocated_bytes << ", \"kv_bytes_layout\": " << r.st.layout_bytes
+       << ", \"kv_bytes_full\": " << r.st.full_bytes << ", \"decode_tokens_per_s\": "
+       << fmtd("%.3f", r.st.tokens_per_s()) << ", \"attention_seconds\": " << fmtd("%.5f", r.st.attn_seconds)
+       << ", \"same_as\": " << q(r.same_as) << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
+  }
+  os << "  ]\n}\n";
+  if (!os) fail(path, ": cannot write");
+}
+
+struct EvalPlan {
+  std::string name;
+  headrecon::Plan plan;
+};
+
+struct EvalOptions {
+  std::size_t seq_len = 256;
+  std::vector<Apply> variants{Apply::k, Apply::v, Apply::kv};
+  std::vector<int> sinks{0, 4};
+  headrecon::DType dtype = headrecon::DType::f32;
+  std::size_t chunk = 1;
+  bool verbose = true;
+};
+
+/// Runs the full cache, then every plan x variant x sink (a variant that
+/// rebuilds nothing is skipped; a plan identical to an earlier one reuses its
+/// result). Progress lines go to `log`.
+inline std::vector<EvalRow> run_eval(const LlamaModel& model, const std::vector<std::int32_t>& tokens,
+                                     const std::vector<EvalPlan>& plans, const EvalOptions& opt, std::ostream& log) {
+  const LlamaConfig& c = model.config();
+  const std::size_t kv_total = c.n_layer * c.n_head_kv;
+  std::vector<EvalRow> rows;
+  EvalRow full = describe_row("full", nullptr, Apply::kv, 0, kv_total);
+  full.st = decode_perplexity(model, tokens, opt.seq_len, nullptr, opt.dtype, opt.chunk);
+  if (opt.verbose)
+    log << "  full cache: ppl " << fmtd("%.4f", full.st.ppl()) << ", " << fmtd("%.1f", full.st.tokens_per_s())
+        << " tokens/s\n";
+  rows.push_back(full);
+  std::map<std::string, std::string> done;  // plan key -> row label
+  for (const auto& ep : plans)
+    for (int sink : opt.sinks)
+      for (Apply a : opt.variants) {
+        const headrecon::Plan p = plan_variant(ep.plan, a, sink);
+        EvalRow r = describe_row(ep.name, &p, a, sink, kv_total);
+        if (r.k_rebuilt + r.v_rebuilt == 0) continue;
+        const std::string key = plan_key(p);
+        const std::string label = ep.name + " " + r.apply + " s" + std::to_string(sink);
+        auto it = done.find(key);
+        if (it != done.end()) {
+          for (const auto& x : rows)
+            if (x.plan + " " + x.apply + " s" + std::to_string(x.sink) == it->second) r.st = x.st;
+          r.same_as = it->second;
+        } else {
+          r.st = decode_perplexity(model, tokens, opt.seq_len, &p, opt.dtype, opt.chunk);
+          done[key] = label;
+        }
+        if (opt.verbose)
+          log << "  " << label << ": ppl " << fmtd("%.4f", r.st.ppl()) << " ("
+              << fmtd("%+.2f%%", 100.0 * (r.st.ppl() / full.st.ppl() - 1)) << "), KV " << r.st.allocated_bytes
+              << " bytes (" << fmtd("%.1f%%", 100.0 * (1 - double(r.st.allocated_bytes) / double(r.st.full_bytes)))
+              << " saved), " << (r.same_as.empty() ? fmtd("%.1f", r.st.tokens_per_s()) + " tokens/s"
+                                                   : "same plan as " + r.same_as)
+              << "\n";
+        rows.push_back(r);
+      }
+  return rows;
+}
+
+}  // namespace headrecon_engine
