@@ -4,6 +4,7 @@
 // full cache vs plans applied to keys only, values only or both, at several
 // sink-token counts, with KV bytes and decode speed.
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -73,6 +74,69 @@ inline DecodePplStats decode_perplexity(const LlamaModel& model, const std::vect
   return st;
 }
 
+/// Writes the plan's predictions over its rebuilt heads in a full cache, for
+/// positions >= plan.sink_tokens: K/V of target (layer, h) become
+/// Wᵀ[x_ref1; ...] + b computed from the (true) cached reference heads, read
+/// from `cache` for earlier layers. The paper's simulation of reconstruction
+/// (the memory is not saved); attention then runs over the full cache.
+inline LlamaEngine::KvTransform simulate_plan_transform(const headrecon::Plan& plan, const LlamaConfig& c,
+                                                        KvCache& cache) {
+  return [&plan, &c, &cache](std::size_t l, std::size_t pos0, std::size_t n, float* k, float* v) {
+    const std::size_t d = c.head_dim, KD = c.kv_dim();
+    std::vector<float> y(d);
+    for (const auto& kp : plan.kinds) {
+      if (kp.kind == headrecon::Kind::q) continue;
+      const bool is_k = kp.kind == headrecon::Kind::k;
+      float* cur = is_k ? k : v;
+      for (const auto& t : kp.layers.at(l))
+        for (std::size_t i = 0; i < n; ++i) {
+          const std::size_t p = pos0 + i;
+          if (p < std::size_t(plan.sink_tokens)) continue;
+          for (std::size_t o = 0; o < d; ++o) y[o] = t.bias[o];
+          for (std::size_t r = 0; r < t.refs.size(); ++r) {
+            const auto ref = t.refs[r];
+            const float* x = std::size_t(ref.layer) == l
+                                 ? cur + i * KD + std::size_t(ref.head) * d
+                                 : (is_k ? cache.k(std::size_t(ref.layer)) : cache.v(std::size_t(ref.layer))) +
+                                       p * KD + std::size_t(ref.head) * d;
+            const float* w = t.weight.data() + r * d * d;
+            for (std::size_t j = 0; j < d; ++j)
+              for (std::size_t o = 0; o < d; ++o) y[o] += w[j * d + o] * x[j];
+          }
+          float* dst = cur + i * KD + std::size_t(t.target.head) * d;
+          for (std::size_t o = 0; o < d; ++o) dst[o] = y[o];
+        }
+    }
+  };
+}
+
+/// Perplexity with reconstruction simulated in a full cache (batched
+/// sequences; see simulate_plan_transform). A cross-check of the measured
+/// decode_perplexity: both compute the same function of the same weights.
+inline PerplexityStats simulated_perplexity(const LlamaModel& model, const std::vector<std::int32_t>& tokens,
+                                            std::size_t seq_len, const headrecon::Plan& plan) {
+  const LlamaConfig& c = model.config();
+  LlamaEngine eng(model);
+  KvCache cache(c, std::min(seq_len, tokens.size()));
+  eng.set_kv_transform(simulate_plan_transform(plan, c, cache));
+  PerplexityStats st;
+  std::vector<float> logits;
+  const auto start = std::chrono::steady_clock::now();
+  for (std::size_t t0 = 0; t0 < tokens.size(); t0 += seq_len) {
+    const std::size_t n = std::min(seq_len, tokens.size() - t0);
+    cache.clear();
+    eng.forward(tokens.data() + t0, n, cache, LogitsMode::all, &logits);
+    for (std::size_t i = 0; i + 1 < n; ++i) {
+      st.nll -= log_prob(logits.data() + i * c.n_vocab, c.n_vocab, tokens[t0 + i + 1]);
+      ++st.predicted;
+    }
+    ++st.sequences;
+  }
+  st.tokens = tokens.size();
+  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return st;
+}
+
 /// Which kinds of a plan are applied.
 enum class Apply { k, v, kv };
 inline const char* apply_name(Apply a) { return a == Apply::k ? "K" : a == Apply::v ? "V" : "K+V"; }
@@ -96,21 +160,23 @@ inline headrecon::Plan plan_variant(const headrecon::Plan& plan, Apply a, int si
   return p;
 }
 
-/// A canonical description of which heads a plan rebuilds from which, and its
-/// maps' values (two plans with equal keys give identical results).
+/// A canonical description of a plan: its sink count and, per rebuilt head,
+/// the sorted reference set and the map's recorded held-out R². Two plans
+/// with equal keys rebuild the same heads from the same references with maps
+/// fitted alike (the same predictions, whatever the order of the references),
+/// so their results are equal.
 inline std::string plan_key(const headrecon::Plan& p) {
   std::string s = std::to_string(p.sink_tokens);
   for (const auto& kp : p.kinds) {
     s += "|" + std::string(headrecon::kind_name(kp.kind));
     for (const auto& layer : kp.layers)
       for (const auto& t : layer) {
+        auto refs = t.refs;
+        std::sort(refs.begin(), refs.end());
         s += ";" + std::to_string(t.target.layer) + "." + std::to_string(t.target.head) + "<";
-        for (auto r : t.refs) s += std::to_string(r.layer) + "." + std::to_string(r.head) + ",";
-        double h = 0;
-        for (std::size_t i = 0; i < t.weight.size(); ++i) h += double(t.weight[i]) * double(i % 977 + 1);
-        for (float b : t.bias) h += b;
+        for (auto r : refs) s += std::to_string(r.layer) + "." + std::to_string(r.head) + ",";
         char buf[32];
-        std::snprintf(buf, sizeof buf, "%.9g", h);
+        std::snprintf(buf, sizeof buf, "%.6g", double(t.r2_heldout));
         s += buf;
       }
   }
@@ -125,6 +191,7 @@ struct EvalRow {
   std::size_t max_refs = 0;
   double mean_r2_k = NAN, mean_r2_v = NAN;  // held-out R² of the rebuilt heads (from the plan)
   DecodePplStats st;
+  double sim_ppl = NAN;  // simulated reconstruction in a full cache (when asked)
   std::string same_as;  // an earlier row with the same plan content (result copied, not re-run)
 };
 
@@ -163,8 +230,10 @@ inline void print_eval_table(const std::vector<EvalRow>& rows, std::ostream& os,
   const EvalRow* base = nullptr;
   for (const auto& r : rows)
     if (r.plan == "full") base = &r;
+  bool sim = false;
+  for (const auto& r : rows) sim = sim || !std::isnan(r.sim_ppl);
   const char* hdr[] = {"plan", "applied", "sink", "K rebuilt", "V rebuilt", "max refs", "R2 K", "R2 V",
-                       "ppl", "vs full", "KV bytes", "saved", "decode tok/s", "attn us/tok"};
+                       "ppl", "vs full", "KV bytes", "saved", "decode tok/s", "attn us/tok", "simulated ppl"};
   std::vector<std::vector<std::string>> cells;
   for (const auto& r : rows) {
     const double ppl = r.st.ppl();
@@ -183,9 +252,10 @@ inline void print_eval_table(const std::vector<EvalRow>& rows, std::ostream& os,
     c.push_back(fmtd("%.1f%%", 100.0 * (1.0 - double(r.st.allocated_bytes) / double(r.st.full_bytes))));
     c.push_back(r.same_as.empty() ? fmtd("%.1f", r.st.tokens_per_s()) : "= " + r.same_as);
     c.push_back(r.same_as.empty() ? fmtd("%.0f", 1e6 * r.st.attn_seconds / double(r.st.tokens)) : "");
+    c.push_back(std::isnan(r.sim_ppl) ? "-" : fmtd("%.4f", r.sim_ppl));
     cells.push_back(std::move(c));
   }
-  const std::size_t nc = sizeof hdr / sizeof hdr[0];
+  const std::size_t nc = sizeof hdr / sizeof hdr[0] - (sim ? 0 : 1);
   std::vector<std::size_t> w(nc);
   for (std::size_t i = 0; i < nc; ++i) w[i] = std::string(hdr[i]).size();
   for (const auto& c : cells)
@@ -210,7 +280,7 @@ inline void write_eval_csv(const std::vector<EvalRow>& rows, const std::string& 
   std::ofstream os(path);
   os << "plan,applied,sink,k_rebuilt,v_rebuilt,kv_heads,max_refs,mean_r2_k,mean_r2_v,ppl,mean_nll,predicted,"
         "tokens,sequences,kv_bytes_allocated,kv_bytes_layout,kv_bytes_full,decode_seconds,decode_tokens_per_s,"
-        "attention_seconds,same_as\n";
+        "attention_seconds,simulated_ppl,same_as\n";
   for (const auto& r : rows) {
     os << r.plan << "," << r.apply << "," << r.sink << "," << r.k_rebuilt << "," << r.v_rebuilt << "," << r.kv_heads
        << "," << r.max_refs << "," << (std::isnan(r.mean_r2_k) ? "" : fmtd("%.6f", r.mean_r2_k)) << ","
@@ -218,7 +288,8 @@ inline void write_eval_csv(const std::vector<EvalRow>& rows, const std::string& 
        << fmtd("%.8f", r.st.nll / double(r.st.predicted)) << "," << r.st.predicted << "," << r.st.tokens << ","
        << r.st.sequences << "," << r.st.allocated_bytes << "," << r.st.layout_bytes << "," << r.st.full_bytes << ","
        << fmtd("%.4f", r.st.seconds) << "," << fmtd("%.3f", r.st.tokens_per_s()) << ","
-       << fmtd("%.5f", r.st.attn_seconds) << "," << r.same_as << "\n";
+       << fmtd("%.5f", r.st.attn_seconds) << "," << (std::isnan(r.sim_ppl) ? "" : fmtd("%.6f", r.sim_ppl)) << ","
+       << r.same_as << "\n";
   }
   if (!os) fail(path, ": cannot write");
 }
@@ -253,7 +324,7 @@ inline void write_eval_json(const std::vector<EvalRow>& rows, const std::map<std
        << ", \"kv_bytes_allocated\": " << r.st.allocated_bytes << ", \"kv_bytes_layout\": " << r.st.layout_bytes
        << ", \"kv_bytes_full\": " << r.st.full_bytes << ", \"decode_tokens_per_s\": "
        << fmtd("%.3f", r.st.tokens_per_s()) << ", \"attention_seconds\": " << fmtd("%.5f", r.st.attn_seconds)
-       << ", \"same_as\": " << q(r.same_as) << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
+       << ", \"simulated_ppl\": " << num(r.sim_ppl, "%.6f") << ", \"same_as\": " << q(r.same_as) << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
   }
   os << "  ]\n}\n";
   if (!os) fail(path, ": cannot write");
@@ -270,6 +341,7 @@ struct EvalOptions {
   std::vector<int> sinks{0, 4};
   headrecon::DType dtype = headrecon::DType::f32;
   std::size_t chunk = 1;
+  bool simulate = false;  // also compute the simulated perplexity (full cache, predicted K/V written in)
   bool verbose = true;
 };
 
@@ -283,6 +355,7 @@ inline std::vector<EvalRow> run_eval(const LlamaModel& model, const std::vector<
   std::vector<EvalRow> rows;
   EvalRow full = describe_row("full", nullptr, Apply::kv, 0, kv_total);
   full.st = decode_perplexity(model, tokens, opt.seq_len, nullptr, opt.dtype, opt.chunk);
+  if (opt.simulate) full.sim_ppl = perplexity(model, tokens, opt.seq_len).ppl();  // the engine's own batched pass
   if (opt.verbose)
     log << "  full cache: ppl " << fmtd("%.4f", full.st.ppl()) << ", " << fmtd("%.1f", full.st.tokens_per_s())
         << " tokens/s\n";
@@ -305,6 +378,7 @@ inline std::vector<EvalRow> run_eval(const LlamaModel& model, const std::vector<
           r.st = decode_perplexity(model, tokens, opt.seq_len, &p, opt.dtype, opt.chunk);
           done[key] = label;
         }
+        if (opt.simulate) r.sim_ppl = simulated_perplexity(model, tokens, opt.seq_len, p).ppl();
         if (opt.verbose)
           log << "  " << label << ": ppl " << fmtd("%.4f", r.st.ppl()) << " ("
               << fmtd("%+.2f%%", 100.0 * (r.st.ppl() / full.st.ppl() - 1)) << "), KV " << r.st.allocated_bytes

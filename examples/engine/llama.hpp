@@ -256,6 +256,13 @@ class LlamaEngine {
     stage_ = stage;
   }
 
+  /// Called for every layer of every forward() after RoPE, before K/V are
+  /// stored or attended: may rewrite k and v ([n][n_head_kv][head_dim], token
+  /// t at position pos0 + t) in place - e.g. to simulate reconstruction by
+  /// writing predicted K/V into a full cache. Empty: disabled.
+  using KvTransform = std::function<void(std::size_t layer, std::size_t pos0, std::size_t n, float* k, float* v)>;
+  void set_kv_transform(KvTransform f) { kv_transform_ = std::move(f); }
+
   /// Processes tokens[0..n) at positions cache.size() + i, appends their K/V
   /// to the cache and, per `mode`, writes logits to `logits`: n × n_vocab
   /// (all) or n_vocab (last), row-major.
@@ -321,6 +328,7 @@ class LlamaEngine {
       rope(q_.data(), n, c.n_head, pos0);
       rope(kc, n, c.n_head_kv, pos0);
       if (post) hook_(batch(l, n, pos0, true, kc, vc));
+      if (kv_transform_) kv_transform_(l, pos0, n, kc, vc);
 
       if (ref) {
         ref->append(l, pos0, n, kc, vc);
@@ -449,6 +457,7 @@ class LlamaEngine {
 
   const LlamaModel& m_;
   Hook hook_;
+  KvTransform kv_transform_;
   CaptureStage stage_ = CaptureStage::post_rope;
   std::vector<float> x_, xn_, q_, o_, g_, u_, s_, cs_, kb_, vb_;
   std::vector<double> inv_freq_;

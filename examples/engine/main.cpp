@@ -16,6 +16,7 @@
 
 #include "capture.hpp"
 #include "corpus.hpp"
+#include "demo.hpp"
 #include "eval.hpp"
 #include "gguf.hpp"
 #include "headrecon/plan_io.hpp"
@@ -46,14 +47,23 @@ Commands:
                                                greedy decoding; prefill and decode tokens/s
   bench     --model GGUF [--seq-len 512] [--decode 64]
                                                prefill and decode throughput
+  demo      [--dir build/demo] [--calib-tokens 16384] [--random-tokens 16384]
+            [--eval-seqs 2] [--eval-len 256] [--kjv-seqs 1] [--sinks 0,4]
+            [--q-window 2] [--max-k 5] [--seed 1] [--no-random] [--keep-acts]
+            [--cache-dtype f32|f16|bf16] [--docs DIR] [--kjv FILE]
+                                               the real-model pipeline: capture,
+                                               R2 analysis (trained and random
+                                               weights), plans, eval, report
   eval      --model GGUF TEXT [--seqs 2] [--seq-len 256] --plan [NAME=]PLAN ...
             [--variants k,v,kv] [--sinks 0,4] [--cache-dtype f32|f16|bf16]
-            [--chunk 1] [--csv FILE] [--json FILE] [--md FILE]
+            [--chunk 1] [--simulate] [--csv FILE] [--json FILE] [--md FILE]
                                                perplexity decoded token by token
                                                through a reference-only KV cache:
                                                full cache, then each plan on K, V,
                                                K+V at each sink count; KV bytes,
-                                               decode tokens/s
+                                               decode tokens/s; --simulate adds the
+                                               perplexity with predicted K/V
+                                               written into a full cache
 
 TEXT is one of
   --text FILE                      one text file (may be repeated; used in order)
@@ -115,7 +125,7 @@ class Args {
   std::set<std::string> switches_;
 };
 
-std::string default_model_path() {
+std::string cache_dir() {
   const char* cache = std::getenv("HEADRECON_CACHE");
   std::string base;
   if (cache && *cache) {
@@ -124,8 +134,10 @@ std::string default_model_path() {
     const char* home = std::getenv("HOME");
     base = std::string(home && *home ? home : ".") + "/.cache/headrecon";
   }
-  return base + "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+  return base;
 }
+
+std::string default_model_path() { return cache_dir() + "/models/SmolLM2-135M-Instruct.Q4_1.gguf"; }
 
 std::string model_path(const Args& a) {
   const std::string p = a.str("--model", default_model_path());
@@ -450,6 +462,7 @@ int cmd_eval(const Args& a) {
   opt.seq_len = std::size_t(a.integer("--seq-len", 256, 2, 1L << 20));
   const std::size_t seqs = std::size_t(a.integer("--seqs", 2, 1, 1L << 20));
   opt.chunk = std::size_t(a.integer("--chunk", 1, 1, 1L << 20));
+  opt.simulate = a.has("--simulate");
   std::string dt = a.str("--cache-dtype", "f32");
   for (char& ch : dt) ch = char(std::toupper(static_cast<unsigned char>(ch)));
   opt.dtype = headrecon::parse_dtype(dt);
@@ -500,6 +513,41 @@ int cmd_eval(const Args& a) {
   }
   return 0;
 }
+
+int cmd_demo(const Args& a) {
+  he::DemoOptions o;
+  o.dir = a.str("--dir", o.dir);
+  o.model = a.str("--model", default_model_path());
+  o.fetch_script = std::string(HEADRECON_ENGINE_DIR) + "/fetch_model.sh";
+  o.prepare_text_script = std::string(HEADRECON_ENGINE_DIR) + "/prepare_text.sh";
+  o.docs = a.str("--docs", o.docs);
+  o.kjv = a.str("--kjv", cache_dir() + "/text/kjv.txt");
+  o.calib_tokens = std::size_t(a.integer("--calib-tokens", long(o.calib_tokens), 256, 1L << 30));
+  o.random_tokens = std::size_t(a.integer("--random-tokens", long(o.random_tokens), 256, 1L << 30));
+  o.capture_seq_len = std::size_t(a.integer("--seq-len", long(o.capture_seq_len), 16, 1L << 20));
+  o.eval_seqs = std::size_t(a.integer("--eval-seqs", long(o.eval_seqs), 1, 1L << 20));
+  o.eval_len = std::size_t(a.integer("--eval-len", long(o.eval_len), 8, 1L << 20));
+  o.kjv_seqs = std::size_t(a.integer("--kjv-seqs", long(o.kjv_seqs), 0, 1L << 20));
+  o.q_window = int(a.integer("--q-window", o.q_window, 0, 1 << 20));
+  o.max_k = int(a.integer("--max-k", o.max_k, 1, 16));
+  o.threads = int(a.integer("--threads", o.threads, 1, 1024));
+  o.random_seed = std::uint64_t(a.integer("--seed", long(o.random_seed), 0, 1L << 62));
+  o.random = !a.has("--no-random");
+  o.keep_acts = a.has("--keep-acts");
+  std::string dt = a.str("--cache-dtype", "f32");
+  for (char& ch : dt) ch = char(std::toupper(static_cast<unsigned char>(ch)));
+  o.cache_dtype = headrecon::parse_dtype(dt);
+  if (a.has("--sinks")) {
+    o.sinks.clear();
+    for (const auto& v : split_list(a.str("--sinks"))) {
+      char* end = nullptr;
+      const long x = std::strtol(v.c_str(), &end, 10);
+      if (*end || x < 0 || x > 1 << 20) fail("--sinks: '", v, "' is not a token count");
+      o.sinks.push_back(int(x));
+    }
+  }
+  return he::run_demo(o, std::cout);
+}
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -528,12 +576,18 @@ int main(int argc, char** argv) {
                               {"--pre-rope"}));
     if (cmd == "generate")
       return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads", "--random-init"}, {"--chat"}));
+    if (cmd == "demo")
+      return cmd_demo(Args(argc, argv,
+                           {"--dir", "--model", "--docs", "--kjv", "--calib-tokens", "--random-tokens", "--seq-len",
+                            "--eval-seqs", "--eval-len", "--kjv-seqs", "--q-window", "--max-k", "--threads", "--seed",
+                            "--cache-dtype", "--sinks"},
+                           {"--no-random", "--keep-acts"}));
     if (cmd == "eval")
       return cmd_eval(Args(argc, argv,
                            with(text_options, {"--model", "--seqs", "--seq-len", "--plan", "--variants", "--sinks",
                                                "--cache-dtype", "--chunk", "--csv", "--json", "--md", "--threads",
                                                "--random-init"}),
-                           {}));
+                           {"--simulate"}));
     if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {}));
     std::cerr << "headrecon-engine: unknown command '" << cmd << "'\n\n" << usage_text;
     return 2;
