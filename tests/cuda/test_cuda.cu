@@ -262,6 +262,7 @@ struct AttnCase {
   hc::Math math;
   std::size_t split;  // 0: default_split_tokens
   bool full = false;  // full-cache plan instead of the reference-only one
+  bool simulate = false;  // run the host simulation of the kernels instead of the GPU
 };
 
 // One sequence's caches: sinks (every KV head) and the body streams.
@@ -345,6 +346,171 @@ Magnitudes magnitudes(const AttnCase& c, const Plan& plan, const RefCacheLayout&
   return m;
 }
 
+float stream_value(const HeadStream& s, std::size_t t, std::size_t i) {
+  const std::ptrdiff_t k = s.token_offset(t) + std::ptrdiff_t(i);
+  switch (s.dtype) {
+    case DType::f32: return static_cast<const float*>(s.base)[k];
+    case DType::f16: return to_float(static_cast<const f16_t*>(s.base)[k]);
+    case DType::bf16: return to_float(static_cast<const bf16_t*>(s.base)[k]);
+  }
+  return std::nanf("");
+}
+
+// The query, split and combine kernels' algorithm run on the host over the
+// device plan's own tables (f32 FMAs, the same loops and order of blocks):
+// checks the tables and the split / sink / block / combine logic on machines
+// without a GPU. Streams are host HeadStreams, [B × n] as for the GPU.
+std::vector<float> simulate_decode(const hc::DeviceAttentionPlan& dp, const std::vector<float>& q, float scale,
+                                   std::size_t n_sink, const std::vector<std::size_t>& lens, std::size_t split,
+                                   const std::vector<HeadStream>& sk, const std::vector<HeadStream>& sv,
+                                   const std::vector<HeadStream>& bk, const std::vector<HeadStream>& bv) {
+  const hc::detail::AttnTables tb = dp.host_tables();
+  const int H = dp.n_q_heads, KVH = dp.n_kv_heads, G = H / KVH, d = dp.head_dim, nks = dp.n_k_streams,
+            nvs = dp.n_v_streams, NQ = dp.n_qvecs, NAR = dp.n_acc_rows;
+  constexpr int TT = hc::kAttnBlockTokens;
+  const std::size_t B = lens.size(), max_len = *std::max_element(lens.begin(), lens.end());
+  const std::size_t NS = (max_len + split - 1) / split;
+  std::vector<float> out(B * std::size_t(H * d));
+  for (std::size_t b = 0; b < B; ++b) {
+    // Query kernel.
+    std::vector<float> qv(static_cast<std::size_t>(NQ * d)), qb(static_cast<std::size_t>(H));
+    for (int v = 0; v < NQ; ++v) {
+      const int h = tb.qvec_head[v], w = tb.qvec_w[v];
+      const float* qh = q.data() + (b * H + std::size_t(h)) * d;
+      for (int i = 0; i < d; ++i) {
+        if (w < 0) {
+          qv[std::size_t(v * d + i)] = scale * qh[i];
+        } else {
+          float s = 0.f;
+          for (int j = 0; j < d; ++j) s = std::fma(tb.weights[w + i * d + j], qh[j], s);
+          qv[std::size_t(v * d + i)] = scale * s;
+        }
+      }
+    }
+    for (int h = 0; h < H; ++h) {
+      const int kb = tb.k_bias[h];
+      float s = 0.f;
+      if (kb >= 0)
+        for (int i = 0; i < d; ++i) s = std::fma(q[(b * H + std::size_t(h)) * d + std::size_t(i)], tb.weights[kb + i], s);
+      qb[std::size_t(h)] = kb >= 0 ? scale * s : 0.f;
+    }
+    // Split kernel.
+    const long long len = (long long)lens[b], S = std::min((long long)n_sink, len);
+    std::vector<float> pm(NS * H), pl(NS * H), pmass(NS * H), pacc(NS * std::size_t(NAR * d));
+    for (std::size_t c = 0; c < NS; ++c) {
+      const long long t_begin = (long long)(c * split), t_end = std::min(len, t_begin + (long long)split);
+      float* m = pm.data() + c * H;
+      float* l = pl.data() + c * H;
+      float* mass = pmass.data() + c * H;
+      float* acc = pacc.data() + c * std::size_t(NAR * d);
+      for (int h = 0; h < H; ++h) m[h] = -INFINITY, l[h] = 0.f, mass[h] = 0.f;
+      if (t_begin >= t_end) continue;
+      std::vector<float> sc(static_cast<std::size_t>(H * TT)), fac(static_cast<std::size_t>(H));
+      for (long long t0 = t_begin; t0 < t_end;) {
+        const bool sink = t0 < S;
+        long long t1 = std::min(t0 + TT, t_end);
+        if (sink) t1 = std::min(t1, S);
+        const int nb = int(t1 - t0);
+        const long long u0 = t0 - S;
+        for (int h = 0; h < H; ++h)
+          for (int t = 0; t < nb; ++t) {
+            float s = 0.f;
+            if (sink) {
+              for (int i = 0; i < d; ++i)
+                s = std::fma(qv[std::size_t(h * d + i)], stream_value(sk[b * KVH + std::size_t(h / G)], std::size_t(t0 + t), std::size_t(i)), s);
+            } else {
+              float add = 0.f;
+              for (int j = tb.k_head_off[h]; j < tb.k_head_off[h + 1]; ++j) {
+                const int r = tb.k_head_rows[j], st = tb.k_row_stream[r], v = tb.k_row_vec[r];
+                float dot = 0.f;
+                for (int i = 0; i < d; ++i)
+                  dot = std::fma(qv[std::size_t(v * d + i)], stream_value(bk[b * nks + std::size_t(st)], std::size_t(u0 + t), std::size_t(i)), dot);
+                add += dot;
+              }
+              s = qb[std::size_t(h)] + add;
+            }
+            sc[std::size_t(h * TT + t)] = s;
+          }
+        for (int h = 0; h < H; ++h) {
+          float bm = -INFINITY;
+          for (int t = 0; t < nb; ++t) bm = std::max(bm, sc[std::size_t(h * TT + t)]);
+          const float m_new = std::max(m[h], bm);
+          const float f = m[h] == -INFINITY ? 0.f : std::exp(m[h] - m_new);
+          float sum = 0.f;
+          for (int t = 0; t < nb; ++t) sum += (sc[std::size_t(h * TT + t)] = std::exp(sc[std::size_t(h * TT + t)] - m_new));
+          m[h] = m_new;
+          l[h] = l[h] * f + sum;
+          mass[h] = mass[h] * f + (sink ? 0.f : sum);
+          fac[std::size_t(h)] = f;
+        }
+        for (int r = 0; r < NAR; ++r)
+          if (tb.acc_row_head[r] >= 0)
+            for (int k = 0; k < d; ++k) acc[r * d + k] *= fac[std::size_t(tb.acc_row_head[r])];
+        if (sink) {
+          for (int h = 0; h < H; ++h)
+            for (int k = 0; k < d; ++k) {
+              float a = 0.f;
+              for (int t = 0; t < nb; ++t)
+                a = std::fma(sc[std::size_t(h * TT + t)], stream_value(sv[b * KVH + std::size_t(h / G)], std::size_t(t0 + t), std::size_t(k)), a);
+              acc[tb.sink_row[h] * d + k] += a;
+            }
+        } else {
+          for (int r = 0; r < tb.v_row_off[nvs]; ++r) {
+            const int h = tb.acc_row_head[r];
+            if (h < 0) continue;
+            for (int k = 0; k < d; ++k) {
+              float a = 0.f;
+              for (int t = 0; t < nb; ++t)
+                a = std::fma(sc[std::size_t(h * TT + t)], stream_value(bv[b * nvs + std::size_t(tb.acc_row_stream[r])], std::size_t(u0 + t), std::size_t(k)), a);
+              acc[r * d + k] += a;
+            }
+          }
+        }
+        t0 = t1;
+      }
+    }
+    // Combine kernel.
+    for (int h = 0; h < H; ++h) {
+      float mx = -INFINITY;
+      for (std::size_t c = 0; c < NS; ++c)
+        if (pl[c * H + std::size_t(h)] > 0.f) mx = std::max(mx, pm[c * H + std::size_t(h)]);
+      std::vector<float> w(NS);
+      float sum = 0.f, body = 0.f;
+      for (std::size_t c = 0; c < NS; ++c) {
+        w[c] = pl[c * H + std::size_t(h)] > 0.f ? std::exp(pm[c * H + std::size_t(h)] - mx) : 0.f;
+        if (w[c] == 0.f) continue;
+        sum = std::fma(w[c], pl[c * H + std::size_t(h)], sum);
+        body = std::fma(w[c], pmass[c * H + std::size_t(h)], body);
+      }
+      std::vector<float> o(static_cast<std::size_t>(d), 0.f), a(static_cast<std::size_t>(d));
+      for (int k = tb.v_head_off[h]; k < tb.v_head_off[h + 1]; ++k) {
+        const int r = tb.v_head_rows[k], woff = tb.v_head_w[k];
+        for (int j = 0; j < d; ++j) {
+          a[std::size_t(j)] = 0.f;
+          for (std::size_t c = 0; c < NS; ++c)
+            if (w[c] != 0.f) a[std::size_t(j)] = std::fma(w[c], pacc[c * std::size_t(NAR * d) + std::size_t(r * d + j)], a[std::size_t(j)]);
+        }
+        for (int j = 0; j < d; ++j) {
+          if (woff < 0) {
+            o[std::size_t(j)] += a[std::size_t(j)];
+          } else {
+            float y = 0.f;
+            for (int i = 0; i < d; ++i) y = std::fma(a[std::size_t(i)], tb.weights[woff + i * d + j], y);
+            o[std::size_t(j)] += y;
+          }
+        }
+      }
+      for (int j = 0; j < d; ++j) {
+        float v = o[std::size_t(j)];
+        if (tb.v_bias[h] >= 0) v = std::fma(body, tb.weights[tb.v_bias[h] + j], v);
+        out[(b * H + std::size_t(h)) * d + std::size_t(j)] =
+            len > (long long)(NS * split) ? std::nanf("") : (sum > 0.f ? v / sum : 0.f);
+      }
+    }
+  }
+  return out;
+}
+
 // Runs one case on the CPU (per sequence) and the GPU (one batched call);
 // `tweak` may edit the caches and queries before both run (needle tests).
 // Returns the GPU's output [B, H, d].
@@ -381,9 +547,22 @@ std::vector<float> attention_case(const AttnCase& c, std::mt19937& rng, Tweak tw
                           expected.data() + b * H * d, work.data(), work.size()});
   }
 
-  // GPU, all sequences in one call.
   hc::DeviceAttentionPlan dp;
   STATUS_OK(hc::DeviceAttentionPlan::build(ap, dp));
+  const std::size_t max_len = *std::max_element(c.lens.begin(), c.lens.end());
+  std::size_t split = c.split;
+  std::vector<float> got;
+  if (c.simulate) {  // host simulation over the device tables
+    if (!split) split = hc::default_split_tokens(B, max_len, 132);
+    std::vector<HeadStream> sk, sv, bk, bv;
+    for (std::size_t b = 0; b < B; ++b) {
+      for (std::size_t h = 0; h < c.n_kv; ++h) sk.push_back(seqs[b].sink_k.stream(h)), sv.push_back(seqs[b].sink_v.stream(h));
+      for (std::size_t s = 0; s < nks; ++s) bk.push_back(seqs[b].body_k.stream(s));
+      for (std::size_t s = 0; s < nvs; ++s) bv.push_back(seqs[b].body_v.stream(s));
+    }
+    got = simulate_decode(dp, q, scale, c.sinks, c.lens, split, sk, sv, bk, bv);
+  } else {
+  // GPU, all sequences in one call.
   DevBuf plan_buf(dp.device_bytes());
   STATUS_OK(dp.upload(plan_buf.p, plan_buf.bytes));
   std::vector<DeviceCache> dcaches;
@@ -400,11 +579,10 @@ std::vector<float> attention_case(const AttnCase& c, std::mt19937& rng, Tweak tw
     for (std::size_t s = 0; s < nvs; ++s) bv.push_back(dc[3].stream(s));
   }
   std::vector<std::int32_t> lens(c.lens.begin(), c.lens.end());
-  const std::size_t max_len = *std::max_element(c.lens.begin(), c.lens.end());
   int dev = 0, sms = 0;
   CUDA_OK(cudaGetDevice(&dev));
   CUDA_OK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
-  const std::size_t split = c.split ? c.split : hc::default_split_tokens(B, max_len, sms);
+  if (!split) split = hc::default_split_tokens(B, max_len, sms);
   DevBuf dq = upload(q), dlens = upload(lens), dsk = upload(sk), dsv = upload(sv), dbk = upload(bk), dbv = upload(bv);
   DevBuf dout(B * H * d * sizeof(float));
   DevBuf ws(hc::decode_attention_workspace_bytes(dp, B, max_len, split));
@@ -428,10 +606,11 @@ std::vector<float> attention_case(const AttnCase& c, std::mt19937& rng, Tweak tw
   a.math = c.math;
   STATUS_OK(hc::decode_attention(a, nullptr));
   CUDA_OK(cudaDeviceSynchronize());
-  const std::vector<float> got = download<float>(dout, B * H * d);
+  got = download<float>(dout, B * H * d);
+  }
 
-  const bool tc = c.math == hc::Math::tensor_cores ||
-                  (c.math == hc::Math::automatic && c.dtype != DType::f32 && d % 32 == 0);
+  const bool tc = !c.simulate && (c.math == hc::Math::tensor_cores ||
+                                  (c.math == hc::Math::automatic && c.dtype != DType::f32 && d % 32 == 0));
   const Magnitudes mg = magnitudes(c, plan, layout, c.full, seqs, q, scale);
   Worst worst;
   for (std::size_t b = 0; b < B; ++b)
@@ -450,7 +629,8 @@ std::vector<float> attention_case(const AttnCase& c, std::mt19937& rng, Tweak tw
   for (std::size_t L : c.lens) lens_s += std::to_string(L) + " ";
   INFO(what << ": " << dtype_name(c.dtype) << " " << layout_name(c.layout) << " kv=" << c.n_kv << " group=" << G
             << " d=" << d << " sinks=" << c.sinks << " lens=" << lens_s << "split=" << split
-            << " math=" << math_name(c.math) << " (tensor cores: " << tc << ")" << (c.full ? " full plan" : "")
+            << " math=" << (c.simulate ? "host simulation" : math_name(c.math)) << " (tensor cores: " << tc << ")"
+            << (c.full ? " full plan" : "")
             << " CPU target " << cpu_target_name() << ": " << worst.report());
   REQUIRE(worst.ratio <= 1.0);
   return got;
@@ -597,6 +777,20 @@ TEST_CASE("cuda: decode_attention checks its arguments, split and workspace size
   // Full plan: 4 query heads per stream, padded to 8 rows.
   REQUIRE(dp.n_k_rows == 64);
   REQUIRE(dp.n_acc_rows == 64);
+}
+
+TEST_CASE("cuda: the kernels' algorithm over the device tables matches the CPU kernel (host simulation)", "[cuda]") {
+  std::mt19937 rng(41);
+  const hc::Math m = hc::Math::simt;
+  for (std::size_t n_kv : {2u, 4u, 8u})
+    for (std::size_t group : {1u, 4u})
+      for (std::size_t sinks : {0u, 4u})
+        attention_case({n_kv, group, 64, sinks, {300, 263, 5, 1}, DType::bf16, CacheLayout::paged, m, 64, false, true}, rng);
+  attention_case({4, 8, 128, 4, {200, 77}, DType::f16, CacheLayout::token_major, m, 96, false, true}, rng);
+  attention_case({2, 1, 37, 0, {65, 3}, DType::f32, CacheLayout::head_major, m, 32, false, true}, rng);
+  attention_case({2, 2, 64, 4, {4, 5, 2}, DType::bf16, CacheLayout::token_major, m, 128, false, true}, rng);
+  attention_case({8, 4, 128, 4, {700, 33}, DType::bf16, CacheLayout::paged, m, 0, false, true}, rng);
+  attention_case({4, 2, 64, 4, {700, 33}, DType::f16, CacheLayout::paged, m, 100, true, true}, rng);
 }
 
 // ---------------------------------------------------------------- GPU tests

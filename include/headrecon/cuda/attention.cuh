@@ -93,8 +93,17 @@ struct DeviceAttentionPlan {
   bool uploaded() const { return device_ != nullptr; }
   /// Device pointers of the uploaded tables (internal).
   const detail::AttnTables& tables() const { return tables_; }
+  /// The same tables in host memory (valid while this object lives): for
+  /// tests and debugging on machines without a GPU.
+  detail::AttnTables host_tables() const { return tables_at(ints_.data(), floats_.data()); }
 
  private:
+  detail::AttnTables tables_at(const int* ints, const float* weights) const {
+    auto t = [&](int i) { return ints + table_off_[i]; };
+    return detail::AttnTables{t(kKRowOff), t(kKRowHead), t(kKRowVec), t(kKRowStream), t(kKHeadOff), t(kKHeadRows),
+                              t(kVRowOff), t(kAccRowHead), t(kAccRowStream), t(kSinkRow), t(kVHeadOff),
+                              t(kVHeadRows), t(kVHeadW), t(kQvecHead), t(kQvecW), t(kKBias), t(kVBias), weights};
+  }
   std::size_t ints_bytes() const { return detail::round_up(ints_.size() * sizeof(int), 256); }
   std::vector<int> ints_;
   std::vector<float> floats_;
@@ -251,12 +260,7 @@ inline Status DeviceAttentionPlan::upload(void* device_buffer, std::size_t bytes
                       "DeviceAttentionPlan::upload: cudaMemcpy (weights)");
     if (!s.ok()) return s;
   }
-  const int* ints = reinterpret_cast<const int*>(base);
-  auto t = [&](int i) { return ints + table_off_[i]; };
-  tables_ = detail::AttnTables{t(kKRowOff), t(kKRowHead), t(kKRowVec), t(kKRowStream), t(kKHeadOff), t(kKHeadRows),
-                               t(kVRowOff), t(kAccRowHead), t(kAccRowStream), t(kSinkRow), t(kVHeadOff),
-                               t(kVHeadRows), t(kVHeadW), t(kQvecHead), t(kQvecW), t(kKBias), t(kVBias),
-                               reinterpret_cast<const float*>(base + ints_bytes())};
+  tables_ = tables_at(reinterpret_cast<const int*>(base), reinterpret_cast<const float*>(base + ints_bytes()));
   device_ = device_buffer;
   return {};
 }
