@@ -10,5 +10,6 @@ bash scripts/install-deps.sh
 export HEADRECON_PACKAGING_TEST_DEFERRED=1
 cmake --workflow --preset ci-cxx17
 cmake --workflow --preset ci-cxx20
+bash tests/cuda/ci.sh build/ci-cuda  # CUDA backend where nvcc exists (sm_80/90); GPU tests skip without a GPU
 bash tests/packaging/consumer_test.sh build/packaging
 cmake --build build/ci-cxx17 --target docs
