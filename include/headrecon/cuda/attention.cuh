@@ -875,14 +875,18 @@ inline Status decode_attention(const DecodeAttentionArgs& a, cudaStream_t stream
     return unsupported("decode_attention: tensor cores need an f16/bf16 cache, head_dim a multiple of 32 and sm_80+");
   const bool tc = a.math == Math::tensor_cores || (a.math == Math::automatic && tc_ok);
   const std::size_t es = dtype_size(a.cache_dtype);
-  // Streams per stage: as many as fit, with the stage at most 64 KiB.
-  int sps = P.n_kv_heads > P.n_k_streams ? P.n_kv_heads : P.n_k_streams;
-  sps = P.n_v_streams > sps ? P.n_v_streams : sps;
+  // Streams per stage: the body's K (or V) streams in as few stages of at
+  // most 64 KiB as possible, balanced (8 streams of 8.5 KiB: 2 stages of 4);
+  // fewer if shared memory is short. Sinks (all KV heads) use the same stages.
+  const std::size_t tile = kAttnBlockTokens * std::size_t(attn_smem(P, es, tc, 1).ld_x) * es;
+  const int n_max = P.n_k_streams > P.n_v_streams ? P.n_k_streams : P.n_v_streams;
+  const int per_stage = int(std::size_t(64 * 1024) / tile) > 0 ? int(std::size_t(64 * 1024) / tile) : 1;
+  const int stages = int(ceil_div(std::size_t(n_max), std::size_t(per_stage)));
+  int sps = int(ceil_div(std::size_t(n_max), std::size_t(stages)));
   AttnSmem sm{};
   for (; sps >= 1; --sps) {
     sm = attn_smem(P, es, tc, sps);
-    const std::size_t stage = std::size_t(sps) * kAttnBlockTokens * std::size_t(sm.ld_x) * es;
-    if (sm.bytes <= std::size_t(dev.max_smem_optin) && (stage <= 64 * 1024 || sps == 1)) break;
+    if (sm.bytes <= std::size_t(dev.max_smem_optin)) break;
   }
   if (sps < 1) return unsupported("decode_attention: the plan does not fit in shared memory");
 
