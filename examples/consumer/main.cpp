@@ -3,7 +3,11 @@
 // (y = Wᵀ[x_ref1; ...; x_refk] + b) and checks the error against the true
 // values. Exit code 0 when everything matches. Usage: consumer [PLAN_PATH]
 #include <headrecon/headrecon.hpp>
+#ifdef CONSUMER_USES_DISPATCH
+#include <headrecon/cpu/dispatch.hpp>
+#endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -79,6 +83,33 @@ int main(int argc, char** argv) try {
     }
   }
   const double rel = std::sqrt(err2 / ref2);
+#ifdef CONSUMER_USES_DISPATCH
+  // The same head through the SIMD kernel (runtime dispatch) must agree.
+  {
+    std::vector<float> cache(n * H * d), out(n * d);
+    model.generate(kind, 1, 100000, n, cache.data());
+    std::vector<HeadStream> streams;
+    std::vector<std::uint32_t> refs;
+    for (HeadId r : t.refs) {
+      refs.push_back(std::uint32_t(streams.size()));
+      streams.push_back({cache.data(), DType::f32, std::ptrdiff_t(std::size_t(r.head) * d), std::ptrdiff_t(H * d), nullptr, 0, 0});
+    }
+    ReconTarget rt{t.weight.data(), t.bias.data(), refs.data(), refs.size(), {out.data(), DType::f32, 0, std::ptrdiff_t(d), nullptr, 0, 0}};
+    std::vector<float> work(reconstruct_workspace_floats(streams.size(), d));
+    dispatch::reconstruct({d, 0, n, streams.data(), streams.size(), &rt, 1, work.data(), work.size()});
+    double diff = 0;
+    for (std::size_t tok = 0; tok < n; ++tok)
+      for (std::size_t j = 0; j < d; ++j) {
+        double y = t.bias[j];
+        for (std::size_t r = 0; r < t.refs.size(); ++r)
+          for (std::size_t i = 0; i < d; ++i)
+            y += double(t.weight[(r * d + i) * d + j]) * cache[tok * H * d + std::size_t(t.refs[r].head) * d + i];
+        diff = std::max(diff, std::fabs(y - double(out[tok * d + j])));
+      }
+    std::printf("consumer: runtime dispatch chose %s, max |kernel - loops| = %.2e\n", dispatch::target_name(), diff);
+    if (!(diff < 1e-3)) return 1;
+  }
+#endif
   std::printf("consumer: headrecon %s, %zu of %zu k heads rebuilt; k.1.%d from %zu refs on %zu new tokens: "
               "relative error %.4f, held-out R2 %.4f\n",
               version_string, kp->n_targets(), H * std::size_t(spec.n_layers), t.target.head, k, n, rel,

@@ -40,6 +40,7 @@ HWY_INLINE void BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, f
   }
 }
 
+#if HWY_TARGET != HWY_SCALAR
 // Sums of the lanes of each 128-bit block (4 floats) across the blocks of v.
 template <class D>
 HWY_INLINE hn::Vec<hn::Full128<float>> SumBlocks(D d, hn::Vec<D> v) {
@@ -51,17 +52,28 @@ HWY_INLINE hn::Vec<hn::Full128<float>> SumBlocks(D d, hn::Vec<D> v) {
     return SumBlocks(dh, hn::Add(hn::LowerHalf(dh, v), hn::UpperHalf(dh, v)));
   }
 }
+#endif
 
-// The four horizontal sums of a0..a3 as one 4-lane vector {Σa0, Σa1, Σa2, Σa3}:
-// an interleave tree within 128-bit blocks, then the blocks added.
+// out[0..4) = the horizontal sums of a0..a3: an interleave tree within 128-bit
+// blocks, then the blocks added (one lane at a time on narrow targets).
 template <class D>
-HWY_INLINE hn::Vec<hn::Full128<float>> Sum4(D d, hn::Vec<D> a0, hn::Vec<D> a1, hn::Vec<D> a2, hn::Vec<D> a3) {
-  const hn::Repartition<double, D> dd;
-  const auto s01 = hn::Add(hn::InterleaveLower(d, a0, a1), hn::InterleaveUpper(d, a0, a1));  // a0 a1 a0 a1 partials
-  const auto s23 = hn::Add(hn::InterleaveLower(d, a2, a3), hn::InterleaveUpper(d, a2, a3));
-  const auto lo = hn::InterleaveLower(dd, hn::BitCast(dd, s01), hn::BitCast(dd, s23));
-  const auto hi = hn::InterleaveUpper(dd, hn::BitCast(dd, s01), hn::BitCast(dd, s23));
-  return SumBlocks(d, hn::Add(hn::BitCast(d, lo), hn::BitCast(d, hi)));
+HWY_INLINE void Sum4(D d, hn::Vec<D> a0, hn::Vec<D> a1, hn::Vec<D> a2, hn::Vec<D> a3, float* HWY_RESTRICT out) {
+#if HWY_TARGET == HWY_SCALAR
+  (void)d;
+  out[0] = hn::GetLane(a0), out[1] = hn::GetLane(a1), out[2] = hn::GetLane(a2), out[3] = hn::GetLane(a3);
+#else
+  if constexpr (hn::MaxLanes(D()) < 4) {
+    out[0] = hn::GetLane(hn::SumOfLanes(d, a0)), out[1] = hn::GetLane(hn::SumOfLanes(d, a1));
+    out[2] = hn::GetLane(hn::SumOfLanes(d, a2)), out[3] = hn::GetLane(hn::SumOfLanes(d, a3));
+  } else {
+    const hn::Repartition<double, D> dd;
+    const auto s01 = hn::Add(hn::InterleaveLower(d, a0, a1), hn::InterleaveUpper(d, a0, a1));
+    const auto s23 = hn::Add(hn::InterleaveLower(d, a2, a3), hn::InterleaveUpper(d, a2, a3));
+    const auto lo = hn::InterleaveLower(dd, hn::BitCast(dd, s01), hn::BitCast(dd, s23));
+    const auto hi = hn::InterleaveUpper(dd, hn::BitCast(dd, s01), hn::BitCast(dd, s23));
+    hn::StoreU(SumBlocks(d, hn::Add(hn::BitCast(d, lo), hn::BitCast(d, hi))), hn::Full128<float>(), out);
+  }
+#endif
 }
 
 // score_j[t] += q_j·rows[t] for t < nb and J (1 or 2) query vectors; register
@@ -70,7 +82,6 @@ template <size_t J>
 HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const float* const* rows, size_t nb, size_t d,
                         float* const* HWY_RESTRICT scores) {
   const hn::ScalableTag<float> df;
-  const hn::Full128<float> d4;
   const size_t L = hn::Lanes(df);
   const size_t dv = d - d % L;
   size_t t = 0;
@@ -94,13 +105,11 @@ HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const float* const*
       }
     }
     for (size_t j = 0; j < J; ++j) {
-      auto s4 = Sum4(df, acc[j][0], acc[j][1], acc[j][2], acc[j][3]);
-      for (size_t i = dv; i < d; ++i) {  // components past the last full vector
-        alignas(16) float tail[4] = {qs[j][i] * rows[t][i], qs[j][i] * rows[t + 1][i], qs[j][i] * rows[t + 2][i],
-                                     qs[j][i] * rows[t + 3][i]};
-        s4 = hn::Add(s4, hn::Load(d4, tail));
-      }
-      hn::StoreU(hn::Add(s4, hn::LoadU(d4, scores[j] + t)), d4, scores[j] + t);
+      alignas(16) float s4[4];
+      Sum4(df, acc[j][0], acc[j][1], acc[j][2], acc[j][3], s4);
+      for (size_t i = dv; i < d; ++i)  // components past the last full vector
+        for (size_t u = 0; u < 4; ++u) s4[u] += qs[j][i] * rows[t + u][i];
+      for (size_t u = 0; u < 4; ++u) scores[j][t + u] += s4[u];
     }
   }
   for (; t < nb; ++t)
