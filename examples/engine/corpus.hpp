@@ -88,6 +88,37 @@ inline TokenStream build_token_stream(const Tokenizer& tok, const std::vector<st
   return s;
 }
 
+/// `n_seqs` sequences of exactly `seq_len` tokens, each the beginning of a
+/// different file, the files spread evenly over the list (file i·⌊F/n⌋; a
+/// file with fewer tokens is passed over for the next unused one). Spreads a
+/// small token budget over many documents. Throws Error when the files run out.
+inline TokenStream spread_sequences(const Tokenizer& tok, const std::vector<std::string>& files, std::size_t n_seqs,
+                                    std::size_t seq_len) {
+  TokenStream s;
+  if (n_seqs == 0 || seq_len == 0) return s;
+  const std::size_t step = std::max<std::size_t>(1, files.size() / n_seqs);
+  std::size_t next = 0;  // first file not yet used
+  for (std::size_t k = 0; k < n_seqs; ++k) {
+    std::size_t i = std::max(next, k * step);
+    for (;; ++i) {
+      if (i >= files.size())
+        fail("spread_sequences: ", files.size(), " files give only ", k, " sequences of ", seq_len, " tokens, ",
+             n_seqs, " were asked for");
+      std::string text = read_text_file(files[i]);
+      // Tokenize a prefix (about 4 bytes per token; the whole file if that is short).
+      const std::size_t cut = 16 * seq_len + 256;
+      std::vector<std::int32_t> ids = tok.encode(text.size() > cut ? text.substr(0, cut) : text);
+      if (ids.size() < seq_len + 8 && text.size() > cut) ids = tok.encode(text);
+      if (ids.size() < seq_len + 8) continue;  // +8: the prefix cut cannot touch the kept tokens
+      s.tokens.insert(s.tokens.end(), ids.begin(), ids.begin() + std::ptrdiff_t(seq_len));
+      s.files.push_back(files[i]);
+      next = i + 1;
+      break;
+    }
+  }
+  return s;
+}
+
 /// The document separator of a vocabulary: "<|endoftext|>" when present, else EOS.
 inline std::int32_t document_separator(const Tokenizer& tok) {
   const std::int32_t id = tok.find("<|endoftext|>");

@@ -192,7 +192,8 @@ struct EvalRow {
   double mean_r2_k = NAN, mean_r2_v = NAN;  // held-out R² of the rebuilt heads (from the plan)
   DecodePplStats st;
   double sim_ppl = NAN;  // simulated reconstruction in a full cache (when asked)
-  std::string same_as;  // an earlier row with the same plan content (result copied, not re-run)
+  std::string same_as;  // label of the earlier row it equals
+  std::string key;      // plan_key of the applied plan  // an earlier row with the same plan content (result copied, not re-run)
 };
 
 inline double mean_r2(const headrecon::KindPlan* kp) {
@@ -247,7 +248,7 @@ inline void print_eval_table(const std::vector<EvalRow>& rows, std::ostream& os,
     c.push_back(std::isnan(r.mean_r2_k) ? "-" : fmtd("%.3f", r.mean_r2_k));
     c.push_back(std::isnan(r.mean_r2_v) ? "-" : fmtd("%.3f", r.mean_r2_v));
     c.push_back(fmtd("%.4f", ppl));
-    c.push_back(base ? fmtd("%+.2f%%", 100.0 * (ppl / base->st.ppl() - 1.0)) : "-");
+    c.push_back(base ? fmtd("%+.2f%%", 100.0 * (ppl / base->st.ppl() - 1.0)) : "-");  // base: the "full" row
     c.push_back(std::to_string(r.st.allocated_bytes));
     c.push_back(fmtd("%.1f%%", 100.0 * (1.0 - double(r.st.allocated_bytes) / double(r.st.full_bytes))));
     c.push_back(r.same_as.empty() ? fmtd("%.1f", r.st.tokens_per_s()) : "= " + r.same_as);
@@ -342,6 +343,8 @@ struct EvalOptions {
   headrecon::DType dtype = headrecon::DType::f32;
   std::size_t chunk = 1;
   bool simulate = false;  // also compute the simulated perplexity (full cache, predicted K/V written in)
+  bool include_full = true;  // run the full cache first (the baseline of "vs full")
+  std::vector<EvalRow> reuse;  // earlier rows whose results identical plans may reuse (and the baseline)
   bool verbose = true;
 };
 
@@ -354,13 +357,23 @@ inline std::vector<EvalRow> run_eval(const LlamaModel& model, const std::vector<
   const std::size_t kv_total = c.n_layer * c.n_head_kv;
   std::vector<EvalRow> rows;
   EvalRow full = describe_row("full", nullptr, Apply::kv, 0, kv_total);
-  full.st = decode_perplexity(model, tokens, opt.seq_len, nullptr, opt.dtype, opt.chunk);
-  if (opt.simulate) full.sim_ppl = perplexity(model, tokens, opt.seq_len).ppl();  // the engine's own batched pass
-  if (opt.verbose)
-    log << "  full cache: ppl " << fmtd("%.4f", full.st.ppl()) << ", " << fmtd("%.1f", full.st.tokens_per_s())
-        << " tokens/s\n";
-  rows.push_back(full);
   std::map<std::string, std::string> done;  // plan key -> row label
+  std::vector<EvalRow> known = opt.reuse;   // rows whose results may be reused
+  for (const auto& r : opt.reuse)
+    if (r.plan == "full") full = r;
+  if (opt.include_full) {
+    full.st = decode_perplexity(model, tokens, opt.seq_len, nullptr, opt.dtype, opt.chunk);
+    if (opt.simulate) full.sim_ppl = perplexity(model, tokens, opt.seq_len).ppl();  // the engine's own batched pass
+    if (opt.verbose)
+      log << "  full cache: ppl " << fmtd("%.4f", full.st.ppl()) << ", " << fmtd("%.1f", full.st.tokens_per_s())
+          << " tokens/s\n";
+    rows.push_back(full);
+  } else if (full.st.predicted == 0) {
+    fail("eval: include_full is off and no full-cache row was given to reuse");
+  }
+  auto label_of = [](const EvalRow& x) { return x.plan + " " + x.apply + " s" + std::to_string(x.sink); };
+  for (const auto& x : known)
+    if (!x.key.empty() && x.same_as.empty()) done[x.key] = label_of(x);
   for (const auto& ep : plans)
     for (int sink : opt.sinks)
       for (Apply a : opt.variants) {
@@ -368,17 +381,18 @@ inline std::vector<EvalRow> run_eval(const LlamaModel& model, const std::vector<
         EvalRow r = describe_row(ep.name, &p, a, sink, kv_total);
         if (r.k_rebuilt + r.v_rebuilt == 0) continue;
         const std::string key = plan_key(p);
-        const std::string label = ep.name + " " + r.apply + " s" + std::to_string(sink);
+        const std::string label = label_of(r);
+        r.key = key;
         auto it = done.find(key);
         if (it != done.end()) {
-          for (const auto& x : rows)
-            if (x.plan + " " + x.apply + " s" + std::to_string(x.sink) == it->second) r.st = x.st;
+          for (const auto& x : known)
+            if (label_of(x) == it->second) r.st = x.st, r.sim_ppl = x.sim_ppl;
           r.same_as = it->second;
         } else {
           r.st = decode_perplexity(model, tokens, opt.seq_len, &p, opt.dtype, opt.chunk);
+          if (opt.simulate) r.sim_ppl = simulated_perplexity(model, tokens, opt.seq_len, p).ppl();
           done[key] = label;
         }
-        if (opt.simulate) r.sim_ppl = simulated_perplexity(model, tokens, opt.seq_len, p).ppl();
         if (opt.verbose)
           log << "  " << label << ": ppl " << fmtd("%.4f", r.st.ppl()) << " ("
               << fmtd("%+.2f%%", 100.0 * (r.st.ppl() / full.st.ppl() - 1)) << "), KV " << r.st.allocated_bytes
@@ -387,6 +401,7 @@ inline std::vector<EvalRow> run_eval(const LlamaModel& model, const std::vector<
                                                    : "same plan as " + r.same_as)
               << "\n";
         rows.push_back(r);
+        known.push_back(r);
       }
   return rows;
 }

@@ -2,6 +2,7 @@
 // family GGUF model on the CPU, captures Q/K/V activations for headrecon, and
 // measures perplexity and speed. See examples/engine/README.md.
 
+#include <algorithm>
 #include <cctype>
 #include <chrono>
 #include <cstdio>
@@ -50,7 +51,8 @@ Commands:
   demo      [--dir build/demo] [--calib-tokens 16384] [--random-tokens 16384]
             [--eval-seqs 2] [--eval-len 256] [--kjv-seqs 1] [--sinks 0,4]
             [--q-window 2] [--max-k 5] [--seed 1] [--no-random] [--keep-acts]
-            [--cache-dtype f32|f16|bf16] [--docs DIR] [--kjv FILE]
+            [--cache-dtype f32|f16|bf16] [--docs DIR] [--kjv FILE] [--plans A,B]
+            [--speed-context 4096] [--no-speed]
                                                the real-model pipeline: capture,
                                                R2 analysis (trained and random
                                                weights), plans, eval, report
@@ -534,6 +536,9 @@ int cmd_demo(const Args& a) {
   o.random_seed = std::uint64_t(a.integer("--seed", long(o.random_seed), 0, 1L << 62));
   o.random = !a.has("--no-random");
   o.keep_acts = a.has("--keep-acts");
+  o.speed = !a.has("--no-speed");
+  o.speed_opt.context = o.eval_len;
+  o.speed_opt.long_context = std::size_t(a.integer("--speed-context", long(o.speed_opt.long_context), 16, 1L << 22));
   std::string dt = a.str("--cache-dtype", "f32");
   for (char& ch : dt) ch = char(std::toupper(static_cast<unsigned char>(ch)));
   o.cache_dtype = headrecon::parse_dtype(dt);
@@ -545,6 +550,19 @@ int cmd_demo(const Args& a) {
       if (*end || x < 0 || x > 1 << 20) fail("--sinks: '", v, "' is not a token count");
       o.sinks.push_back(int(x));
     }
+  }
+  if (a.has("--plans")) {
+    std::vector<he::PlanSpec> keep;
+    for (const auto& name : split_list(a.str("--plans"))) {
+      auto it = std::find_if(o.plans.begin(), o.plans.end(), [&](const he::PlanSpec& p) { return p.name == name; });
+      if (it == o.plans.end()) {
+        std::string known;
+        for (const auto& p : o.plans) known += " " + p.name;
+        fail("--plans: unknown plan '", name, "' (known:", known, ")");
+      }
+      keep.push_back(*it);
+    }
+    o.plans = keep;
   }
   return he::run_demo(o, std::cout);
 }
@@ -580,8 +598,8 @@ int main(int argc, char** argv) {
       return cmd_demo(Args(argc, argv,
                            {"--dir", "--model", "--docs", "--kjv", "--calib-tokens", "--random-tokens", "--seq-len",
                             "--eval-seqs", "--eval-len", "--kjv-seqs", "--q-window", "--max-k", "--threads", "--seed",
-                            "--cache-dtype", "--sinks"},
-                           {"--no-random", "--keep-acts"}));
+                            "--cache-dtype", "--sinks", "--plans", "--speed-context"},
+                           {"--no-random", "--keep-acts", "--no-speed"}));
     if (cmd == "eval")
       return cmd_eval(Args(argc, argv,
                            with(text_options, {"--model", "--seqs", "--seq-len", "--plan", "--variants", "--sinks",

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # End-to-end test of the headrecon-engine tool on the real model:
-# info, tokenize/detokenize, ppl, capture (text files and --ids), errors.
-# usage: engine_cli_test.sh ENGINE FETCH_SCRIPT
+# info, tokenize/detokenize, ppl, capture (text files and --ids), errors;
+# with the headrecon tool: capture -> fit -> eval (reference-only cache).
+# usage: engine_cli_test.sh ENGINE FETCH_SCRIPT HEADRECON
 set -euo pipefail
 engine=$1
 model=$(bash "$2")
+headrecon=$3
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 fail() { echo "engine_cli_test: FAIL: $*" >&2; exit 1; }
@@ -38,6 +40,33 @@ grep -q "150 tokens in 3 sequences" "$tmp/cap.txt" || fail "capture summary: $(c
 [ -s "$tmp/acts.safetensors" ] || fail "capture wrote no file"
 "$engine" capture --model "$model" --ids "$ids" --tokens 10 --pre-rope --out "$tmp/ids.safetensors" > /dev/null
 [ -s "$tmp/ids.safetensors" ] || fail "capture --ids wrote no file"
+
+# capture -> headrecon fit -> eval through the reference-only cache.
+for i in $(seq 1 40); do echo "Line $i: the scheduler picks task $i from runqueue $((i % 4)) and updates its clock."; done \
+  > "$tmp/docs/c.txt"
+"$engine" capture --model "$model" --text "$tmp/docs/c.txt" --text "$tmp/docs/a.txt" --tokens 768 --seq-len 256 \
+  --kinds k,v --out "$tmp/kv.safetensors" > /dev/null
+"$headrecon" fit --acts "$tmp/kv.safetensors" --kind k --kind v --strategy greedy --budget 0.67 --refs 2 \
+  --same-layer --sink 4 --out "$tmp/plan.safetensors" > "$tmp/fit.txt"
+grep -q "60 of 180 K/V heads rebuilt" "$tmp/fit.txt" || fail "fit: $(tail -3 "$tmp/fit.txt")"
+"$engine" eval --model "$model" --text "$tmp/docs/b.txt" --seqs 1 --seq-len 32 --plan "p=$tmp/plan.safetensors" \
+  --sinks 4 --variants k,kv --simulate --csv "$tmp/eval.csv" --json "$tmp/eval.json" > "$tmp/eval.txt"
+grep -q "^full " "$tmp/eval.txt" || fail "eval: no full-cache row: $(cat "$tmp/eval.txt")"
+[ "$(wc -l < "$tmp/eval.csv")" = 4 ] || fail "eval.csv should hold a header and 3 rows: $(cat "$tmp/eval.csv")"
+# Every row: allocated bytes = the layout's; measured ppl = simulated ppl; finite.
+awk -F, 'NR > 1 {
+  if ($15 != $16) { print "row " NR ": allocated " $15 " != layout " $16; bad = 1 }
+  if ($10 + 0 <= 1 || $10 + 0 > 1e6) { print "row " NR ": ppl " $10; bad = 1 }
+  d = $10 - $21; if (d < 0) d = -d; if (d > 1e-3 * $10) { print "row " NR ": ppl " $10 " vs simulated " $21; bad = 1 }
+} END { exit bad }' "$tmp/eval.csv" || fail "eval.csv checks"
+# K+V with 1 of 3 KV heads rebuilt: 4 sinks x 180 heads + 28 x 120 heads, 64 floats each.
+grep -q "^p,K+V,4,30,30,90,.*,$(( (4 * 180 + 28 * 120) * 64 * 4 )),$(( (4 * 180 + 28 * 120) * 64 * 4 )),$(( 32 * 180 * 64 * 4 ))," \
+  "$tmp/eval.csv" || fail "eval.csv K+V bytes: $(cat "$tmp/eval.csv")"
+grep -q '"kv_bytes_layout"' "$tmp/eval.json" || fail "eval.json"
+if "$engine" eval --model "$model" --ids "1 2 3 4" --seqs 1 --seq-len 4 --plan "$tmp/kv.safetensors" 2> "$tmp/err.txt"; then
+  fail "an activations file is not a plan"
+fi
+grep -q "error:" "$tmp/err.txt" || fail "eval: bad plan message"
 
 # Errors are reported, not crashed on.
 if "$engine" capture --model "$model" --ids "1 2 3" --tokens 10 --out "$tmp/x.safetensors" 2> "$tmp/err.txt"; then

