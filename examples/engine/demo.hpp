@@ -476,12 +476,15 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
        << o.speed_opt.decode << " tokens after a " << o.speed_opt.context << "-token prompt for the whole model; "
        << o.speed_opt.attn_reps << " repetitions of one decode step of the 30 layers' attention over "
        << o.speed_opt.long_context << " tokens of random K/V). Plans with K and V rebuilt, " << o.fit_sink
-       << " sink tokens. GB/s = cache bytes / attention time.\n\n";
+       << " sink tokens. `bytes read/tok`: what one decode step's attention reads (sink tokens with every head; per "
+          "layer, every stream it attends over - a cross-layer reference is read again by each layer that uses "
+          "it, so cross-layer plans save memory but not reads); read GB/s = bytes read / attention time.\n\n";
     print_speed_table(speed, o.speed_opt, md, true);
     md << "\nAt " << o.speed_opt.context
        << " tokens the whole-model decode reads ~0.5 GB of f32 weights per token and the KV cache is a few MB, so "
           "the cache size barely moves tokens/s; the attention-alone column is where a smaller cache pays, less the "
-          "cost of mapping absorbed queries (k.d.d per rebuilt head and query) and values.\n\n";
+          "cost of mapping absorbed queries (k.d.d per rebuilt head and query) and values, and more dot products "
+          "per token (each query of a rebuilt head scores every one of its k reference streams).\n\n";
   }
   md << "## Time (this run)\n\n| step | seconds |\n|---|---:|\n";
   for (const auto& [name, s] : timer.steps) md << "| " << name << " | " << fmtd("%.1f", s) << " |\n";

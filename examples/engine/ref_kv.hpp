@@ -115,6 +115,17 @@ class RefKvCache {
   }
   /// What RefCacheLayout::bytes() says this capacity takes.
   std::size_t layout_bytes() const { return layout_->bytes(n_ctx_, dtype_); }
+  /// Bytes one decode step reads at `n_tokens` tokens, all layers: every
+  /// head of the sink tokens, and per layer every stream it attends over
+  /// (its cached heads and its earlier-layer references, which are read
+  /// again by each layer that uses them).
+  std::size_t read_bytes(std::size_t n_tokens) const {
+    const std::size_t ns = std::min(n_tokens, n_sink_), d = shape_.head_dim, es = headrecon::dtype_size(dtype_);
+    std::size_t b = 0;
+    for (const Layer& Y : layers_)
+      b += (ns * 2 * shape_.n_head_kv + (n_tokens - ns) * (Y.body_streams[0].size() + Y.body_streams[1].size())) * d * es;
+    return b;
+  }
   /// Bytes of a full cache of the same capacity and dtype.
   std::size_t full_bytes() const { return n_ctx_ * layout_->full_bytes_per_token(dtype_); }
 

@@ -32,6 +32,7 @@ struct SpeedRow {
   std::size_t decode_bytes = 0;  // cache bytes at the decode context
   double attn_step_us = 0;       // attention alone at the long context, per token (all layers), median
   std::size_t long_bytes = 0;    // cache bytes at the long context
+  std::size_t long_read = 0;     // bytes one decode step reads at the long context (all layers)
 };
 
 struct SpeedOptions {
@@ -91,6 +92,7 @@ inline std::vector<SpeedRow> measure_speed(const LlamaModel& model, const std::v
       for (std::size_t l = 0; l < L; ++l) caches[i]->attend(l, T - 1, q.data(), out.data());
       step_us[i].push_back(1e6 * std::chrono::duration<double>(clock::now() - t0).count());
       rows[i].long_bytes = caches[i]->allocated_bytes();
+      rows[i].long_read = caches[i]->read_bytes(T);
     }
   for (std::size_t i = 0; i < n; ++i) {
     rows[i].name = configs[i].name;
@@ -107,13 +109,14 @@ inline void print_speed_table(const std::vector<SpeedRow>& rows, const SpeedOpti
   const std::string ctx = std::to_string(o.context), lc = std::to_string(o.long_context);
   const std::string cap = std::to_string(o.context + o.decode);
   std::vector<std::string> hdr{"cache", "decode tok/s @" + ctx, "vs full", "attn us/tok @" + ctx, "KV bytes @" + cap,
-                               "attention us/tok @" + lc, "vs full", "KV bytes @" + lc, "GB/s"};
+                               "attention us/tok @" + lc, "vs full", "KV bytes @" + lc, "bytes read/tok @" + lc,
+                               "read GB/s"};
   std::vector<std::vector<std::string>> cells;
   for (const auto& r : rows)
     cells.push_back({r.name, fmtd("%.1f", r.decode_tok_s), fmtd("%.2fx", r.decode_tok_s / base.decode_tok_s),
                      fmtd("%.0f", r.decode_attn_us), std::to_string(r.decode_bytes), fmtd("%.0f", r.attn_step_us),
                      fmtd("%.2fx", base.attn_step_us / r.attn_step_us), std::to_string(r.long_bytes),
-                     fmtd("%.1f", double(r.long_bytes) / (r.attn_step_us * 1e3))});
+                     std::to_string(r.long_read), fmtd("%.1f", double(r.long_read) / (r.attn_step_us * 1e3))});
   std::vector<std::size_t> w(hdr.size());
   for (std::size_t i = 0; i < hdr.size(); ++i) w[i] = hdr[i].size();
   for (const auto& c : cells)

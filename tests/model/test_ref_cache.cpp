@@ -97,6 +97,7 @@ TEST_CASE("ref cache: without a plan, decoding through decode_attention reproduc
   CHECK(cache.allocated_bytes() == cache.full_bytes());
   CHECK(cache.allocated_bytes() == cache.layout_bytes());
   CHECK(cache.allocated_bytes() == ids.size() * 2 * 30 * 3 * 64 * sizeof(float));
+  CHECK(cache.read_bytes(ids.size()) == cache.allocated_bytes());
   const double d1 = max_abs_diff(decoded_logits(l.model, ids, cache), want);
   INFO("token by token: max |logit diff| vs the engine's batched full-cache pass " << d1);
   CHECK(d1 < 1e-3);
@@ -229,6 +230,16 @@ TEST_CASE("ref cache: capture -> fit (cross-layer) -> eval on real text") {
   CHECK(rec.allocated_bytes == layout.bytes(64, hr::DType::f32));
   CHECK(rec.allocated_bytes == rec.layout_bytes);
   CHECK(rec.allocated_bytes == (4 * 180 + 60 * 120) * 64 * sizeof(float));
+  {
+    // A decode step reads every stream of every layer: cross-layer references
+    // are read by each layer that uses them, so it reads more than it stores.
+    he::RefKvCache c(l.model.attention_shape(), &kv, 64);
+    std::size_t streams = 0;
+    for (std::int32_t i = 0; i < 30; ++i)
+      streams += c.layout().streams(hr::Kind::k, i).size() + c.layout().streams(hr::Kind::v, i).size();
+    CHECK(c.read_bytes(64) == (4 * 180 + 60 * streams) * 64 * sizeof(float));
+    CHECK(streams > 120);
+  }
   // Measured through the reference-only cache = simulated in a full cache.
   const double sim = he::simulated_perplexity(l.model, ids, 64, kv).ppl();
   CHECK(rec.ppl() == Approx(sim).epsilon(1e-4));
