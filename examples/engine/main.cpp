@@ -58,14 +58,16 @@ Commands:
                                                weights), plans, eval, report
   eval      --model GGUF TEXT [--seqs 2] [--seq-len 256] --plan [NAME=]PLAN ...
             [--variants k,v,kv] [--sinks 0,4] [--cache-dtype f32|f16|bf16]
-            [--chunk 1] [--simulate] [--csv FILE] [--json FILE] [--md FILE]
+            [--chunk 1] [--simulate] [--spread] [--csv FILE] [--json FILE] [--md FILE]
                                                perplexity decoded token by token
                                                through a reference-only KV cache:
                                                full cache, then each plan on K, V,
                                                K+V at each sink count; KV bytes,
                                                decode tokens/s; --simulate adds the
                                                perplexity with predicted K/V
-                                               written into a full cache
+                                               written into a full cache; --spread
+                                               takes each sequence from the start
+                                               of a different file of --text-dir
 
 TEXT is one of
   --text FILE                      one text file (may be repeated; used in order)
@@ -493,7 +495,18 @@ int cmd_eval(const Args& a) {
     plans.push_back({name, headrecon::load_plan(path)});
   }
   std::string source;
-  const he::TokenStream s = text_tokens(a, tok, seqs * opt.seq_len, source, "eval");
+  he::TokenStream s;
+  if (a.has("--spread")) {
+    if (!a.has("--text-dir")) fail("--spread needs --text-dir");
+    const he::Split split = he::parse_split(a.str("--split", "eval"));
+    const std::string suffix = a.str("--suffix", ".txt");
+    s = he::spread_sequences(tok, he::list_text_files(a.str("--text-dir"), suffix, split), seqs, opt.seq_len);
+    source = "dir: " + a.str("--text-dir") + " suffix " + suffix + " split " + he::split_name(split) +
+             ", the first " + std::to_string(opt.seq_len) + " tokens of " + std::to_string(s.files.size()) +
+             " files spread over the split";
+  } else {
+    s = text_tokens(a, tok, seqs * opt.seq_len, source, "eval");
+  }
   std::cout << "text: " << source << "\n"
             << "eval: " << seqs << " sequences of " << opt.seq_len << " tokens, decoded one token at a time"
             << (opt.chunk > 1 ? " (chunks of " + std::to_string(opt.chunk) + ")" : std::string())
@@ -605,7 +618,7 @@ int main(int argc, char** argv) {
                            with(text_options, {"--model", "--seqs", "--seq-len", "--plan", "--variants", "--sinks",
                                                "--cache-dtype", "--chunk", "--csv", "--json", "--md", "--threads",
                                                "--random-init"}),
-                           {"--simulate"}));
+                           {"--simulate", "--spread"}));
     if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {}));
     std::cerr << "headrecon-engine: unknown command '" << cmd << "'\n\n" << usage_text;
     return 2;
