@@ -5,6 +5,7 @@
 // each run from position 0 with an empty cache.
 
 #include <chrono>
+#include <functional>
 #include <cmath>
 #include <cstdint>
 #include <map>
@@ -105,13 +106,17 @@ struct PerplexityStats {
 };
 
 /// Perplexity of `tokens` in sequences of seq_len (non-overlapping windows):
-/// token i of a sequence is scored by the logits of token i-1.
+/// token i of a sequence is scored by the logits of token i-1. `setup`, when
+/// given, is called once with the engine and its cache before the first
+/// sequence (e.g. to install a K/V transform).
 inline PerplexityStats perplexity(const LlamaModel& model, const std::vector<std::int32_t>& tokens,
-                                  std::size_t seq_len) {
+                                  std::size_t seq_len,
+                                  const std::function<void(LlamaEngine&, KvCache&)>& setup = {}) {
   const LlamaConfig& c = model.config();
   if (seq_len < 2) fail("perplexity: seq_len must be at least 2");
   LlamaEngine eng(model);
   KvCache cache(c, std::min(seq_len, tokens.size()));
+  if (setup) setup(eng, cache);
   PerplexityStats st;
   std::vector<float> logits;
   const auto start = std::chrono::steady_clock::now();

@@ -115,26 +115,9 @@ inline LlamaEngine::KvTransform simulate_plan_transform(const headrecon::Plan& p
 /// decode_perplexity: both compute the same function of the same weights.
 inline PerplexityStats simulated_perplexity(const LlamaModel& model, const std::vector<std::int32_t>& tokens,
                                             std::size_t seq_len, const headrecon::Plan& plan) {
-  const LlamaConfig& c = model.config();
-  LlamaEngine eng(model);
-  KvCache cache(c, std::min(seq_len, tokens.size()));
-  eng.set_kv_transform(simulate_plan_transform(plan, c, cache));
-  PerplexityStats st;
-  std::vector<float> logits;
-  const auto start = std::chrono::steady_clock::now();
-  for (std::size_t t0 = 0; t0 < tokens.size(); t0 += seq_len) {
-    const std::size_t n = std::min(seq_len, tokens.size() - t0);
-    cache.clear();
-    eng.forward(tokens.data() + t0, n, cache, LogitsMode::all, &logits);
-    for (std::size_t i = 0; i + 1 < n; ++i) {
-      st.nll -= log_prob(logits.data() + i * c.n_vocab, c.n_vocab, tokens[t0 + i + 1]);
-      ++st.predicted;
-    }
-    ++st.sequences;
-  }
-  st.tokens = tokens.size();
-  st.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  return st;
+  return perplexity(model, tokens, seq_len, [&](LlamaEngine& eng, KvCache& cache) {
+    eng.set_kv_transform(simulate_plan_transform(plan, model.config(), cache));
+  });
 }
 
 /// Which kinds of a plan are applied.
