@@ -331,14 +331,10 @@ inline HWY_NOINLINE void DecodeAttention(const DecodeAttentionArgs& a) {
       for (size_t h = g * G; h < (g + 1) * G; ++h) attn::Accumulate(sc + h * B, rows, nb, d, acc + h * d);
     }
   }
-  // Rebuilt-V accumulators of head h, for rescaling.
+  // Head h's accumulators (direct and per reference), for rescaling.
   auto scale_head = [&](size_t h, float f) {
     attn::Scale(acc + h * d, d, f);
-    const auto& vs = p.v[h / G];
-    if (!vs.rebuilt) return;
-    for (size_t s = 0; s < p.n_v_streams; ++s)
-      for (const auto& job : p.v_jobs[s])
-        if (job.head == h && job.vec >= H) attn::Scale(acc + job.vec * d, d, f);
+    for (const auto& ra : p.ref_accs[h]) attn::Scale(acc + ra.acc * d, d, f);
   };
   // Body tokens: reference-only streams.
   for (size_t b0 = 0; b0 < a.n_body; b0 += B) {
@@ -383,13 +379,7 @@ inline HWY_NOINLINE void DecodeAttention(const DecodeAttentionArgs& a) {
     for (size_t i = 0; i < d; ++i) o[i] = acc[h * d + i];
     const auto& vs = p.v[h / G];
     if (vs.rebuilt) {
-      for (size_t s = 0; s < p.n_v_streams; ++s)
-        for (const auto& job : p.v_jobs[s]) {
-          if (job.head != h || job.vec < H) continue;
-          size_t r = 0;
-          while (vs.streams[r] != s) ++r;
-          attn::MapAdd(acc + job.vec * d, vs.weight + r * d * d, d, o);
-        }
+      for (const auto& ra : p.ref_accs[h]) attn::MapAdd(acc + ra.acc * d, vs.weight + ra.ref * d * d, d, o);
       for (size_t i = 0; i < d; ++i) o[i] += mass[h] * vs.bias[i];
     }
     attn::Scale(o, d, 1.f / l[h]);

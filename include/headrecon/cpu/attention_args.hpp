@@ -29,10 +29,15 @@ struct AttentionLayerPlan {
     std::uint32_t head;     ///< query head
     std::uint32_t vec;      ///< K: index of its query vector; V: index of its accumulator
   };
+  struct RefAcc {           // one reference accumulator of a query head with rebuilt V
+    std::uint32_t acc;      ///< accumulator index
+    std::uint32_t ref;      ///< which reference of the head's V map (its W block)
+  };
   std::size_t n_q_heads = 0, n_kv_heads = 0, head_dim = 0;
   std::size_t n_k_streams = 0, n_v_streams = 0;
   std::vector<Side> k, v;                       ///< [n_kv_heads]
   std::vector<std::vector<Job>> k_jobs, v_jobs;  ///< per stream, body tokens
+  std::vector<std::vector<RefAcc>> ref_accs;     ///< per query head (empty when its V is cached)
   std::size_t n_qvecs = 0;  ///< raw scaled queries (index = head) then absorbed ones
   std::size_t n_accs = 0;   ///< direct accumulators (index = head) then per-reference ones
   std::size_t max_refs = 1;
@@ -43,6 +48,7 @@ inline void add_jobs(AttentionLayerPlan& p) {
   const std::size_t G = p.n_q_heads / p.n_kv_heads;
   p.k_jobs.assign(p.n_k_streams, {});
   p.v_jobs.assign(p.n_v_streams, {});
+  p.ref_accs.assign(p.n_q_heads, {});
   p.n_qvecs = p.n_q_heads;
   p.n_accs = p.n_q_heads;
   for (std::size_t h = 0; h < p.n_q_heads; ++h) {
@@ -56,7 +62,10 @@ inline void add_jobs(AttentionLayerPlan& p) {
     if (!vs.rebuilt) {
       p.v_jobs[vs.streams[0]].push_back({std::uint32_t(h), std::uint32_t(h)});
     } else {
-      for (std::uint32_t s : vs.streams) p.v_jobs[s].push_back({std::uint32_t(h), std::uint32_t(p.n_accs++)});
+      for (std::size_t r = 0; r < vs.streams.size(); ++r) {
+        p.ref_accs[h].push_back({std::uint32_t(p.n_accs), std::uint32_t(r)});
+        p.v_jobs[vs.streams[r]].push_back({std::uint32_t(h), std::uint32_t(p.n_accs++)});
+      }
     }
     p.max_refs = std::max({p.max_refs, ks.streams.size(), vs.streams.size()});
   }
