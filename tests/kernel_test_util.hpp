@@ -50,8 +50,16 @@ struct TestCache {
   }
   HeadStream stream(std::size_t h) const {
     const void* base = dtype == DType::f32 ? static_cast<const void*>(f32.data()) : h16.data();
-    if (layout == CacheLayout::paged)
-      return paged_stream(base, dtype, table.data(), page, heads, dim, h, Layout::token_major);
+    if (layout == CacheLayout::paged) {
+      PagedCache pc;
+      pc.pool = base;
+      pc.dtype = dtype;
+      pc.block_table = table.data();
+      pc.block_tokens = page;
+      pc.heads = heads;
+      pc.head_dim = dim;
+      return pc.stream(h);
+    }
     HeadStream s;
     s.base = base;
     s.dtype = dtype;

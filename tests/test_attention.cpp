@@ -24,6 +24,7 @@ HWY_BEFORE_NAMESPACE();
 namespace headrecon {
 namespace HWY_NAMESPACE {
 inline void CallAttention(const DecodeAttentionArgs& a) { DecodeAttention(a); }
+inline void CallRunAttention(const AttentionRunArgs& a, const ParallelFor& pf) { RunAttention(a, pf); }
 inline void CallReconstruct2(const ReconstructArgs& a) { Reconstruct(a); }
 }  // namespace HWY_NAMESPACE
 }  // namespace headrecon
@@ -32,6 +33,7 @@ HWY_AFTER_NAMESPACE();
 #if HWY_ONCE
 namespace headrecon {
 HWY_EXPORT(CallAttention);
+HWY_EXPORT(CallRunAttention);
 HWY_EXPORT(CallReconstruct2);
 
 namespace {
@@ -259,6 +261,69 @@ TEST_CASE("absorbed attention equals the library's reconstruct-then-attend", "[k
   for (std::size_t i = 0; i < Hq * d; ++i) worst = std::max(worst, double(std::fabs(o1[i] - o2[i]))), norm = std::max(norm, double(std::fabs(o2[i])));
   INFO("max |absorbed - reconstruct-then-attend| = " << worst << ", max |out| = " << norm);
   REQUIRE(worst <= 2e-5 * (1.0 + norm));
+}
+
+TEST_CASE("causal rows split over tokens equal one decode step per row, on every target", "[kernel][attention]") {
+  std::mt19937 rng(13);
+  const std::size_t n_kv = 4, G = 2, d = 64, S = 4, T = 150, Hq = n_kv * G, M = 37, pos0 = S + T - M;
+  const Plan plan = make_plan(n_kv, d, std::int32_t(S), rng);
+  const RefCacheLayout layout(plan, std::int32_t(n_kv));
+  const AttentionLayerPlan ap = make_attention_plan(layout, 1, Hq);
+  const auto& ks = layout.streams(Kind::k, 1);
+  const auto& vs = layout.streams(Kind::v, 1);
+  TestCache bk(DType::bf16, CacheLayout::paged, T, ks.size(), d, rng), bvc(DType::bf16, CacheLayout::paged, T, vs.size(), d, rng);
+  TestCache sk(DType::bf16, CacheLayout::paged, S, n_kv, d, rng), sv(DType::bf16, CacheLayout::paged, S, n_kv, d, rng);
+  std::vector<HeadStream> skv, svv, bks, bvs;
+  for (std::size_t h = 0; h < n_kv; ++h) skv.push_back(sk.stream(h)), svv.push_back(sv.stream(h));
+  for (std::size_t s = 0; s < ks.size(); ++s) bks.push_back(bk.stream(s));
+  for (std::size_t s = 0; s < vs.size(); ++s) bvs.push_back(bvc.stream(s));
+  std::normal_distribution<float> g;
+  std::vector<float> q(M * Hq * d);
+  for (auto& x : q) x = g(rng);
+  std::vector<std::size_t> len(M);
+  for (std::size_t r = 0; r < M; ++r) len[r] = pos0 + r + 1;
+  AttentionRows rows;
+  rows.cache = {S, skv.data(), svv.data(), bks.data(), bvs.data()};
+  rows.n_rows = M;
+  rows.row_len = len.data();
+  rows.q = q.data();
+  std::vector<float> out(M * Hq * d), one(Hq * d), work1(decode_attention_workspace_floats(ap));
+  for (const std::int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    rows.out = out.data();
+    AttentionRunArgs a;
+    a.plan = &ap;
+    a.scale = 0.125f;
+    a.groups = &rows;
+    a.n_groups = 1;
+    a.split_tokens = 40;  // 4 tasks over 155 positions, the last partial
+    std::vector<float> work(attention_workspace_floats(a, 1));
+    a.workspace = work.data();
+    a.workspace_floats = work.size();
+    HWY_DYNAMIC_DISPATCH(CallRunAttention)(a, ParallelFor());
+    double worst = 0, norm = 0;
+    for (std::size_t r = 0; r < M; ++r) {
+      DecodeAttentionArgs d1;
+      d1.plan = &ap;
+      d1.q = q.data() + r * Hq * d;
+      d1.scale = 0.125f;
+      d1.n_sink = S;
+      d1.sink_k = skv.data();
+      d1.sink_v = svv.data();
+      d1.n_body = len[r] - S;
+      d1.k_streams = bks.data();
+      d1.v_streams = bvs.data();
+      d1.out = one.data();
+      d1.workspace = work1.data();
+      d1.workspace_floats = work1.size();
+      HWY_DYNAMIC_DISPATCH(CallAttention)(d1);
+      for (std::size_t i = 0; i < Hq * d; ++i)
+        worst = std::max(worst, double(std::fabs(out[r * Hq * d + i] - one[i]))), norm = std::max(norm, double(std::fabs(one[i])));
+    }
+    INFO(hwy::TargetName(target) << ": max |rows - per-row decode| = " << worst << ", max |out| = " << norm);
+    REQUIRE(worst <= 2e-6 * (1.0 + norm));
+  }
+  hwy::SetSupportedTargetsForTest(0);
 }
 
 TEST_CASE("attention arguments are checked", "[kernel][attention]") {

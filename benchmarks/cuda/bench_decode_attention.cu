@@ -137,8 +137,14 @@ struct Cache {
     for (std::size_t b = 0; b < batch; ++b)
       for (std::size_t s = 0; s < streams; ++s) {
         if (paged) {
-          hs.push_back(paged_stream(data.p, DType::bf16, table.as<std::int32_t>() + b * pages_per_seq, kPage, streams, kD, s,
-                                    Layout::token_major));
+          PagedCache pc;
+          pc.pool = data.p;
+          pc.dtype = DType::bf16;
+          pc.block_table = table.as<std::int32_t>() + b * pages_per_seq;
+          pc.block_tokens = kPage;
+          pc.heads = streams;
+          pc.head_dim = kD;
+          hs.push_back(pc.stream(s));
         } else {
           HeadStream h;
           h.base = data.p;

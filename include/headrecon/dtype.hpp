@@ -29,6 +29,9 @@ enum class DType : std::uint8_t { f32, f16, bf16 };
 /// Size in bytes of one element of `t`.
 constexpr std::size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
 
+/// Bytes of a row of `n` values of `t`.
+constexpr std::size_t dtype_row_bytes(DType t, std::size_t n) { return n * dtype_size(t); }
+
 /// The safetensors spelling: "F32", "F16", "BF16".
 constexpr std::string_view dtype_name(DType t) {
   return t == DType::f32 ? "F32" : t == DType::f16 ? "F16" : "BF16";

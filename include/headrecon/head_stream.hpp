@@ -50,30 +50,56 @@ HeadStream stream_of(HeadsView<T> v, std::size_t h) {
     detail::fail("stream_of: head vectors must be contiguous (dim stride ", v.stride.dim, ")");
   if (h >= v.extent.heads) detail::fail("stream_of: head ", h, " of a view with ", v.extent.heads, " heads");
   using U = std::remove_const_t<T>;
-  return {v.data, dtype_of<U>::value, std::ptrdiff_t(h) * v.stride.head, v.stride.token, nullptr, 0, 0};
-}
-
-/// Stream of head h in a paged cache whose pages hold [block_size, heads, dim]
-/// (token-major pages) or [heads, block_size, dim] (head-major pages).
-inline HeadStream paged_stream(const void* pool, DType dtype, const std::int32_t* block_table,
-                               std::size_t block_size, std::size_t heads, std::size_t dim, std::size_t h,
-                               Layout page_layout) {
-  if (block_table == nullptr || block_size == 0) detail::fail("paged_stream: block table and block size required");
-  if (h >= heads) detail::fail("paged_stream: head ", h, " of ", heads);
   HeadStream s;
-  s.base = pool;
-  s.dtype = dtype;
-  s.block_table = block_table;
-  s.block_size = block_size;
-  s.block_stride = std::ptrdiff_t(block_size * heads * dim);
-  if (page_layout == Layout::token_major) {
-    s.offset = std::ptrdiff_t(h * dim);
-    s.token_stride = std::ptrdiff_t(heads * dim);
-  } else {
-    s.offset = std::ptrdiff_t(h * block_size * dim);
-    s.token_stride = std::ptrdiff_t(dim);
-  }
+  s.base = v.data;
+  s.dtype = dtype_of<U>::value;
+  s.offset = std::ptrdiff_t(h) * v.stride.head;
+  s.token_stride = v.stride.token;
   return s;
 }
+
+/// A paged cache: pages of `block_tokens` tokens from one pool, in the order
+/// a block table gives. Fill the fields by name, then take each head's stream.
+struct PagedCache {
+  const void* pool = nullptr;
+  DType dtype = DType::f32;
+  const std::int32_t* block_table = nullptr;  ///< physical page of each logical page
+  std::size_t block_tokens = 0;               ///< tokens per page
+  std::size_t heads = 0;                      ///< heads per page
+  std::size_t head_dim = 0;
+  Layout page_layout = Layout::token_major;   ///< [block_tokens, heads, dim] or [heads, block_tokens, dim]
+
+  /// The stream of head h.
+  HeadStream stream(std::size_t h) const {
+    if (pool == nullptr || block_table == nullptr || block_tokens == 0 || head_dim == 0)
+      detail::fail("PagedCache: pool, block table, block_tokens and head_dim are required");
+    if (h >= heads) detail::fail("PagedCache: head ", h, " of ", heads);
+    HeadStream s;
+    s.base = pool;
+    s.dtype = dtype;
+    s.block_table = block_table;
+    s.block_size = block_tokens;
+    s.block_stride = std::ptrdiff_t(block_tokens * heads * head_dim);
+    if (page_layout == Layout::token_major) {
+      s.offset = std::ptrdiff_t(h * head_dim);
+      s.token_stride = std::ptrdiff_t(heads * head_dim);
+    } else {
+      s.offset = std::ptrdiff_t(h * block_tokens * head_dim);
+      s.token_stride = std::ptrdiff_t(head_dim);
+    }
+    return s;
+  }
+};
+
+/// Where one sequence's K/V of one layer live: positions [0, n_sink) in the
+/// sink streams (every KV head, exact), later positions p in the plan's
+/// streams as body token p − n_sink.
+struct SequenceStreams {
+  std::size_t n_sink = 0;
+  const HeadStream* sink_k = nullptr;  ///< [n_kv_heads]
+  const HeadStream* sink_v = nullptr;  ///< [n_kv_heads]
+  const HeadStream* k = nullptr;       ///< [plan.n_k_streams] over body tokens
+  const HeadStream* v = nullptr;       ///< [plan.n_v_streams] over body tokens
+};
 
 }  // namespace headrecon

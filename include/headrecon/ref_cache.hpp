@@ -61,17 +61,24 @@ class RefCacheLayout {
   /// Heads that layer's attention reads: its cached heads (slot order), then
   /// the distinct earlier-layer heads its targets reference.
   const std::vector<HeadId>& streams(Kind k, std::int32_t layer) const { return side(k, layer).streams; }
+  /// Index of head `id` in streams(k, layer); throws Error when that layer does not read it.
+  std::uint32_t stream_index(Kind k, std::int32_t layer, HeadId id) const {
+    const auto& s = side(k, layer).streams;
+    for (std::size_t i = 0; i < s.size(); ++i)
+      if (s[i] == id) return std::uint32_t(i);
+    detail::fail("RefCacheLayout: ", kind_name(k), " layer ", layer, " does not read head ", id.layer, ".", id.head);
+  }
 
   /// Bytes per token after the sink tokens (K and V, all layers).
   std::size_t body_bytes_per_token(DType t) const {
     std::size_t heads = 0;
     for (const auto& s : sides_)
       for (const auto& l : s) heads += l.cached.size();
-    return heads * std::size_t(head_dim()) * dtype_size(t);
+    return heads * dtype_row_bytes(t, std::size_t(head_dim()));
   }
   /// Bytes per token of a full cache (K and V, all heads, all layers).
   std::size_t full_bytes_per_token(DType t) const {
-    return 2 * std::size_t(n_layers()) * std::size_t(heads_) * std::size_t(head_dim()) * dtype_size(t);
+    return 2 * std::size_t(n_layers()) * std::size_t(heads_) * dtype_row_bytes(t, std::size_t(head_dim()));
   }
   /// Exact bytes of the cache for `tokens` tokens: sinks in full, the rest reference-only.
   std::size_t bytes(std::size_t tokens, DType t) const {

@@ -1,11 +1,16 @@
-// Per-target decode attention over a reference-only cache (see cpu/attention.hpp).
+// Per-target attention over a reference-only cache (see cpu/attention.hpp):
+// the three kernels the driver (attention_driver.hpp) runs - prepare a row's
+// queries, attend one split-K task of rows over a range of positions, finish
+// a row from its merged state - and the entry points built on them.
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 
 #include "headrecon/cpu/attention_args.hpp"
+#include "headrecon/cpu/attention_driver.hpp"
 #include "headrecon/error.hpp"
+#include "headrecon/parallel.hpp"
 
 #if defined(HEADRECON_CPU_ATTENTION_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef HEADRECON_CPU_ATTENTION_INL_H_
@@ -267,123 +272,204 @@ HWY_INLINE void MapQuery(const float* HWY_RESTRICT w, const float* HWY_RESTRICT 
 }
 }  // namespace attn
 
-/// One decode step (see DecodeAttentionArgs). Throws Error on inconsistent
-/// arguments or a short workspace; never allocates.
-inline HWY_NOINLINE void DecodeAttention(const DecodeAttentionArgs& a) {
-  if (!a.plan || !a.q || !a.out) detail::fail("decode_attention: plan, q and out are required");
-  const AttentionLayerPlan& p = *a.plan;
-  const size_t d = p.head_dim, H = p.n_q_heads, G = p.n_q_heads / p.n_kv_heads, B = kAttnBlock;
-  if (a.n_sink + a.n_body == 0) detail::fail("decode_attention: no tokens to attend to");
-  if (a.n_sink && (!a.sink_k || !a.sink_v)) detail::fail("decode_attention: ", a.n_sink, " sink tokens but no sink streams");
-  if (a.n_body && (!a.k_streams || !a.v_streams)) detail::fail("decode_attention: body tokens but no streams");
-  if (!a.workspace || a.workspace_floats < decode_attention_workspace_floats(p))
-    detail::fail("decode_attention: workspace of ", a.workspace_floats, " floats, need ",
-                 decode_attention_workspace_floats(p));
-  float* qv = a.workspace;                 // [n_qvecs][d]
-  float* acc = qv + p.n_qvecs * d;         // [n_accs][d]
-  float* sc = acc + p.n_accs * d;          // [H][B]
-  float* m = sc + H * B;                   // [H]
-  float* l = m + H;                        // [H]
-  float* mass = l + H;                     // [H] body probability mass (bias of rebuilt V)
-  float* qb = mass + H;                    // [H] scale·q·b_K of rebuilt K
-  float* scratch = qb + H;                 // [B][d]
+/// Prepares one row's queries (attention_query_floats): the scaled raw query
+/// of every head, the absorbed ones scale·W_r q, and scale·q·b_K per head.
+inline HWY_NOINLINE void PrepareQueries(const AttentionLayerPlan& p, float scale, const float* HWY_RESTRICT q,
+                                        float* HWY_RESTRICT out) {
+  const size_t d = p.head_dim, H = p.n_q_heads;
+  float* qv = out;
+  float* qb = out + p.n_qvecs * d;
+  for (size_t h = 0; h < H; ++h) {
+    const float* qh = q + h * d;
+    for (size_t i = 0; i < d; ++i) qv[h * d + i] = scale * qh[i];
+    const auto& ks = p.k[p.kv_head(h)];
+    float s = 0.f;
+    if (ks.rebuilt)
+      for (size_t i = 0; i < d; ++i) s += qh[i] * ks.bias[i];
+    qb[h] = scale * s;
+  }
+  for (size_t i = 0; i < p.absorbed.size(); ++i) {
+    const auto& a = p.absorbed[i];
+    const auto& ks = p.k[p.kv_head(a.head)];
+    attn::MapQuery(ks.weight + a.ref * d * d, q + a.head * d, d, scale, qv + (H + i) * d);
+  }
+}
+
+/// One split-K task (AttentionChunkArgs): every row's partial softmax state
+/// over positions [pos_begin, pos_end) clipped to the row's length.
+inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
+  const AttentionLayerPlan& p = *c.plan;
+  const AttentionRows& R = *c.rows;
+  const SequenceStreams& cache = R.cache;
+  const size_t d = p.head_dim, H = p.n_q_heads, G = H / p.n_kv_heads, B = kAttnBlock, M = R.n_rows;
+  const size_t qf = attention_query_floats(p), sf = attention_state_floats(p), S = cache.n_sink;
+  constexpr size_t TJ = attn::kTileJobs;
+  float* sc = c.scratch;       // [M][H][B]
+  float* conv = sc + M * H * B;  // [B][d]
+  for (size_t r = 0; r < M; ++r) {
+    float* st = c.state + r * sf;
+    for (size_t h = 0; h < H; ++h) st[h] = -std::numeric_limits<float>::infinity();
+    for (size_t i = H; i < sf; ++i) st[i] = 0.f;
+  }
+  auto qv = [&](size_t r) { return c.queries + r * qf; };
+  auto acc = [&](size_t r) { return c.state + r * sf + 3 * H; };
   const float* rows[kAttnBlock];
 
-  // Query vectors: raw (scaled) per head, then the absorbed ones W_r q.
-  for (size_t h = 0; h < H; ++h) {
-    const float* q = a.q + h * d;
-    for (size_t i = 0; i < d; ++i) qv[h * d + i] = a.scale * q[i];
-    m[h] = -std::numeric_limits<float>::infinity();
-    l[h] = mass[h] = qb[h] = 0.f;
-    const auto& ks = p.k[h / G];
-    if (ks.rebuilt) {
-      float s = 0.f;
-      for (size_t i = 0; i < d; ++i) s += q[i] * ks.bias[i];
-      qb[h] = a.scale * s;
+  auto block = [&](bool sink, size_t b0, size_t nb) {
+    for (size_t r = 0; r < M; ++r) {
+      if (R.row_len[r] <= b0) continue;
+      const float* qb = qv(r) + p.n_qvecs * d;
+      for (size_t h = 0; h < H; ++h)
+        for (size_t t = 0; t < nb; ++t) sc[(r * H + h) * B + t] = sink ? 0.f : qb[h];
     }
-  }
-  for (size_t s = 0; s < p.n_k_streams; ++s)
-    for (const auto& job : p.k_jobs[s]) {
-      if (job.vec < H) continue;
-      const auto& ks = p.k[job.head / G];
-      size_t r = 0;
-      while (ks.streams[r] != s) ++r;
-      attn::MapQuery(ks.weight + r * d * d, a.q + job.head * d, d, a.scale, qv + job.vec * d);
+    // Scores, tiled over (row, job) pairs that share a stream.
+    const float* qs[TJ];
+    float* ss[TJ];
+    size_t n = 0;
+    auto flush_scores = [&] {
+      if (n) attn::ScoresUpTo<TJ>(n, qs, rows, nb, d, ss);
+      n = 0;
+    };
+    if (sink) {
+      for (size_t g = 0; g < p.n_kv_heads; ++g) {
+        attn::BlockRows(cache.sink_k[g], b0, nb, d, conv, rows);
+        for (size_t r = 0; r < M; ++r) {
+          if (R.row_len[r] <= b0) continue;
+          for (size_t h = g * G; h < (g + 1) * G; ++h) {
+            qs[n] = qv(r) + h * d, ss[n] = sc + (r * H + h) * B;
+            if (++n == TJ) flush_scores();
+          }
+        }
+        flush_scores();
+      }
+    } else {
+      for (size_t s = 0; s < p.n_k_streams; ++s) {
+        const auto& jobs = p.k_jobs[s];
+        if (jobs.empty()) continue;
+        attn::BlockRows(cache.k[s], b0 - S, nb, d, conv, rows);
+        for (size_t r = 0; r < M; ++r) {
+          if (R.row_len[r] <= b0) continue;
+          for (const auto& job : jobs) {
+            qs[n] = qv(r) + job.vec * d, ss[n] = sc + (r * H + job.head) * B;
+            if (++n == TJ) flush_scores();
+          }
+        }
+        flush_scores();
+      }
     }
-  for (size_t i = 0; i < p.n_accs * d; ++i) acc[i] = 0.f;
-
-  // Sink tokens: exact K and V of every head.
-  for (size_t b0 = 0; b0 < a.n_sink; b0 += B) {
-    const size_t nb = a.n_sink - b0 < B ? a.n_sink - b0 : B;
-    for (size_t i = 0; i < H * B; ++i) sc[i] = 0.f;
-    for (size_t g = 0; g < p.n_kv_heads; ++g) {
-      attn::BlockRows(a.sink_k[g], b0, nb, d, scratch, rows);
-      for (size_t h = g * G; h < (g + 1) * G; ++h) attn::Scores(qv + h * d, rows, nb, d, sc + h * B);
+    // Causal mask, online softmax, rescale of every accumulator of a head.
+    for (size_t r = 0; r < M; ++r) {
+      if (R.row_len[r] <= b0) continue;
+      const size_t valid = R.row_len[r] - b0 < nb ? R.row_len[r] - b0 : nb;
+      float* st = c.state + r * sf;
+      for (size_t h = 0; h < H; ++h) {
+        float* s = sc + (r * H + h) * B;
+        for (size_t t = valid; t < nb; ++t) s[t] = -std::numeric_limits<float>::max();
+        float bs;
+        const float f = attn::Softmax(s, nb, st[h], st[H + h], &bs);
+        if (f != 1.f) {
+          attn::Scale(acc(r) + h * d, d, f);
+          for (const auto& ra : p.ref_accs[h]) attn::Scale(acc(r) + ra.acc * d, d, f);
+        }
+        st[2 * H + h] = sink ? st[2 * H + h] * f : st[2 * H + h] * f + bs;
+      }
     }
-    for (size_t h = 0; h < H; ++h) {
-      float bs;
-      const float f = attn::Softmax(sc + h * B, nb, m[h], l[h], &bs);
-      attn::Scale(acc + h * d, d, f);
-      mass[h] *= f;
+    // Values, tiled the same way.
+    const float* ps[TJ];
+    float* as[TJ];
+    auto flush_values = [&] {
+      if (n) attn::AccumulateUpTo<TJ>(n, ps, rows, nb, d, as);
+      n = 0;
+    };
+    if (sink) {
+      for (size_t g = 0; g < p.n_kv_heads; ++g) {
+        attn::BlockRows(cache.sink_v[g], b0, nb, d, conv, rows);
+        for (size_t r = 0; r < M; ++r) {
+          if (R.row_len[r] <= b0) continue;
+          for (size_t h = g * G; h < (g + 1) * G; ++h) {
+            ps[n] = sc + (r * H + h) * B, as[n] = acc(r) + h * d;
+            if (++n == TJ) flush_values();
+          }
+        }
+        flush_values();
+      }
+    } else {
+      for (size_t s = 0; s < p.n_v_streams; ++s) {
+        const auto& jobs = p.v_jobs[s];
+        if (jobs.empty()) continue;
+        attn::BlockRows(cache.v[s], b0 - S, nb, d, conv, rows);
+        for (size_t r = 0; r < M; ++r) {
+          if (R.row_len[r] <= b0) continue;
+          for (const auto& job : jobs) {
+            ps[n] = sc + (r * H + job.head) * B, as[n] = acc(r) + job.vec * d;
+            if (++n == TJ) flush_values();
+          }
+        }
+        flush_values();
+      }
     }
-    for (size_t g = 0; g < p.n_kv_heads; ++g) {
-      attn::BlockRows(a.sink_v[g], b0, nb, d, scratch, rows);
-      for (size_t h = g * G; h < (g + 1) * G; ++h) attn::Accumulate(sc + h * B, rows, nb, d, acc + h * d);
-    }
-  }
-  // Head h's accumulators (direct and per reference), for rescaling.
-  auto scale_head = [&](size_t h, float f) {
-    attn::Scale(acc + h * d, d, f);
-    for (const auto& ra : p.ref_accs[h]) attn::Scale(acc + ra.acc * d, d, f);
   };
-  // Body tokens: reference-only streams.
-  for (size_t b0 = 0; b0 < a.n_body; b0 += B) {
-    const size_t nb = a.n_body - b0 < B ? a.n_body - b0 : B;
-    for (size_t h = 0; h < H; ++h)
-      for (size_t t = 0; t < nb; ++t) sc[h * B + t] = qb[h];
-    for (size_t s = 0; s < p.n_k_streams; ++s) {
-      if (p.k_jobs[s].empty()) continue;
-      attn::BlockRows(a.k_streams[s], b0, nb, d, scratch, rows);
-      const auto& jobs = p.k_jobs[s];
-      for (size_t j = 0; j < jobs.size(); j += attn::kTileJobs) {
-        const float* qs[attn::kTileJobs];
-        float* ss[attn::kTileJobs];
-        const size_t n = jobs.size() - j < attn::kTileJobs ? jobs.size() - j : attn::kTileJobs;
-        for (size_t u = 0; u < n; ++u) qs[u] = qv + jobs[j + u].vec * d, ss[u] = sc + jobs[j + u].head * B;
-        attn::ScoresUpTo<attn::kTileJobs>(n, qs, rows, nb, d, ss);
-      }
-    }
-    for (size_t h = 0; h < H; ++h) {
-      float bs;
-      const float f = attn::Softmax(sc + h * B, nb, m[h], l[h], &bs);
-      if (f != 1.f) scale_head(h, f);
-      mass[h] = mass[h] * f + bs;
-    }
-    for (size_t s = 0; s < p.n_v_streams; ++s) {
-      if (p.v_jobs[s].empty()) continue;
-      attn::BlockRows(a.v_streams[s], b0, nb, d, scratch, rows);
-      const auto& jobs = p.v_jobs[s];
-      for (size_t j = 0; j < jobs.size(); j += attn::kTileJobs) {
-        const float* ps[attn::kTileJobs];
-        float* accs[attn::kTileJobs];
-        const size_t n = jobs.size() - j < attn::kTileJobs ? jobs.size() - j : attn::kTileJobs;
-        for (size_t u = 0; u < n; ++u) ps[u] = sc + jobs[j + u].head * B, accs[u] = acc + jobs[j + u].vec * d;
-        attn::AccumulateUpTo<attn::kTileJobs>(n, ps, rows, nb, d, accs);
-      }
-    }
-  }
-  // Output: direct accumulator, plus the mapped reference accumulators and
-  // the bias weighted by the body's probability mass, over the softmax sum.
+
+  const size_t sink_end = c.pos_end < S ? c.pos_end : S;
+  for (size_t b0 = c.pos_begin; b0 < sink_end; b0 += B) block(true, b0, sink_end - b0 < B ? sink_end - b0 : B);
+  for (size_t b0 = c.pos_begin > S ? c.pos_begin : S; b0 < c.pos_end; b0 += B)
+    block(false, b0, c.pos_end - b0 < B ? c.pos_end - b0 : B);
+}
+
+/// A row's output from its merged state: the direct accumulator, plus the
+/// mapped reference accumulators and the bias weighted by the body's
+/// probability mass, over the softmax sum.
+inline HWY_NOINLINE void FinishAttention(const AttentionLayerPlan& p, const float* HWY_RESTRICT state,
+                                         float* HWY_RESTRICT out) {
+  const size_t d = p.head_dim, H = p.n_q_heads;
+  const float* acc = state + 3 * H;
   for (size_t h = 0; h < H; ++h) {
-    float* o = a.out + h * d;
+    float* o = out + h * d;
     for (size_t i = 0; i < d; ++i) o[i] = acc[h * d + i];
-    const auto& vs = p.v[h / G];
+    const auto& vs = p.v[p.kv_head(h)];
     if (vs.rebuilt) {
       for (const auto& ra : p.ref_accs[h]) attn::MapAdd(acc + ra.acc * d, vs.weight + ra.ref * d * d, d, o);
-      for (size_t i = 0; i < d; ++i) o[i] += mass[h] * vs.bias[i];
+      const float mass = state[2 * H + h];
+      for (size_t i = 0; i < d; ++i) o[i] += mass * vs.bias[i];
     }
-    attn::Scale(o, d, 1.f / l[h]);
+    attn::Scale(o, d, 1.f / state[H + h]);
   }
+}
+
+struct AttentionKernels {
+  static void prepare(const AttentionLayerPlan& p, float scale, const float* q, float* out) {
+    PrepareQueries(p, scale, q, out);
+  }
+  static void chunk(const AttentionChunkArgs& c) { AttendChunk(c); }
+  static void finish(const AttentionLayerPlan& p, const float* state, float* out) { FinishAttention(p, state, out); }
+};
+
+/// Attention over several sequences, split over tokens, on `pf` (see AttentionRunArgs).
+inline HWY_NOINLINE void RunAttention(const AttentionRunArgs& a, const ParallelFor& pf) {
+  detail::run_attention<AttentionKernels>(a, pf);
+}
+
+/// One decode step on the calling thread (see DecodeAttentionArgs). Throws
+/// Error on inconsistent arguments or a short workspace; never allocates.
+inline HWY_NOINLINE void DecodeAttention(const DecodeAttentionArgs& a) {
+  if (!a.plan || !a.q || !a.out) detail::fail("decode_attention: plan, q and out are required");
+  const std::size_t len = a.n_sink + a.n_body;
+  if (len == 0) detail::fail("decode_attention: no tokens to attend to");
+  AttentionRows rows;
+  rows.cache = {a.n_sink, a.sink_k, a.sink_v, a.k_streams, a.v_streams};
+  rows.n_rows = 1;
+  rows.row_len = &len;
+  rows.q = a.q;
+  rows.out = a.out;
+  AttentionRunArgs r;
+  r.plan = a.plan;
+  r.scale = a.scale;
+  r.groups = &rows;
+  r.n_groups = 1;
+  r.split_tokens = len;  // one pass
+  r.workspace = a.workspace;
+  r.workspace_floats = a.workspace_floats;
+  detail::run_attention<AttentionKernels>(r, ParallelFor());
 }
 
 }  // namespace HWY_NAMESPACE

@@ -9,10 +9,13 @@
 
 #include "headrecon/cpu/attention_args.hpp"
 #include "headrecon/cpu/reconstruct_args.hpp"
+#include "headrecon/parallel.hpp"
 
 namespace headrecon::dispatch {
 /// reconstruct() on the best target of this CPU.
 void reconstruct(const ReconstructArgs& args);
+/// attention() on the best target of this CPU.
+void attention(const AttentionRunArgs& args, const ParallelFor& pf = ParallelFor());
 /// decode_attention() on the best target of this CPU.
 void decode_attention(const DecodeAttentionArgs& args);
 /// Name of the Highway target the calls above use (e.g. "AVX3", "AVX2").

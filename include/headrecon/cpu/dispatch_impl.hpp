@@ -15,6 +15,7 @@ namespace headrecon {
 namespace HWY_NAMESPACE {
 inline void DispatchReconstruct(const ReconstructArgs& a) { Reconstruct(a); }
 inline void DispatchDecodeAttention(const DecodeAttentionArgs& a) { DecodeAttention(a); }
+inline void DispatchAttention(const AttentionRunArgs& a, const ParallelFor& pf) { RunAttention(a, pf); }
 inline const char* DispatchTargetName() { return hwy::TargetName(HWY_TARGET); }
 }  // namespace HWY_NAMESPACE
 }  // namespace headrecon
@@ -24,10 +25,12 @@ HWY_AFTER_NAMESPACE();
 namespace headrecon {
 HWY_EXPORT(DispatchReconstruct);
 HWY_EXPORT(DispatchDecodeAttention);
+HWY_EXPORT(DispatchAttention);
 HWY_EXPORT(DispatchTargetName);
 namespace dispatch {
 void reconstruct(const ReconstructArgs& args) { HWY_DYNAMIC_DISPATCH(DispatchReconstruct)(args); }
 void decode_attention(const DecodeAttentionArgs& args) { HWY_DYNAMIC_DISPATCH(DispatchDecodeAttention)(args); }
+void attention(const AttentionRunArgs& args, const ParallelFor& pf) { HWY_DYNAMIC_DISPATCH(DispatchAttention)(args, pf); }
 const char* target_name() { return HWY_DYNAMIC_DISPATCH(DispatchTargetName)(); }
 }  // namespace dispatch
 }  // namespace headrecon

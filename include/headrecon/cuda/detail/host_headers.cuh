@@ -4,7 +4,7 @@
 // const T converts to its own type; nvcc's front end warns (#554) that it is
 // never called. Harmless; silenced for these headers only.
 #pragma nv_diag_suppress 554
-#include "headrecon/cpu/attention_args.hpp"
+#include "headrecon/attention_plan.hpp"
 #include "headrecon/cpu/reconstruct_args.hpp"
 #include "headrecon/dtype.hpp"
 #include "headrecon/head_stream.hpp"

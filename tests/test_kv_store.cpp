@@ -1,0 +1,355 @@
+// KvStore and attention over it (cpu/kv_attention.hpp) against a plain
+// scalar reference: contiguous and paged storage, f32/f16/bf16, three
+// sequences of different lengths (one shorter than the sink count), block
+// sizes that do not divide the lengths, appends in uneven chunks. Decode for
+// a batch and chunked prefill equal ordinary attention without a plan and
+// reconstruct-then-attend with one; split-K gives the same bits for 1..8
+// threads and equals one pass; bad input is rejected with the shapes named.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "headrecon/cpu/kv_attention.hpp"
+#include "headrecon/kv_store.hpp"
+#include "headrecon/thread_pool.hpp"
+#include "kernel_test_util.hpp"
+
+using namespace headrecon;
+using headrecon::testing::Worst;
+
+namespace {
+
+constexpr std::size_t kLayers = 2, kKv = 4, kGroup = 2, kDim = 64, kSinks = 4;
+
+// Layer 1 rebuilds K head 1 from (1.0, 1.2), K head 3 from (0.3, 1.0)
+// (cross-layer) and V head 2 from (1.0, 1.1); layer 0 rebuilds V head 0 from 0.1.
+Plan make_plan(bool with_targets, std::mt19937& rng) {
+  Plan plan;
+  plan.head_dim = kDim;
+  plan.n_layers = kLayers;
+  plan.sink_tokens = kSinks;
+  if (!with_targets) return plan;
+  std::normal_distribution<float> g;
+  auto target = [&](std::int32_t layer, std::int32_t head, std::vector<HeadId> refs) {
+    TargetMap t;
+    t.target = {layer, head};
+    t.refs = refs;
+    t.weight.resize(refs.size() * kDim * kDim);
+    for (auto& w : t.weight) w = g(rng) / std::sqrt(float(refs.size() * kDim));
+    t.bias.resize(kDim);
+    for (auto& b : t.bias) b = 0.5f * g(rng);
+    return t;
+  };
+  KindPlan k{Kind::k, kKv, {{}, {}}}, v{Kind::v, kKv, {{}, {}}};
+  k.layers[1].push_back(target(1, 1, {{1, 0}, {1, 2}}));
+  k.layers[1].push_back(target(1, 3, {{0, 3}, {1, 0}}));
+  v.layers[0].push_back(target(0, 0, {{0, 1}}));
+  v.layers[1].push_back(target(1, 2, {{1, 0}, {1, 1}}));
+  plan.kinds = {k, v};
+  plan.validate();
+  return plan;
+}
+
+// The K/V an engine would append: [layer][pos][kv][dim] per sequence.
+struct SeqData {
+  std::size_t len;
+  std::vector<float> k, v;
+  float kat(std::size_t l, std::size_t t, std::size_t h, std::size_t i) const { return k[((l * len + t) * kKv + h) * kDim + i]; }
+  float vat(std::size_t l, std::size_t t, std::size_t h, std::size_t i) const { return v[((l * len + t) * kKv + h) * kDim + i]; }
+};
+
+float stored(DType dt, float x) {
+  return dt == DType::f32 ? x : dt == DType::f16 ? to_float(to_f16(x)) : to_float(to_bf16(x));
+}
+
+// K (or V) of head h at position t of layer l as attention sees it: sinks
+// exact, cached heads stored, rebuilt heads mapped from stored references.
+void effective(const Plan& plan, DType dt, const SeqData& s, Kind kind, std::size_t l, std::size_t t, std::size_t h,
+               std::vector<double>& out) {
+  auto at = [&](std::size_t layer, std::size_t head, std::size_t i) {
+    return double(stored(dt, kind == Kind::k ? s.kat(layer, t, head, i) : s.vat(layer, t, head, i)));
+  };
+  const KindPlan* kp = plan.find(kind);
+  const TargetMap* tm = kp && t >= std::size_t(plan.sink_tokens) ? kp->find({std::int32_t(l), std::int32_t(h)}) : nullptr;
+  for (std::size_t j = 0; j < kDim; ++j) {
+    if (!tm) {
+      out[j] = at(l, h, j);
+      continue;
+    }
+    double y = tm->bias[j];
+    for (std::size_t r = 0; r < tm->refs.size(); ++r)
+      for (std::size_t i = 0; i < kDim; ++i)
+        y += at(std::size_t(tm->refs[r].layer), std::size_t(tm->refs[r].head), i) * tm->weight[(r * kDim + i) * kDim + j];
+    out[j] = y;
+  }
+}
+
+// Scalar attention of one row (query [Hq][d] at position pos) over positions 0..pos.
+std::vector<double> reference_row(const Plan& plan, DType dt, const SeqData& s, std::size_t l, std::size_t pos,
+                                  const float* q, double scale) {
+  const std::size_t Hq = kKv * kGroup;
+  std::vector<double> out(Hq * kDim, 0.0), kv(kDim);
+  for (std::size_t h = 0; h < Hq; ++h) {
+    const std::size_t g = h / kGroup;
+    std::vector<double> sc(pos + 1);
+    for (std::size_t t = 0; t <= pos; ++t) {
+      effective(plan, dt, s, Kind::k, l, t, g, kv);
+      double dot = 0;
+      for (std::size_t i = 0; i < kDim; ++i) dot += double(q[h * kDim + i]) * kv[i];
+      sc[t] = scale * dot;
+    }
+    const double mx = *std::max_element(sc.begin(), sc.end());
+    double sum = 0;
+    for (auto& x : sc) sum += (x = std::exp(x - mx));
+    for (std::size_t t = 0; t <= pos; ++t) {
+      effective(plan, dt, s, Kind::v, l, t, g, kv);
+      for (std::size_t i = 0; i < kDim; ++i) out[h * kDim + i] += sc[t] / sum * kv[i];
+    }
+  }
+  return out;
+}
+
+struct Fixture {
+  Plan plan;
+  RefCacheLayout layout;
+  KvStoreOptions opt;
+  std::vector<std::byte> pool;
+  KvStore store;
+  std::vector<SeqData> data;
+  std::vector<SequenceId> ids;
+
+  Fixture(bool targets, KvStoreOptions o, std::mt19937& rng, std::vector<std::size_t> lens)
+      : plan(make_plan(targets, rng)),
+        layout(plan, kKv),
+        opt(o),
+        pool(KvStore::pool_bytes(layout, o)),
+        store(layout, o, pool.data(), pool.size()) {
+    std::normal_distribution<float> g;
+    for (std::size_t len : lens) {
+      SeqData s{len, std::vector<float>(kLayers * len * kKv * kDim), std::vector<float>(kLayers * len * kKv * kDim)};
+      for (auto& x : s.k) x = g(rng);
+      for (auto& x : s.v) x = g(rng);
+      data.push_back(std::move(s));
+      ids.push_back(store.add_sequence());
+    }
+    // Append in uneven chunks, interleaving sequences, layer by layer.
+    std::vector<std::size_t> done(lens.size(), 0);
+    std::uniform_int_distribution<std::size_t> chunk(1, 9);
+    for (bool more = true; more;) {
+      more = false;
+      for (std::size_t i = 0; i < lens.size(); ++i) {
+        if (done[i] == lens[i]) continue;
+        const std::size_t n = std::min(chunk(rng), lens[i] - done[i]);
+        const std::size_t pos = store.extend(ids[i], n);
+        REQUIRE(pos == done[i]);
+        for (std::size_t l = 0; l < kLayers; ++l) {
+          const float* kp = data[i].k.data() + (l * lens[i] + pos) * kKv * kDim;
+          const float* vp = data[i].v.data() + (l * lens[i] + pos) * kKv * kDim;
+          store.append(ids[i], l, pos, erase(make_view(kp, n * kKv * kDim, Extents3{n, kKv, kDim}, Layout::token_major)),
+                       erase(make_view(vp, n * kKv * kDim, Extents3{n, kKv, kDim}, Layout::token_major)));
+        }
+        done[i] += n;
+        more = more || done[i] < lens[i];
+      }
+    }
+  }
+};
+
+std::vector<float> random_q(std::size_t rows, std::mt19937& rng) {
+  std::normal_distribution<float> g;
+  std::vector<float> q(rows * kKv * kGroup * kDim);
+  for (auto& x : q) x = g(rng);
+  return q;
+}
+
+void check_rows(const Fixture& f, std::size_t seq, std::size_t layer, std::size_t pos0, std::size_t n_rows,
+                const std::vector<float>& q, const std::vector<float>& out, const std::string& what) {
+  const std::size_t Hq = kKv * kGroup;
+  const double scale = 1.0 / std::sqrt(double(kDim));
+  Worst worst;
+  for (std::size_t r = 0; r < n_rows; ++r) {
+    const auto ref = reference_row(f.plan, f.opt.dtype, f.data[seq], layer, pos0 + r, q.data() + r * Hq * kDim, scale);
+    for (std::size_t i = 0; i < Hq * kDim; ++i)
+      worst.add(out[r * Hq * kDim + i], ref[i], 2e-5 * (1.0 + std::fabs(ref[i])) + 2e-5,
+                "row " + std::to_string(r) + " head " + std::to_string(i / kDim) + " dim " + std::to_string(i % kDim));
+  }
+  INFO(what << ": " << worst.report());
+  REQUIRE(worst.ratio <= 1.0);
+}
+
+KvStoreOptions paged(DType dt, std::size_t block_tokens, std::size_t n_blocks) {
+  KvStoreOptions o;
+  o.storage = KvStoreOptions::Storage::paged;
+  o.n_q_heads = kKv * kGroup;
+  o.dtype = dt;
+  o.max_sequences = 4;
+  o.block_tokens = block_tokens;
+  o.n_blocks = n_blocks;
+  return o;
+}
+KvStoreOptions contiguous(DType dt, std::size_t max_tokens) {
+  KvStoreOptions o;
+  o.storage = KvStoreOptions::Storage::contiguous;
+  o.n_q_heads = kKv * kGroup;
+  o.dtype = dt;
+  o.max_sequences = 3;
+  o.max_tokens = max_tokens;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("KvStore stores what the plan keeps, in the store's element type", "[store]") {
+  std::mt19937 rng(3);
+  for (DType dt : {DType::f32, DType::f16, DType::bf16})
+    for (bool is_paged : {true, false}) {
+      Fixture f(true, is_paged ? paged(dt, 7, 64) : contiguous(dt, 100), rng, {83, 3, 40});
+      for (std::size_t i = 0; i < f.ids.size(); ++i)
+        for (std::size_t l = 0; l < kLayers; ++l) {
+          const SequenceStreams st = f.store.streams(f.ids[i], l);
+          const auto& cached_k = f.layout.cached(Kind::k, std::int32_t(l));
+          for (std::size_t t = 0; t < f.data[i].len; ++t)
+            for (std::size_t i_dim = 0; i_dim < kDim; i_dim += 7) {
+              auto read = [&](const HeadStream& hs, std::size_t tok) {
+                switch (dt) {
+                  case DType::f32: return hs.row<float>(tok)[i_dim];
+                  case DType::f16: return to_float(hs.row<f16_t>(tok)[i_dim]);
+                  default: return to_float(hs.row<bf16_t>(tok)[i_dim]);
+                }
+              };
+              if (t < kSinks) {
+                for (std::size_t h = 0; h < kKv; ++h) {
+                  REQUIRE(read(st.sink_k[h], t) == stored(dt, f.data[i].kat(l, t, h, i_dim)));
+                  REQUIRE(read(st.sink_v[h], t) == stored(dt, f.data[i].vat(l, t, h, i_dim)));
+                }
+              } else {
+                for (std::size_t s = 0; s < cached_k.size(); ++s)
+                  REQUIRE(read(st.k[s], t - kSinks) == stored(dt, f.data[i].kat(l, t, std::size_t(cached_k[s]), i_dim)));
+              }
+            }
+        }
+      // Exact bytes: a sequence holds its sink slab and whole blocks of bytes_per_token positions.
+      REQUIRE(f.store.bytes_per_token() == f.layout.body_bytes_per_token(dt));
+      REQUIRE(f.store.block_bytes() == (is_paged ? 7 : 100 - kSinks) * f.store.bytes_per_token());
+      REQUIRE(f.store.sink_bytes() == kSinks * f.layout.full_bytes_per_token(dt));
+      if (is_paged) REQUIRE(f.store.bytes_in_use(f.ids[0]) == f.store.sink_bytes() + 12 * f.store.block_bytes());
+    }
+  // A contiguous store for one sequence of T positions is exactly RefCacheLayout::bytes(T).
+  std::mt19937 r2(4);
+  const Plan plan = make_plan(true, r2);
+  const RefCacheLayout layout(plan, kKv);
+  KvStoreOptions one = contiguous(DType::bf16, 1000);
+  one.max_sequences = 1;
+  REQUIRE(KvStore::pool_bytes(layout, one) == layout.bytes(1000, DType::bf16));
+}
+
+TEST_CASE("decode for a batch and chunked prefill equal the scalar reference", "[store][attention]") {
+  std::mt19937 rng(7);
+  for (DType dt : {DType::f32, DType::f16, DType::bf16})
+    for (bool targets : {false, true})
+      for (bool is_paged : {true, false}) {
+        Fixture f(targets, is_paged ? paged(dt, 5, 80) : contiguous(dt, 130), rng, {130, 2, 61});
+        AttentionLimits lim;
+        lim.max_requests = 3;
+        lim.max_rows = 40;
+        lim.max_tokens = 130;
+        lim.split_tokens = 40;  // several tasks, none aligned to the lengths
+        AttentionWorkspace ws(f.store, lim);
+        const std::string what = std::string(dtype_name(dt)) + (targets ? " plan" : " full") + (is_paged ? " paged" : " contiguous");
+        for (std::size_t l = 0; l < kLayers; ++l) {
+          // Decode: the last position of each sequence.
+          const auto q = random_q(3, rng);
+          std::vector<float> out(q.size());
+          const std::size_t HD = kKv * kGroup * kDim;
+          std::vector<AttendRequest> reqs;
+          for (std::size_t i = 0; i < 3; ++i)
+            reqs.push_back({f.ids[i], f.data[i].len - 1, 1, q.data() + i * HD, out.data() + i * HD});
+          attend(f.store, l, reqs.data(), reqs.size(), ws);
+          for (std::size_t i = 0; i < 3; ++i)
+            check_rows(f, i, l, f.data[i].len - 1, 1, std::vector<float>(q.begin() + i * HD, q.begin() + (i + 1) * HD),
+                       std::vector<float>(out.begin() + i * HD, out.begin() + (i + 1) * HD), "decode " + what);
+          // Prefill chunks: rows across the sink boundary and in the body.
+          for (auto [pos0, n] : {std::pair<std::size_t, std::size_t>{0, 7}, {2, 1}, {50, 33}, {97, 33}}) {
+            const auto qc = random_q(n, rng);
+            std::vector<float> oc(qc.size());
+            attend(f.store, l, {{f.ids[0], pos0, n, qc.data(), oc.data()}}, ws);
+            check_rows(f, 0, l, pos0, n, qc, oc, "prefill " + what);
+          }
+        }
+      }
+}
+
+TEST_CASE("split-K gives the same bits for 1..8 threads and equals one pass", "[store][attention][parallel]") {
+  std::mt19937 rng(11);
+  Fixture f(true, paged(DType::f32, 16, 64), rng, {300, 31, 200});
+  const std::size_t HD = kKv * kGroup * kDim;
+  const auto q = random_q(3, rng);
+  auto run = [&](ParallelFor pf, std::size_t split) {
+    AttentionLimits lim;
+    lim.max_requests = 3;
+    lim.max_rows = 3;
+    lim.max_tokens = 300;
+    lim.workers = pf.workers();
+    lim.split_tokens = split;
+    AttentionWorkspace ws(f.store, lim);
+    std::vector<float> out(3 * HD);
+    std::vector<AttendRequest> reqs;
+    for (std::size_t i = 0; i < 3; ++i) reqs.push_back({f.ids[i], f.data[i].len - 1, 1, q.data() + i * HD, out.data() + i * HD});
+    attend(f.store, 1, reqs.data(), reqs.size(), ws, pf);
+    return out;
+  };
+  const auto serial = run(ParallelFor(), 64);
+  for (std::size_t threads = 1; threads <= 8; ++threads) {
+    ThreadPool pool(threads);
+    REQUIRE(run(pool.parallel_for(), 64) == serial);
+  }
+  const auto one_pass = run(ParallelFor(), 4096);
+  double worst = 0;
+  for (std::size_t i = 0; i < serial.size(); ++i) worst = std::max(worst, double(std::fabs(serial[i] - one_pass[i])));
+  INFO("max |split-K - one pass| = " << worst);
+  REQUIRE(worst <= 1e-5);
+}
+
+TEST_CASE("KvStore rejects what does not fit, and loses nothing", "[store]") {
+  std::mt19937 rng(5);
+  Fixture f(true, paged(DType::f32, 8, 6), rng, {4 + 8 * 5});  // 5 of 6 blocks used
+  std::vector<float> k(2 * 3 * kDim);
+  auto view = [&](std::size_t heads, std::size_t dim) {
+    return erase(make_view(k.data(), k.size(), Extents3{1, heads, dim}, Layout::token_major));
+  };
+  const SequenceId s = f.ids[0];
+  const std::size_t pos = f.store.extend(s, 1);
+  REQUIRE_THROWS_WITH(f.store.append(s, 0, pos, view(3, kDim), view(kKv, kDim)),
+                      Catch::Contains("3 heads of dim 64") && Catch::Contains("4 KV heads of dim 64"));
+  REQUIRE_THROWS_WITH(f.store.append(s, 0, pos, view(kKv, kDim), view(1, 2 * kDim)),
+                      Catch::Contains("V view has 1 heads of dim 128"));
+  REQUIRE_THROWS_WITH(f.store.append(s, 0, pos + 1, view(kKv, kDim), view(kKv, kDim)), Catch::Contains("call extend"));
+  REQUIRE_THROWS_WITH(f.store.append(s, 2, pos, view(kKv, kDim), view(kKv, kDim)), Catch::Contains("layer 2 of 2"));
+  // Pool exhausted: nothing changes.
+  REQUIRE(f.store.free_blocks() == 0);
+  REQUIRE_THROWS_WITH(f.store.extend(s, 8), Catch::Contains("1 more blocks") && Catch::Contains("0 of 6 are free"));
+  REQUIRE(f.store.length(s) == pos + 1);
+  const SequenceId t = f.store.add_sequence();
+  REQUIRE(f.store.extend(t, 4) == 0);  // sinks need no block
+  REQUIRE_THROWS(f.store.extend(t, 1));
+  f.store.truncate(s, 4 + 8 * 2);
+  REQUIRE(f.store.free_blocks() == 4);
+  REQUIRE(f.store.extend(t, 8 * 4) == 4);
+  f.store.remove_sequence(t);
+  REQUIRE(f.store.free_blocks() == 4);
+  REQUIRE_THROWS_WITH(f.store.length(t), Catch::Contains("not alive"));
+  // Limits of a workspace and of a request are checked.
+  AttentionLimits lim;
+  lim.max_tokens = 8;
+  AttentionWorkspace ws(f.store, lim);
+  std::vector<float> q(kKv * kGroup * kDim), out(q.size());
+  REQUIRE_THROWS_WITH(attend(f.store, 0, {{s, 19, 1, q.data(), out.data()}}, ws), Catch::Contains("workspace serves 8"));
+  REQUIRE_THROWS_WITH(attend(f.store, 0, {{s, 40, 1, q.data(), out.data()}}, ws), Catch::Contains("which holds 20"));
+  KvStoreOptions bad = paged(DType::f32, 8, 6);
+  bad.n_q_heads = 6;
+  REQUIRE_THROWS_WITH(KvStore(f.layout, bad, f.pool.data(), f.pool.size()), Catch::Contains("n_q_heads 6"));
+  REQUIRE_THROWS_WITH(KvStore(f.layout, f.opt, f.pool.data(), 10), Catch::Contains("pool of 10 bytes"));
+}
