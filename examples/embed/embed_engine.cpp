@@ -1,110 +1,54 @@
-// Embedding headrecon in an engine, step by step (the README walks through
-// this file): load a plan, lay out a reference-only KV cache, append tokens,
-// and run decode attention over it. Exits non-zero if the result differs from
-// attention over the full cache.
+// Embedding headrecon in an engine (the README walks through this file): load
+// a plan, make a KV store, append each layer's K/V, attend. The engine's K/V
+// and queries come from an activations file here; the run checks the result
+// against a full cache of the same tokens and exits non-zero if they differ.
 #include <cmath>
 #include <cstdio>
-#include <random>
 #include <vector>
 
-#include "headrecon/cpu/attention.hpp"
+#include "headrecon/cpu/kv_attention.hpp"
 #include "headrecon/headrecon.hpp"
 
 using namespace headrecon;
 
 int main(int argc, char** argv) {
-  // 0. A plan. An engine loads one fitted offline: `Plan plan = load_plan(path);`
-  //    Here we fit one on synthetic activations so the example is self-contained.
-  SyntheticSpec spec;
-  spec.n_layers = 1;
-  spec.n_heads = 4;  // KV heads; 2 are rebuilt from the other 2
-  spec.q_per_kv = 2;
-  spec.head_dim = 64;
-  spec.noise = 0.0;
-  const SyntheticModel model(spec);
-  Plan plan;
-  plan.head_dim = spec.head_dim;
-  plan.n_layers = 1;
-  plan.sink_tokens = 4;
-  for (Kind kind : {Kind::k, Kind::v}) {
-    HeadMoments stats(1, spec.n_heads, spec.head_dim, RefScope::same_layer);
-    std::vector<float> buf(2048 * 4 * 64);
-    model.generate(kind, 0, 0, 2048, buf.data());
-    stats.add({erase(make_view<const float>(buf.data(), buf.size(), Extents3{2048, 4, 64}, Layout::token_major))}, 0,
-              HoldoutSplit{});
-    SelectionOptions opt;
-    opt.max_refs = 2;
-    plan.kinds.push_back(build_kind_plan(stats, SharedSelection{}.select(stats, opt), kind, FitOptions{}));
-  }
-  const std::string path = argc > 1 ? argv[1] : "embed_plan.safetensors";
-  save_plan(plan, path);
-  const Plan loaded = load_plan(path);  // what an engine does at startup
+  if (argc != 3) return std::fprintf(stderr, "usage: embed_engine PLAN ACTIVATIONS\n"), 2;
+  const Plan plan = load_plan(argv[1]);  // 1. a plan fitted offline (headrecon fit)
+  ActivationReader acts(argv[2]);        //    stands in for the engine's forward pass (f32 Q, K, V)
+  if (acts.dtype(Kind::q, 0) != DType::f32) return std::fprintf(stderr, "embed_engine: needs f32 activations\n"), 2;
+  const auto n_kv = std::int32_t(acts.n_heads(Kind::k));
+  const std::size_t T = std::min<std::size_t>(acts.n_tokens(), 1000), H = acts.n_heads(Kind::q), d = acts.head_dim();
+  const Plan no_plan = Plan::none(plan.n_layers, plan.head_dim);  // the same model without reconstruction
+  const RefCacheLayout layout(plan, n_kv), full_layout(no_plan, n_kv);
 
-  // 1. The cache layout: which heads each layer stores, and its exact size.
-  const std::int32_t n_kv = spec.n_heads, layer = 0;
-  const std::size_t n_q = std::size_t(spec.n_heads * spec.q_per_kv), d = 64;
-  const RefCacheLayout layout(loaded, n_kv);
-  const auto& k_streams = layout.streams(Kind::k, layer);  // cached K heads (slot order), then cross-layer refs
-  const auto& v_streams = layout.streams(Kind::v, layer);
-  const std::size_t T = 1000, S = std::size_t(layout.sink_tokens());
-  std::printf("cache for %zu tokens: %zu bytes reference-only vs %zu full (f32)\n", T, layout.bytes(T, DType::f32),
-              T * layout.full_bytes_per_token(DType::f32));
+  KvStoreOptions opt;  // 2. a paged store: blocks of 16 positions from a pool the engine owns
+  opt.n_q_heads = H;
+  opt.block_tokens = 16;
+  opt.n_blocks = T / 16 + 1;
+  std::vector<std::byte> pool(KvStore::pool_bytes(layout, opt)), full_pool(KvStore::pool_bytes(full_layout, opt));
+  KvStore store(layout, opt, pool.data(), pool.size()), full(full_layout, opt, full_pool.data(), full_pool.size());
+  AttentionLimits limits;
+  limits.max_tokens = T;
+  AttentionWorkspace ws(store, limits), full_ws(full, limits);
+  const SequenceId seq = store.add_sequence(), full_seq = full.add_sequence();
 
-  // 2. Allocate: sink tokens keep every head, later tokens only the cached ones
-  //    (token-major [tokens][slots][d]; a paged pool works the same way).
-  std::vector<float> sink_k(S * n_kv * d), sink_v(S * n_kv * d);
-  std::vector<float> body_k((T - S) * k_streams.size() * d), body_v((T - S) * v_streams.size() * d);
-
-  // 3. Append tokens: the engine computes K/V of every head as usual, stores all
-  //    heads for sink tokens and only the cached heads afterwards.
-  std::vector<float> full_k(T * n_kv * d), full_v(T * n_kv * d);  // only to check the result below
-  std::vector<float> kt(std::size_t(n_kv) * d), vt(std::size_t(n_kv) * d);
-  for (std::size_t t = 0; t < T; ++t) {
-    model.generate(Kind::k, 0, 5000 + t, 1, kt.data());  // tokens the fit never saw
-    model.generate(Kind::v, 0, 5000 + t, 1, vt.data());
-    for (std::size_t i = 0; i < kt.size(); ++i) full_k[t * kt.size() + i] = kt[i], full_v[t * vt.size() + i] = vt[i];
-    if (t < S) {
-      for (std::size_t i = 0; i < kt.size(); ++i) sink_k[t * kt.size() + i] = kt[i], sink_v[t * vt.size() + i] = vt[i];
-      continue;
-    }
-    for (std::size_t s = 0; s < k_streams.size(); ++s)
-      for (std::size_t i = 0; i < d; ++i)
-        body_k[((t - S) * k_streams.size() + s) * d + i] = kt[std::size_t(k_streams[s].head) * d + i];
-    for (std::size_t s = 0; s < v_streams.size(); ++s)
-      for (std::size_t i = 0; i < d; ++i)
-        body_v[((t - S) * v_streams.size() + s) * d + i] = vt[std::size_t(v_streams[s].head) * d + i];
-  }
-
-  // 4. Decode: describe the cache with HeadStreams and call the kernel.
-  const AttentionLayerPlan attn = make_attention_plan(layout, layer, n_q);
-  std::vector<HeadStream> sk, sv, bk, bv;
-  for (std::int32_t h = 0; h < n_kv; ++h) {
-    sk.push_back({sink_k.data(), DType::f32, std::ptrdiff_t(h) * std::ptrdiff_t(d), std::ptrdiff_t(n_kv) * std::ptrdiff_t(d), nullptr, 0, 0});
-    sv.push_back({sink_v.data(), DType::f32, std::ptrdiff_t(h) * std::ptrdiff_t(d), std::ptrdiff_t(n_kv) * std::ptrdiff_t(d), nullptr, 0, 0});
-  }
-  for (std::size_t s = 0; s < k_streams.size(); ++s)
-    bk.push_back({body_k.data(), DType::f32, std::ptrdiff_t(s * d), std::ptrdiff_t(k_streams.size() * d), nullptr, 0, 0});
-  for (std::size_t s = 0; s < v_streams.size(); ++s)
-    bv.push_back({body_v.data(), DType::f32, std::ptrdiff_t(s * d), std::ptrdiff_t(v_streams.size() * d), nullptr, 0, 0});
-  std::vector<float> q(n_q * d), out(n_q * d), work(decode_attention_workspace_floats(attn));
-  std::mt19937 rng(1);
-  std::normal_distribution<float> g;
-  for (auto& x : q) x = g(rng) * 0.3f;
-  decode_attention({&attn, q.data(), 1.f / 8.f, S, sk.data(), sv.data(), T - S, bk.data(), bv.data(), out.data(),
-                    work.data(), work.size()});
-
-  // Check: attention over the full cache (same kernel, every head cached).
-  const AttentionLayerPlan full = full_attention_plan(n_q, std::size_t(n_kv), d);
-  std::vector<HeadStream> fk, fv;
-  for (std::int32_t h = 0; h < n_kv; ++h) {
-    fk.push_back({full_k.data(), DType::f32, std::ptrdiff_t(h) * std::ptrdiff_t(d), std::ptrdiff_t(n_kv) * std::ptrdiff_t(d), nullptr, 0, 0});
-    fv.push_back({full_v.data(), DType::f32, std::ptrdiff_t(h) * std::ptrdiff_t(d), std::ptrdiff_t(n_kv) * std::ptrdiff_t(d), nullptr, 0, 0});
-  }
-  std::vector<float> ref(n_q * d), work2(decode_attention_workspace_floats(full));
-  decode_attention({&full, q.data(), 1.f / 8.f, 0, nullptr, nullptr, T, fk.data(), fv.data(), ref.data(), work2.data(), work2.size()});
+  std::vector<std::byte> kb, vb, qb;
+  std::vector<float> out(H * d), want(H * d);
   double err = 0, norm = 0;
-  for (std::size_t i = 0; i < out.size(); ++i) err += double(out[i] - ref[i]) * (out[i] - ref[i]), norm += double(ref[i]) * ref[i];
-  const double rel = std::sqrt(err / norm);
-  std::printf("decode attention over the reference-only cache vs the full cache: relative error %.2e\n", rel);
-  return rel < 1e-3 ? 0 : 1;
+  for (std::size_t t = 0; t < T; ++t) {  // 3. per token (or chunk of tokens): extend, then per layer append + attend
+    const std::size_t pos = store.extend(seq, 1);
+    full.extend(full_seq, 1);
+    for (std::size_t layer = 0; layer < std::size_t(plan.n_layers); ++layer) {
+      const AnyHeadsView k = acts.read(layer, Kind::k, t, 1, kb), v = acts.read(layer, Kind::v, t, 1, vb);
+      const float* q = static_cast<const float*>(acts.read(layer, Kind::q, t, 1, qb).data);
+      store.append(seq, layer, pos, k, v);  // keeps what the plan caches, in the store's dtype
+      attend(store, layer, {{seq, pos, 1, q, out.data()}}, ws);
+      full.append(full_seq, layer, pos, k, v);
+      attend(full, layer, {{full_seq, pos, 1, q, want.data()}}, full_ws);
+      for (std::size_t i = 0; i < out.size(); ++i) err += std::pow(out[i] - want[i], 2), norm += std::pow(want[i], 2);
+    }
+  }
+  std::printf("KV bytes per token: %zu reference-only vs %zu full; relative error vs the full cache %.2e\n",
+              store.bytes_per_token(), full.bytes_per_token(), std::sqrt(err / norm));
+  return std::sqrt(err / norm) < 1e-3 ? 0 : 1;
 }

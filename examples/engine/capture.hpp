@@ -57,7 +57,7 @@ inline CaptureStats capture_activations(const LlamaModel& model, const std::vect
   headrecon::ActivationWriter w(out_path, c.n_layer, tokens.size(), c.head_dim, heads, opt.dtype,
                                 opt.post_rope, true, md);
   LlamaEngine eng(model);
-  KvCache cache(c, std::min(opt.seq_len, tokens.size()));
+  KvCache cache(model.attention_shape(), std::min(opt.seq_len, tokens.size()));
   std::size_t token0 = 0;
   double hook_seconds = 0;
   eng.set_hook(
@@ -65,13 +65,13 @@ inline CaptureStats capture_activations(const LlamaModel& model, const std::vect
         const auto t0 = clock::now();
         const headrecon::Extents3 eq{b.n_tokens, b.n_head, b.head_dim}, ek{b.n_tokens, b.n_head_kv, b.head_dim};
         if (opt.q)
-          w.write(b.layer, headrecon::Kind::q, token0,
+          w.write(b.layer, headrecon::Kind::q, token0 + b.pos0,
                   headrecon::make_view(b.q, b.n_tokens * b.n_head * b.head_dim, eq, headrecon::Layout::token_major, "q"));
         if (opt.k)
-          w.write(b.layer, headrecon::Kind::k, token0,
+          w.write(b.layer, headrecon::Kind::k, token0 + b.pos0,
                   headrecon::make_view(b.k, b.n_tokens * b.n_head_kv * b.head_dim, ek, headrecon::Layout::token_major, "k"));
         if (opt.v)
-          w.write(b.layer, headrecon::Kind::v, token0,
+          w.write(b.layer, headrecon::Kind::v, token0 + b.pos0,
                   headrecon::make_view(b.v, b.n_tokens * b.n_head_kv * b.head_dim, ek, headrecon::Layout::token_major, "v"));
         hook_seconds += std::chrono::duration<double>(clock::now() - t0).count();
       },
@@ -115,7 +115,7 @@ inline PerplexityStats perplexity(const LlamaModel& model, const std::vector<std
   const LlamaConfig& c = model.config();
   if (seq_len < 2) fail("perplexity: seq_len must be at least 2");
   LlamaEngine eng(model);
-  KvCache cache(c, std::min(seq_len, tokens.size()));
+  KvCache cache(model.attention_shape(), std::min(seq_len, tokens.size()));
   if (setup) setup(eng, cache);
   PerplexityStats st;
   std::vector<float> logits;

@@ -452,7 +452,7 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
         "`r2_heatmap.svg`.\n\n";
   md << "## Perplexity through the reference-only KV cache\n\n"
      << "Held-out Linux docs (odd files), " << o.eval_seqs << " sequences x " << o.eval_len
-     << " tokens, every token decoded one at a time; each layer's attention runs headrecon::decode_attention over a "
+     << " tokens, every token decoded one at a time; each layer's attention runs headrecon::attend over the library KvStore "
         "cache that stores only the plan's cached heads (sink tokens in full; keys absorbed, values mapped). KV bytes "
         "= bytes allocated for one sequence of "
      << o.eval_len << " tokens (" << headrecon::dtype_name(o.cache_dtype)
@@ -467,7 +467,7 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
     print_eval_table(kjv_rows, md, true);
   }
   md << "\nThe `decode tok/s` column is each run's own timing, taken while the machine may be busy with other work; "
-        "for speed compare the A/B-interleaved medians below. `attn us/tok` is the time inside decode_attention "
+        "for speed compare the A/B-interleaved medians below. `attn us/tok` is the time inside attention "
         "summed over the 30 layers. `simulated ppl`: the same plan with predicted K/V written into a full cache "
         "(the paper's simulation; for `full`, the engine's batched pass): it agrees with the measured perplexity "
         "to rounding, so the reference-only cache computes what it should.\n\n";

@@ -1,6 +1,6 @@
 #pragma once
 // Perplexity measured by decoding token by token through a reference-only KV
-// cache (RefKvCache + headrecon::decode_attention), and the `eval` matrix:
+// cache (KvCache over headrecon::KvStore), and the `eval` matrix:
 // full cache vs plans applied to keys only, values only or both, at several
 // sink-token counts, with KV bytes and decode speed.
 
@@ -18,7 +18,7 @@
 #include "capture.hpp"
 #include "headrecon/plan.hpp"
 #include "llama.hpp"
-#include "ref_kv.hpp"
+#include "kv_cache.hpp"
 
 namespace headrecon_engine {
 
@@ -26,14 +26,14 @@ struct DecodePplStats {
   double nll = 0;
   std::size_t predicted = 0, tokens = 0, sequences = 0;
   double seconds = 0;       // all decode steps
-  double attn_seconds = 0;  // inside decode_attention (all layers)
+  double attn_seconds = 0;  // inside attention (all layers)
   std::size_t allocated_bytes = 0, layout_bytes = 0, full_bytes = 0;  // one sequence's cache (seq_len tokens)
   double ppl() const { return std::exp(nll / double(predicted)); }
   double tokens_per_s() const { return double(tokens) / seconds; }
 };
 
 /// Perplexity of `tokens` in sequences of seq_len, every token decoded one at
-/// a time (forward of 1 token, last logits) through a RefKvCache built from
+/// a time (forward of 1 token, last logits) through a KvCache built from
 /// `plan` (null: full cache, same kernel). `chunk` > 1 feeds that many tokens
 /// per forward (same attention per token, batched projections; faster, same
 /// result up to rounding) - 1 is true decoding.
@@ -44,7 +44,7 @@ inline DecodePplStats decode_perplexity(const LlamaModel& model, const std::vect
   if (seq_len < 2) fail("decode perplexity: seq_len must be at least 2");
   if (chunk == 0) chunk = 1;
   LlamaEngine eng(model);
-  RefKvCache cache(model.attention_shape(), plan, std::min(seq_len, tokens.size()), dtype);
+  KvCache cache(model.attention_shape(), plan, std::min(seq_len, tokens.size()), dtype);
   DecodePplStats st;
   st.allocated_bytes = cache.allocated_bytes();
   st.layout_bytes = cache.layout_bytes();
@@ -83,7 +83,7 @@ inline LlamaEngine::KvTransform simulate_plan_transform(const headrecon::Plan& p
                                                         KvCache& cache) {
   return [&plan, &c, &cache](std::size_t l, std::size_t pos0, std::size_t n, float* k, float* v) {
     const std::size_t d = c.head_dim, KD = c.kv_dim();
-    std::vector<float> y(d);
+    std::vector<float> y(d), earlier(d);
     for (const auto& kp : plan.kinds) {
       if (kp.kind == headrecon::Kind::q) continue;
       const bool is_k = kp.kind == headrecon::Kind::k;
@@ -95,10 +95,11 @@ inline LlamaEngine::KvTransform simulate_plan_transform(const headrecon::Plan& p
           for (std::size_t o = 0; o < d; ++o) y[o] = t.bias[o];
           for (std::size_t r = 0; r < t.refs.size(); ++r) {
             const auto ref = t.refs[r];
-            const float* x = std::size_t(ref.layer) == l
-                                 ? cur + i * KD + std::size_t(ref.head) * d
-                                 : (is_k ? cache.k(std::size_t(ref.layer)) : cache.v(std::size_t(ref.layer))) +
-                                       p * KD + std::size_t(ref.head) * d;
+            const float* x = cur + i * KD + std::size_t(ref.head) * d;
+            if (std::size_t(ref.layer) != l) {
+              cache.read(kp.kind, std::size_t(ref.layer), p, std::size_t(ref.head), earlier.data());
+              x = earlier.data();
+            }
             const float* w = t.weight.data() + r * d * d;
             for (std::size_t j = 0; j < d; ++j)
               for (std::size_t o = 0; o < d; ++o) y[o] += w[j * d + o] * x[j];

@@ -26,7 +26,8 @@
 
 #include "gguf.hpp"
 #include "headrecon/detail/lapack.hpp"
-#include "ref_kv.hpp"
+#include "headrecon/parallel.hpp"
+#include "kv_cache.hpp"
 
 extern "C" {
 void openblas_set_num_threads(int) __attribute__((weak));
@@ -209,26 +210,6 @@ class LlamaModel {
   bool randomized_ = false;
 };
 
-/// Full K/V cache of one sequence: [layer][position][kv_head][head_dim] floats.
-class KvCache {
- public:
-  KvCache(const LlamaConfig& c, std::size_t n_ctx)
-      : n_ctx_(n_ctx), kv_dim_(c.kv_dim()), k_(c.n_layer * n_ctx * kv_dim_), v_(k_.size()) {}
-  std::size_t capacity() const { return n_ctx_; }
-  /// Positions already filled (the next token's position).
-  std::size_t size() const { return n_past_; }
-  void clear() { n_past_ = 0; }
-  float* k(std::size_t layer) { return k_.data() + layer * n_ctx_ * kv_dim_; }
-  float* v(std::size_t layer) { return v_.data() + layer * n_ctx_ * kv_dim_; }
-  const float* k(std::size_t layer) const { return k_.data() + layer * n_ctx_ * kv_dim_; }
-  const float* v(std::size_t layer) const { return v_.data() + layer * n_ctx_ * kv_dim_; }
-  void advance(std::size_t n) { n_past_ += n; }
-
- private:
-  std::size_t n_ctx_, kv_dim_, n_past_ = 0;
-  std::vector<float> k_, v_;
-};
-
 /// One layer's Q, K, V for a batch of tokens, packed [token][head][head_dim].
 struct QkvBatch {
   std::size_t layer = 0, n_tokens = 0;
@@ -263,35 +244,41 @@ class LlamaEngine {
   using KvTransform = std::function<void(std::size_t layer, std::size_t pos0, std::size_t n, float* k, float* v)>;
   void set_kv_transform(KvTransform f) { kv_transform_ = std::move(f); }
 
-  /// Processes tokens[0..n) at positions cache.size() + i, appends their K/V
-  /// to the cache and, per `mode`, writes logits to `logits`: n × n_vocab
-  /// (all) or n_vocab (last), row-major.
-  void forward(const std::int32_t* tokens, std::size_t n, KvCache& cache, LogitsMode mode,
-               std::vector<float>* logits) {
-    run(tokens, n, &cache, nullptr, mode, logits);
-  }
+  /// Attention (and, for the engine's BLAS, nothing else) runs on `pf`; it
+  /// must outlive the engine's calls. Default: the calling thread.
+  void set_parallel(headrecon::ParallelFor pf) { pf_ = std::move(pf); }
 
-  /// The same over a reference-only cache: K/V go to `cache` (only the heads
-  /// it stores), and every token's attention runs decode_attention over it
-  /// (token t sees positions 0..pos0+t), whatever n is.
-  void forward(const std::int32_t* tokens, std::size_t n, RefKvCache& cache, LogitsMode mode,
+  /// Processes tokens[0..n) at positions cache.size() + i: appends their K/V
+  /// to the cache (only the heads it stores), attends over it (token t sees
+  /// positions 0..pos0+t) and, per `mode`, writes logits to `logits`: n ×
+  /// n_vocab (all) or n_vocab (last), row-major. Long inputs run in chunks of
+  /// KvCache::kMaxRows tokens (chunked prefill).
+  void forward(const std::int32_t* tokens, std::size_t n, KvCache& cache, LogitsMode mode,
                std::vector<float>* logits) {
     const LlamaConfig& c = m_.config();
     const headrecon::RefCacheLayout& lay = cache.layout();
     if (std::size_t(lay.n_layers()) != c.n_layer || std::size_t(lay.n_kv_heads()) != c.n_head_kv ||
         std::size_t(lay.head_dim()) != c.head_dim)
-      fail("forward: the reference cache was made for another model shape");
-    run(tokens, n, nullptr, &cache, mode, logits);
+      fail("forward: the KV cache was made for another model shape");
+    if (n == 0) return;
+    if (cache.size() + n > cache.capacity())
+      fail("forward: ", cache.size() + n, " positions exceed the KV cache capacity ", cache.capacity());
+    if (mode == LogitsMode::all && logits) logits->resize(n * c.n_vocab);
+    std::vector<float>* chunk_logits = mode == LogitsMode::all ? &chunk_logits_ : logits;
+    for (std::size_t t0 = 0; t0 < n; t0 += KvCache::kMaxRows) {
+      const std::size_t m = std::min(KvCache::kMaxRows, n - t0);
+      const bool last = t0 + m == n;
+      const LogitsMode cm = mode == LogitsMode::all ? LogitsMode::all : last ? mode : LogitsMode::none;
+      run(tokens + t0, m, cache, cm, chunk_logits);
+      if (mode == LogitsMode::all && logits)
+        std::copy(chunk_logits_.begin(), chunk_logits_.end(), logits->begin() + std::ptrdiff_t(t0 * c.n_vocab));
+    }
   }
 
  private:
-  void run(const std::int32_t* tokens, std::size_t n, KvCache* full, RefKvCache* ref, LogitsMode mode,
-           std::vector<float>* logits) {
+  void run(const std::int32_t* tokens, std::size_t n, KvCache& cache, LogitsMode mode, std::vector<float>* logits) {
     const LlamaConfig& c = m_.config();
-    if (n == 0) return;
-    const std::size_t pos0 = full ? full->size() : ref->size();
-    const std::size_t cap = full ? full->capacity() : ref->capacity();
-    if (pos0 + n > cap) fail("forward: ", pos0 + n, " positions exceed the KV cache capacity ", cap);
+    const std::size_t pos0 = cache.extend(n);
     const std::size_t E = c.n_embd, QD = c.q_dim(), KD = c.kv_dim(), F = c.n_ff;
     x_.resize(n * E);
     xn_.resize(n * E);
@@ -307,14 +294,12 @@ class LlamaEngine {
     const int ni = int(n), Ei = int(E), QDi = int(QD), KDi = int(KD), Fi = int(F);
     const bool pre = hook_ && stage_ != CaptureStage::post_rope;
     const bool post = hook_ && stage_ != CaptureStage::pre_rope;
+    kb_.resize(n * KD);
+    vb_.resize(n * KD);
+    float* kc = kb_.data();
+    float* vc = vb_.data();
     for (std::size_t l = 0; l < c.n_layer; ++l) {
       const LlamaModel::Layer& L = m_.layer(l);
-      if (ref) {
-        kb_.resize(n * KD);
-        vb_.resize(n * KD);
-      }
-      float* kc = ref ? kb_.data() : full->k(l) + pos0 * KD;  // this batch's rows of the full cache
-      float* vc = ref ? vb_.data() : full->v(l) + pos0 * KD;
       rms_norm(x_.data(), L.attn_norm.data(), xn_.data(), n, E, float(c.rms_eps));
       sgemm_rm(false, true, ni, QDi, Ei, 1.f, xn_.data(), Ei, L.wq.data(), Ei, 0.f, q_.data(), QDi);
       sgemm_rm(false, true, ni, KDi, Ei, 1.f, xn_.data(), Ei, L.wk.data(), Ei, 0.f, kc, KDi);
@@ -330,12 +315,8 @@ class LlamaEngine {
       if (post) hook_(batch(l, n, pos0, true, kc, vc));
       if (kv_transform_) kv_transform_(l, pos0, n, kc, vc);
 
-      if (ref) {
-        ref->append(l, pos0, n, kc, vc);
-        for (std::size_t t = 0; t < n; ++t) ref->attend(l, pos0 + t, q_.data() + t * QD, o_.data() + t * QD);
-      } else {
-        attention(l, n, pos0, *full);
-      }
+      cache.append(l, pos0, n, kc, vc);
+      cache.attend(l, pos0, n, q_.data(), o_.data(), pf_);
       // x += o · Woᵀ
       sgemm_rm(false, true, ni, Ei, QDi, 1.f, o_.data(), QDi, L.wo.data(), QDi, 1.f, x_.data(), Ei);
 
@@ -348,10 +329,6 @@ class LlamaEngine {
       }
       sgemm_rm(false, true, ni, Ei, Fi, 1.f, g_.data(), Fi, L.w_down.data(), Fi, 1.f, x_.data(), Ei);
     }
-    if (full)
-      full->advance(n);
-    else
-      ref->advance(n);
     if (mode == LogitsMode::none || !logits) return;
     const std::size_t first = mode == LogitsMode::last ? n - 1 : 0, rows = n - first;
     rms_norm(x_.data() + first * E, m_.output_norm().data(), xn_.data(), rows, E, float(c.rms_eps));
@@ -423,43 +400,12 @@ class LlamaEngine {
     }
   }
 
-  /// o_ = softmax(q kᵀ / √d, causal) v for every query head, over the cache.
-  void attention(std::size_t l, std::size_t n, std::size_t pos0, const KvCache& cache) {
-    const LlamaConfig& c = m_.config();
-    const std::size_t hd = c.head_dim, QD = c.q_dim(), KD = c.kv_dim(), L = pos0 + n;
-    const std::size_t group = c.n_head / c.n_head_kv;
-    s_.resize(n * L);
-    const float scale = float(1.0 / std::sqrt(double(hd)));
-    for (std::size_t h = 0; h < c.n_head; ++h) {
-      const std::size_t g = h / group;
-      const float* K = cache.k(l) + g * hd;
-      const float* V = cache.v(l) + g * hd;
-      sgemm_rm(false, true, int(n), int(L), int(hd), scale, q_.data() + h * hd, int(QD), K, int(KD), 0.f,
-               s_.data(), int(L));
-      for (std::size_t t = 0; t < n; ++t) {
-        float* row = s_.data() + t * L;
-        const std::size_t valid = pos0 + t + 1;  // causal: keys 0..pos0+t
-        float mx = row[0];
-        for (std::size_t j = 1; j < valid; ++j) mx = std::max(mx, row[j]);
-        double sum = 0;
-        for (std::size_t j = 0; j < valid; ++j) {
-          row[j] = std::exp(row[j] - mx);
-          sum += row[j];
-        }
-        const float inv = float(1.0 / sum);
-        for (std::size_t j = 0; j < valid; ++j) row[j] *= inv;
-        std::fill(row + valid, row + L, 0.f);
-      }
-      sgemm_rm(false, false, int(n), int(hd), int(L), 1.f, s_.data(), int(L), V, int(KD), 0.f,
-               o_.data() + h * hd, int(QD));
-    }
-  }
-
   const LlamaModel& m_;
   Hook hook_;
   KvTransform kv_transform_;
   CaptureStage stage_ = CaptureStage::post_rope;
-  std::vector<float> x_, xn_, q_, o_, g_, u_, s_, cs_, kb_, vb_;
+  headrecon::ParallelFor pf_;
+  std::vector<float> x_, xn_, q_, o_, g_, u_, cs_, kb_, vb_, chunk_logits_;
   std::vector<double> inv_freq_;
 };
 

@@ -275,7 +275,7 @@ int cmd_logits(const Args& a) {
   const auto ids = a.has("--ids") ? parse_ids(a.str("--ids")) : tok.encode(a.str("--string"), true);
   const std::size_t V = m.config().n_vocab, top = std::size_t(a.integer("--top", 5, 0, 1000));
   he::LlamaEngine eng(m);
-  he::KvCache cache(m.config(), ids.size());
+  he::KvCache cache(m.attention_shape(), ids.size());
   std::vector<float> logits;
   eng.forward(ids.data(), ids.size(), cache, he::LogitsMode::all, &logits);
   for (std::size_t t = 0; t < ids.size(); ++t) {
@@ -380,7 +380,7 @@ int cmd_generate(const Args& a) {
   if (tok.add_bos()) ids.insert(ids.begin(), tok.bos_id());
   const std::size_t n_new = std::size_t(a.integer("--n", 32, 1, 1 << 20));
   he::LlamaEngine eng(m);
-  he::KvCache cache(m.config(), ids.size() + n_new);
+  he::KvCache cache(m.attention_shape(), ids.size() + n_new);
   std::vector<float> logits;
   auto argmax = [&]() {
     return std::int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
@@ -417,7 +417,7 @@ int cmd_bench(const Args& a) {
   std::vector<std::int32_t> ids(seq);
   for (std::size_t i = 0; i < seq; ++i) ids[i] = std::int32_t((i * 7919 + 17) % V);
   he::LlamaEngine eng(m);
-  he::KvCache cache(m.config(), seq + dec);
+  he::KvCache cache(m.attention_shape(), seq + dec);
   std::vector<float> logits;
   using clk = std::chrono::steady_clock;
   auto secs = [](clk::time_point a0, clk::time_point b0) { return std::chrono::duration<double>(b0 - a0).count(); };

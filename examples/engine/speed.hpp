@@ -3,7 +3,7 @@
 // interleaved (the configurations take turns, repeated; medians reported) so
 // that load from other processes hits all of them alike:
 //  - the whole model decoding tokens after a prefilled context;
-//  - attention alone (decode_attention of every layer for one new token) over
+//  - attention alone (headrecon::attend of every layer for one new token) over
 //    a long context filled with random K/V: the part the cache size drives.
 
 #include <algorithm>
@@ -16,7 +16,7 @@
 
 #include "eval.hpp"
 #include "llama.hpp"
-#include "ref_kv.hpp"
+#include "kv_cache.hpp"
 
 namespace headrecon_engine {
 
@@ -28,7 +28,7 @@ struct SpeedConfig {
 struct SpeedRow {
   std::string name;
   double decode_tok_s = 0;       // whole model, median over repetitions
-  double decode_attn_us = 0;     // per token inside decode_attention (all layers), median
+  double decode_attn_us = 0;     // per token inside attention (all layers), median
   std::size_t decode_bytes = 0;  // cache bytes at the decode context
   double attn_step_us = 0;       // attention alone at the long context, per token (all layers), median
   std::size_t long_bytes = 0;    // cache bytes at the long context
@@ -55,13 +55,13 @@ inline std::vector<SpeedRow> measure_speed(const LlamaModel& model, const std::v
   std::vector<std::vector<double>> tok_s(n), attn_us(n), step_us(n);
   if (prompt.size() < o.context + o.decode) fail("speed: need ", o.context + o.decode, " prompt tokens");
   LlamaEngine eng(model);
-  std::vector<std::unique_ptr<RefKvCache>> caches;
+  std::vector<std::unique_ptr<KvCache>> caches;
   for (const auto& cf : configs)
-    caches.push_back(std::make_unique<RefKvCache>(model.attention_shape(), cf.plan, o.context + o.decode, o.dtype));
+    caches.push_back(std::make_unique<KvCache>(model.attention_shape(), cf.plan, o.context + o.decode, o.dtype));
   std::vector<float> logits;
   for (std::size_t r = 0; r < o.reps; ++r)
     for (std::size_t i = 0; i < n; ++i) {
-      RefKvCache& cache = *caches[i];
+      KvCache& cache = *caches[i];
       cache.clear();
       eng.forward(prompt.data(), o.context, cache, LogitsMode::none, nullptr);
       cache.reset_attention_seconds();
@@ -83,7 +83,7 @@ inline std::vector<SpeedRow> measure_speed(const LlamaModel& model, const std::v
   for (auto& x : v) x = g(rng);
   for (auto& x : q) x = 0.3f * g(rng);
   for (const auto& cf : configs) {
-    caches.push_back(std::make_unique<RefKvCache>(model.attention_shape(), cf.plan, T, o.dtype));
+    caches.push_back(std::make_unique<KvCache>(model.attention_shape(), cf.plan, T, o.dtype));
     for (std::size_t l = 0; l < L; ++l) caches.back()->append(l, 0, T, k.data(), v.data());
   }
   for (std::size_t r = 0; r < o.attn_reps; ++r)

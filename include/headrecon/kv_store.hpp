@@ -79,6 +79,8 @@ class KvStore {
     for (std::size_t b = geo_.n_blocks; b-- > 0;) free_.push_back(std::int32_t(b));
     build_streams();
   }
+  /// The store points into the layout: a temporary would dangle.
+  KvStore(RefCacheLayout&&, const KvStoreOptions&, void*, std::size_t) = delete;
   KvStore(const KvStore&) = delete;
   KvStore& operator=(const KvStore&) = delete;
 

@@ -93,6 +93,14 @@ struct Plan {
     return nullptr;
   }
 
+  /// A plan that rebuilds nothing: every head cached (a full KV cache).
+  static Plan none(std::int32_t n_layers, std::int32_t head_dim) {
+    Plan p;
+    p.n_layers = n_layers;
+    p.head_dim = head_dim;
+    return p;
+  }
+
   /// Checks internal consistency (indices in range, no target is a reference,
   /// no duplicates, weight/bias sizes, finite values); throws Error naming the
   /// first offending head.

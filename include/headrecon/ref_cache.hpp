@@ -46,6 +46,9 @@ class RefCacheLayout {
     }
   }
 
+  /// The layout points into the plan: a temporary would dangle.
+  RefCacheLayout(Plan&&, std::int32_t) = delete;
+
   const Plan& plan() const { return *plan_; }
   std::int32_t n_layers() const { return plan_->n_layers; }
   std::int32_t n_kv_heads() const { return heads_; }

@@ -273,7 +273,7 @@ TEST_CASE("llama: a tiny random qwen2 model matches the NumPy reference (biases,
   REQUIRE(want.size() == ids.size() * c.n_vocab);
 
   he::LlamaEngine eng(m);
-  he::KvCache cache(c, ids.size());
+  he::KvCache cache(m.attention_shape(), ids.size());
   std::vector<float> got;
   eng.forward(ids.data(), ids.size(), cache, he::LogitsMode::all, &got);
   REQUIRE(got.size() == want.size());
@@ -283,7 +283,7 @@ TEST_CASE("llama: a tiny random qwen2 model matches the NumPy reference (biases,
   CHECK(max_diff < 1e-4);  // logits within +-6, float32 through 2 layers
 
   // The same logits one token at a time (sgemv path, cache reuse).
-  he::KvCache inc(c, ids.size());
+  he::KvCache inc(m.attention_shape(), ids.size());
   std::vector<float> one;
   double inc_diff = 0;
   for (std::size_t t = 0; t < ids.size(); ++t) {

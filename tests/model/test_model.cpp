@@ -120,7 +120,7 @@ TEST_CASE("model: logits match the NumPy float64 reference") {
   for (const auto& v : ref.find("tokens")->as_array()) ids.push_back(std::int32_t(v.as_int64()));
   REQUIRE(ids.size() == 16);
   he::LlamaEngine eng(l.model);
-  he::KvCache cache(l.model.config(), ids.size());
+  he::KvCache cache(l.model.attention_shape(), ids.size());
   std::vector<float> logits;
   eng.forward(ids.data(), ids.size(), cache, he::LogitsMode::all, &logits);
   const std::size_t V = l.model.config().n_vocab;
@@ -158,11 +158,11 @@ TEST_CASE("model: incremental decode with the KV cache equals one batched pass")
   REQUIRE(ids.size() >= 10);
   const std::size_t V = l.model.config().n_vocab;
   he::LlamaEngine eng(l.model);
-  he::KvCache full(l.model.config(), ids.size());
+  he::KvCache full(l.model.attention_shape(), ids.size());
   std::vector<float> all, one;
   eng.forward(ids.data(), ids.size(), full, he::LogitsMode::all, &all);
   // 3 tokens at once, then one at a time.
-  he::KvCache inc(l.model.config(), ids.size());
+  he::KvCache inc(l.model.attention_shape(), ids.size());
   eng.forward(ids.data(), 3, inc, he::LogitsMode::last, &one);
   double max_diff = 0;
   for (std::size_t i = 0; i < V; ++i) max_diff = std::max(max_diff, double(std::fabs(one[i] - all[2 * V + i])));
@@ -243,7 +243,6 @@ TEST_CASE("tokenizer: decode(encode(text)) == text on the Linux documentation") 
 
 TEST_CASE("capture: 256 tokens written by the engine read back with ActivationReader") {
   const Loaded& l = loaded();
-  const he::LlamaConfig& c = l.model.config();
   const json::Value ref = read_json("reference_tokens.json");
   std::vector<std::int32_t> ids;
   while (ids.size() < 256)
@@ -277,7 +276,7 @@ TEST_CASE("capture: 256 tokens written by the engine read back with ActivationRe
 
   // The file holds exactly what the engine's hook sees for the same sequence.
   he::LlamaEngine eng(l.model);
-  he::KvCache cache(c, 100);
+  he::KvCache cache(l.model.attention_shape(), 100);
   std::vector<float> k29, q0, v5, kpre29;
   eng.set_hook([&](const he::QkvBatch& b) {
     if (b.layer == 29) k29.assign(b.k, b.k + b.n_tokens * b.n_head_kv * b.head_dim);

@@ -23,7 +23,7 @@
 #include "io_test_util.hpp"
 #include "llama.hpp"
 #include "model_fixture.hpp"
-#include "ref_kv.hpp"
+#include "kv_cache.hpp"
 
 namespace he = headrecon_engine;
 namespace hr = headrecon;
@@ -35,14 +35,14 @@ namespace {
 /// Logits of every position: one batched pass over a full KvCache.
 std::vector<float> batched_logits(const he::LlamaModel& m, const std::vector<std::int32_t>& ids) {
   he::LlamaEngine eng(m);
-  he::KvCache cache(m.config(), ids.size());
+  he::KvCache cache(m.attention_shape(), ids.size());
   std::vector<float> logits;
   eng.forward(ids.data(), ids.size(), cache, he::LogitsMode::all, &logits);
   return logits;
 }
 
 /// Logits of every position, decoding one token at a time through `cache`.
-std::vector<float> decoded_logits(const he::LlamaModel& m, const std::vector<std::int32_t>& ids, he::RefKvCache& cache) {
+std::vector<float> decoded_logits(const he::LlamaModel& m, const std::vector<std::int32_t>& ids, he::KvCache& cache) {
   he::LlamaEngine eng(m);
   std::vector<float> all, one;
   cache.clear();
@@ -93,7 +93,7 @@ TEST_CASE("ref cache: without a plan, decoding through decode_attention reproduc
       l.tok.encode("The kernel schedules threads on every CPU; each runqueue keeps its own lock and clock.");
   REQUIRE(ids.size() >= 16);
   const std::vector<float> want = batched_logits(l.model, ids);
-  he::RefKvCache cache(l.model.attention_shape(), nullptr, ids.size());
+  he::KvCache cache(l.model.attention_shape(), nullptr, ids.size());
   CHECK(cache.allocated_bytes() == cache.full_bytes());
   CHECK(cache.allocated_bytes() == cache.layout_bytes());
   CHECK(cache.allocated_bytes() == ids.size() * 2 * 30 * 3 * 64 * sizeof(float));
@@ -112,7 +112,7 @@ TEST_CASE("ref cache: without a plan, decoding through decode_attention reproduc
   CHECK(cache.size() == ids.size());
   CHECK_THROWS_WITH(eng.forward(ids.data(), 1, cache, he::LogitsMode::none, nullptr), Catch::Contains("capacity"));
   // bf16 storage: half the bytes, logits close.
-  he::RefKvCache half(l.model.attention_shape(), nullptr, ids.size(), hr::DType::bf16);
+  he::KvCache half(l.model.attention_shape(), nullptr, ids.size(), hr::DType::bf16);
   CHECK(half.allocated_bytes() * 2 == cache.allocated_bytes());
   const double d3 = max_abs_diff(decoded_logits(l.model, ids, half), want);
   INFO("bf16 cache: " << d3);
@@ -166,7 +166,7 @@ TEST_CASE("ref cache: planted exact K and V maps, fitted by the library, reprodu
     }
   const std::vector<std::int32_t> ids = text(l.tok, false, 40);
   const std::vector<float> want = batched_logits(m, ids);
-  he::RefKvCache cache(m.attention_shape(), &plan, ids.size());
+  he::KvCache cache(m.attention_shape(), &plan, ids.size());
   CHECK(cache.allocated_bytes() == cache.layout_bytes());
   // 4 sink tokens with 180 heads, 36 tokens with 120.
   CHECK(cache.allocated_bytes() == (4 * 180 + 36 * 120) * 64 * sizeof(float));
@@ -175,7 +175,7 @@ TEST_CASE("ref cache: planted exact K and V maps, fitted by the library, reprodu
   // so the reference-only cache is compared with both. Measured: 4.8e-3 vs
   // the full-cache decode, 1.8e-2 vs the batched pass; the same maps scaled
   // by 0.98 give 26.
-  he::RefKvCache full(m.attention_shape(), nullptr, ids.size());
+  he::KvCache full(m.attention_shape(), nullptr, ids.size());
   const std::vector<float> full_decode = decoded_logits(m, ids, full);
   const std::vector<float> got = decoded_logits(m, ids, cache);
   const double d_decode = max_abs_diff(got, full_decode), d_batched = max_abs_diff(got, want);
@@ -233,7 +233,7 @@ TEST_CASE("ref cache: capture -> fit (cross-layer) -> eval on real text") {
   {
     // A decode step reads every stream of every layer: cross-layer references
     // are read by each layer that uses them, so it reads more than it stores.
-    he::RefKvCache c(l.model.attention_shape(), &kv, 64);
+    he::KvCache c(l.model.attention_shape(), &kv, 64);
     std::size_t streams = 0;
     for (std::int32_t i = 0; i < 30; ++i)
       streams += c.layout().streams(hr::Kind::k, i).size() + c.layout().streams(hr::Kind::v, i).size();
@@ -256,7 +256,7 @@ TEST_CASE("ref cache: plans that do not fit the model are rejected") {
   hr::Plan p;
   p.head_dim = 64;
   p.n_layers = 29;
-  CHECK_THROWS_WITH(he::RefKvCache(l.model.attention_shape(), &p, 8), Catch::Contains("29 layers"));
+  CHECK_THROWS_WITH(he::KvCache(l.model.attention_shape(), &p, 8), Catch::Contains("29 layers"));
   p.n_layers = 30;
   p.post_rope = false;
   hr::KindPlan kp;
@@ -270,5 +270,5 @@ TEST_CASE("ref cache: plans that do not fit the model are rejected") {
   t.bias.assign(64, 0.f);
   kp.layers[0].push_back(t);
   p.kinds.push_back(kp);
-  CHECK_THROWS_WITH(he::RefKvCache(l.model.attention_shape(), &p, 8), Catch::Contains("before RoPE"));
+  CHECK_THROWS_WITH(he::KvCache(l.model.attention_shape(), &p, 8), Catch::Contains("before RoPE"));
 }
