@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "headrecon/block_quant.hpp"
 #include "headrecon/head_stream.hpp"
 
 namespace headrecon::testing {
@@ -25,14 +26,17 @@ struct TestCache {
   CacheLayout layout;
   std::size_t tokens, heads, dim, page = 8, pad = 3;
   std::vector<std::uint16_t> h16;
-  std::vector<float> f32;
+  std::vector<float> f32;  // f32 values; for block types the dequantized stored values
+  std::vector<unsigned char> blocks;  // block types: the q8_0 / q4_0 bytes
   std::vector<std::int32_t> table;
 
   TestCache(DType dt, CacheLayout l, std::size_t t, std::size_t h, std::size_t d, std::mt19937& rng, float mean = 0.f)
       : dtype(dt), layout(l), tokens(t), heads(h), dim(d) {
+    if (is_block_type(dt)) pad = kQuantBlock;  // offsets stay whole blocks
     const std::size_t pages = (t + page - 1) / page;
     std::size_t n = size_elems(pages);
-    if (dt == DType::f32) f32.assign(n, std::nanf("")); else h16.assign(n, 0x7fc0);  // poison padding
+    if (dt == DType::f32 || is_block_type(dt)) f32.assign(n, std::nanf("")); else h16.assign(n, 0x7fc0);  // poison padding
+    if (is_block_type(dt)) blocks.assign(dtype_row_bytes(dt, n), 0xff);  // scale 0xffff: NaN
     if (l == CacheLayout::paged) {
       table.resize(pages);
       std::iota(table.begin(), table.end(), 0);
@@ -42,6 +46,14 @@ struct TestCache {
     for (std::size_t tt = 0; tt < t; ++tt)
       for (std::size_t hh = 0; hh < h; ++hh)
         for (std::size_t i = 0; i < d; ++i) set(tt, hh, i, g(rng));
+    if (is_block_type(dt))  // quantize every row; value() then returns what was stored
+      for (std::size_t tt = 0; tt < t; ++tt)
+        for (std::size_t hh = 0; hh < h; ++hh) {
+          const HeadStream st = stream(hh);
+          float* row = f32.data() + index(tt, hh, 0);
+          quantize_row(row, d, dt, st.mutable_row_address(tt));
+          dequantize_row(st.row_address(tt), d, dt, row);
+        }
   }
   std::size_t token_stride() const { return layout == CacheLayout::token_major ? heads * (dim + pad) : dim + pad; }
   std::size_t size_elems(std::size_t pages) const {
@@ -49,7 +61,9 @@ struct TestCache {
     return tokens * heads * (dim + pad) + 16;
   }
   HeadStream stream(std::size_t h) const {
-    const void* base = dtype == DType::f32 ? static_cast<const void*>(f32.data()) : h16.data();
+    const void* base = dtype == DType::f32 ? static_cast<const void*>(f32.data())
+                       : is_block_type(dtype) ? static_cast<const void*>(blocks.data())
+                                              : h16.data();
     if (layout == CacheLayout::paged) {
       PagedCache pc;
       pc.pool = base;
@@ -71,13 +85,13 @@ struct TestCache {
   std::ptrdiff_t index(std::size_t t, std::size_t h, std::size_t i) const { return stream(h).token_offset(t) + std::ptrdiff_t(i); }
   void set(std::size_t t, std::size_t h, std::size_t i, float v) {
     const auto k = std::size_t(index(t, h, i));
-    if (dtype == DType::f32) f32[k] = v;
+    if (dtype == DType::f32 || is_block_type(dtype)) f32[k] = v;
     else if (dtype == DType::f16) h16[k] = to_f16(v).bits;
     else h16[k] = to_bf16(v).bits;
   }
   float value(std::size_t t, std::size_t h, std::size_t i) const {
     const auto k = std::size_t(index(t, h, i));
-    if (dtype == DType::f32) return f32[k];
+    if (dtype == DType::f32 || is_block_type(dtype)) return f32[k];
     if (dtype == DType::f16) return to_float(f16_t{h16[k]});
     return to_float(bf16_t{h16[k]});
   }

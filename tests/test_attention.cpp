@@ -184,9 +184,10 @@ void run_case(const Case& c, std::mt19937& rng) {
 
 TEST_CASE("absorbed decode attention equals reconstruct-then-attend (scalar reference)", "[kernel][attention]") {
   std::mt19937 rng(5);
-  for (DType dt : {DType::f32, DType::f16, DType::bf16})
+  for (DType dt : {DType::f32, DType::f16, DType::bf16, DType::q8_0, DType::q4_0})
     for (CacheLayout l : {CacheLayout::token_major, CacheLayout::head_major, CacheLayout::paged})
       run_case({4, 4, 64, 4, 45, dt, l}, rng);
+  for (DType dt : {DType::q8_0, DType::q4_0}) run_case({4, 4, 128, 4, 70, dt, CacheLayout::paged}, rng);
   for (std::size_t group : {1u, 4u, 8u})
     for (std::size_t d : {64u, 80u, 128u})
       for (std::size_t sinks : {0u, 4u}) run_case({4, group, d, sinks, 70, DType::bf16, CacheLayout::paged}, rng);

@@ -57,20 +57,42 @@ Plan make_plan(bool with_targets, std::mt19937& rng) {
 struct SeqData {
   std::size_t len;
   std::vector<float> k, v;
+  std::vector<float> sk, sv;  // k, v as the store returns them to attention (stored(), below)
   float kat(std::size_t l, std::size_t t, std::size_t h, std::size_t i) const { return k[((l * len + t) * kKv + h) * kDim + i]; }
   float vat(std::size_t l, std::size_t t, std::size_t h, std::size_t i) const { return v[((l * len + t) * kKv + h) * kDim + i]; }
 };
 
-float stored(DType dt, float x) {
-  return dt == DType::f32 ? x : dt == DType::f16 ? to_float(to_f16(x)) : to_float(to_bf16(x));
+// A head vector as the store keeps it (rotated first when asked), read back as
+// float in the store's own (rotated) frame.
+std::vector<float> stored_frame(CacheType ct, const float* x) {
+  std::vector<float> v(x, x + kDim);
+  if (ct.rotate) hadamard_rotate(v.data(), kDim);
+  switch (ct.dtype) {
+    case DType::f32: break;
+    case DType::f16: for (auto& e : v) e = to_float(to_f16(e)); break;
+    case DType::bf16: for (auto& e : v) e = to_float(to_bf16(e)); break;
+    default: {
+      std::vector<unsigned char> b(dtype_row_bytes(ct.dtype, kDim));
+      quantize_row(v.data(), kDim, ct.dtype, b.data());
+      dequantize_row(b.data(), kDim, ct.dtype, v.data());
+    }
+  }
+  return v;
+}
+// The same in the model's frame (rotation undone): what attention sees.
+std::vector<float> stored(CacheType ct, const float* x) {
+  std::vector<float> v = stored_frame(ct, x);
+  if (ct.rotate) hadamard_rotate(v.data(), kDim);
+  return v;
 }
 
 // K (or V) of head h at position t of layer l as attention sees it: sinks
 // exact, cached heads stored, rebuilt heads mapped from stored references.
-void effective(const Plan& plan, DType dt, const SeqData& s, Kind kind, std::size_t l, std::size_t t, std::size_t h,
+void effective(const Plan& plan, CacheType dt, const SeqData& s, Kind kind, std::size_t l, std::size_t t, std::size_t h,
                std::vector<double>& out) {
+  (void)dt;
   auto at = [&](std::size_t layer, std::size_t head, std::size_t i) {
-    return double(stored(dt, kind == Kind::k ? s.kat(layer, t, head, i) : s.vat(layer, t, head, i)));
+    return double((kind == Kind::k ? s.sk : s.sv)[((layer * s.len + t) * kKv + head) * kDim + i]);
   };
   const KindPlan* kp = plan.find(kind);
   const TargetMap* tm = kp && t >= std::size_t(plan.sink_tokens) ? kp->find({std::int32_t(l), std::int32_t(h)}) : nullptr;
@@ -88,7 +110,7 @@ void effective(const Plan& plan, DType dt, const SeqData& s, Kind kind, std::siz
 }
 
 // Scalar attention of one row (query [Hq][d] at position pos) over positions 0..pos.
-std::vector<double> reference_row(const Plan& plan, DType dt, const SeqData& s, std::size_t l, std::size_t pos,
+std::vector<double> reference_row(const Plan& plan, CacheType dt, const SeqData& s, std::size_t l, std::size_t pos,
                                   const float* q, double scale) {
   const std::size_t Hq = kKv * kGroup;
   std::vector<double> out(Hq * kDim, 0.0), kv(kDim);
@@ -129,9 +151,16 @@ struct Fixture {
         store(layout, o, pool.data(), pool.size()) {
     std::normal_distribution<float> g;
     for (std::size_t len : lens) {
-      SeqData s{len, std::vector<float>(kLayers * len * kKv * kDim), std::vector<float>(kLayers * len * kKv * kDim)};
+      SeqData s{len, std::vector<float>(kLayers * len * kKv * kDim), std::vector<float>(kLayers * len * kKv * kDim), {}, {}};
       for (auto& x : s.k) x = g(rng);
       for (auto& x : s.v) x = g(rng);
+      s.sk.resize(s.k.size());
+      s.sv.resize(s.v.size());
+      for (std::size_t r = 0; r < s.k.size(); r += kDim) {
+        const auto a = stored({o.dtype, o.rotate}, &s.k[r]), b = stored({o.dtype, o.rotate}, &s.v[r]);
+        std::copy(a.begin(), a.end(), s.sk.begin() + std::ptrdiff_t(r));
+        std::copy(b.begin(), b.end(), s.sv.begin() + std::ptrdiff_t(r));
+      }
       data.push_back(std::move(s));
       ids.push_back(store.add_sequence());
     }
@@ -171,7 +200,8 @@ void check_rows(const Fixture& f, std::size_t seq, std::size_t layer, std::size_
   const double scale = 1.0 / std::sqrt(double(kDim));
   Worst worst;
   for (std::size_t r = 0; r < n_rows; ++r) {
-    const auto ref = reference_row(f.plan, f.opt.dtype, f.data[seq], layer, pos0 + r, q.data() + r * Hq * kDim, scale);
+    const auto ref = reference_row(f.plan, {f.opt.dtype, f.opt.rotate}, f.data[seq], layer, pos0 + r,
+                                   q.data() + r * Hq * kDim, scale);
     for (std::size_t i = 0; i < Hq * kDim; ++i)
       worst.add(out[r * Hq * kDim + i], ref[i], 2e-5 * (1.0 + std::fabs(ref[i])) + 2e-5,
                 "row " + std::to_string(r) + " head " + std::to_string(i / kDim) + " dim " + std::to_string(i % kDim));
@@ -180,75 +210,99 @@ void check_rows(const Fixture& f, std::size_t seq, std::size_t layer, std::size_
   REQUIRE(worst.ratio <= 1.0);
 }
 
-KvStoreOptions paged(DType dt, std::size_t block_tokens, std::size_t n_blocks) {
+KvStoreOptions paged(CacheType dt, std::size_t block_tokens, std::size_t n_blocks) {
   KvStoreOptions o;
   o.storage = KvStoreOptions::Storage::paged;
   o.n_q_heads = kKv * kGroup;
-  o.dtype = dt;
+  o.dtype = dt.dtype;
+  o.rotate = dt.rotate;
   o.max_sequences = 4;
   o.block_tokens = block_tokens;
   o.n_blocks = n_blocks;
   return o;
 }
-KvStoreOptions contiguous(DType dt, std::size_t max_tokens) {
+KvStoreOptions contiguous(CacheType dt, std::size_t max_tokens) {
   KvStoreOptions o;
   o.storage = KvStoreOptions::Storage::contiguous;
   o.n_q_heads = kKv * kGroup;
-  o.dtype = dt;
+  o.dtype = dt.dtype;
+  o.rotate = dt.rotate;
   o.max_sequences = 3;
   o.max_tokens = max_tokens;
   return o;
 }
 
+const std::vector<CacheType> kTypes = {CacheType::parse("f32"),  CacheType::parse("f16"),  CacheType::parse("bf16"),
+                                       CacheType::parse("q8_0"), CacheType::parse("q4_0"), CacheType::parse("q4_0r"),
+                                       CacheType::parse("f32r")};
+
 }  // namespace
 
 TEST_CASE("KvStore stores what the plan keeps, in the store's element type", "[store]") {
   std::mt19937 rng(3);
-  for (DType dt : {DType::f32, DType::f16, DType::bf16})
+  for (CacheType dt : kTypes)
     for (bool is_paged : {true, false}) {
       Fixture f(true, is_paged ? paged(dt, 7, 64) : contiguous(dt, 100), rng, {83, 3, 40});
+      INFO(dt.name() << (is_paged ? " paged" : " contiguous"));
+      auto read = [&](const HeadStream& hs, std::size_t tok) {
+        std::vector<float> v(kDim);
+        switch (hs.dtype) {
+          case DType::f32: for (std::size_t i = 0; i < kDim; ++i) v[i] = hs.row<float>(tok)[i]; break;
+          case DType::f16: for (std::size_t i = 0; i < kDim; ++i) v[i] = to_float(hs.row<f16_t>(tok)[i]); break;
+          case DType::bf16: for (std::size_t i = 0; i < kDim; ++i) v[i] = to_float(hs.row<bf16_t>(tok)[i]); break;
+          default: dequantize_row(hs.row_address(tok), kDim, hs.dtype, v.data());
+        }
+        REQUIRE(hs.rotated == dt.rotate);
+        return v;
+      };
       for (std::size_t i = 0; i < f.ids.size(); ++i)
         for (std::size_t l = 0; l < kLayers; ++l) {
           const SequenceStreams st = f.store.streams(f.ids[i], l);
           const auto& cached_k = f.layout.cached(Kind::k, std::int32_t(l));
-          for (std::size_t t = 0; t < f.data[i].len; ++t)
-            for (std::size_t i_dim = 0; i_dim < kDim; i_dim += 7) {
-              auto read = [&](const HeadStream& hs, std::size_t tok) {
-                switch (dt) {
-                  case DType::f32: return hs.row<float>(tok)[i_dim];
-                  case DType::f16: return to_float(hs.row<f16_t>(tok)[i_dim]);
-                  default: return to_float(hs.row<bf16_t>(tok)[i_dim]);
-                }
-              };
-              if (t < kSinks) {
-                for (std::size_t h = 0; h < kKv; ++h) {
-                  REQUIRE(read(st.sink_k[h], t) == stored(dt, f.data[i].kat(l, t, h, i_dim)));
-                  REQUIRE(read(st.sink_v[h], t) == stored(dt, f.data[i].vat(l, t, h, i_dim)));
-                }
-              } else {
-                for (std::size_t s = 0; s < cached_k.size(); ++s)
-                  REQUIRE(read(st.k[s], t - kSinks) == stored(dt, f.data[i].kat(l, t, std::size_t(cached_k[s]), i_dim)));
+          const auto& cached_v = f.layout.cached(Kind::v, std::int32_t(l));
+          const SeqData& D = f.data[i];
+          auto input = [&](const std::vector<float>& x, std::size_t t, std::size_t h) {
+            return &x[((l * D.len + t) * kKv + h) * kDim];
+          };
+          for (std::size_t t = 0; t < D.len; ++t) {
+            if (t < kSinks) {
+              for (std::size_t h = 0; h < kKv; ++h) {
+                REQUIRE(read(st.sink_k[h], t) == stored_frame(dt, input(D.k, t, h)));
+                REQUIRE(read(st.sink_v[h], t) == stored_frame(dt, input(D.v, t, h)));
               }
+            } else {
+              for (std::size_t s = 0; s < cached_k.size(); ++s)
+                REQUIRE(read(st.k[s], t - kSinks) == stored_frame(dt, input(D.k, t, std::size_t(cached_k[s]))));
+              for (std::size_t s = 0; s < cached_v.size(); ++s)
+                REQUIRE(read(st.v[s], t - kSinks) == stored_frame(dt, input(D.v, t, std::size_t(cached_v[s]))));
             }
+          }
         }
       // Exact bytes: a sequence holds its sink slab and whole blocks of bytes_per_token positions.
-      REQUIRE(f.store.bytes_per_token() == f.layout.body_bytes_per_token(dt));
+      REQUIRE(f.store.bytes_per_token() == f.layout.body_bytes_per_token(dt.dtype));
       REQUIRE(f.store.block_bytes() == (is_paged ? 7 : 100 - kSinks) * f.store.bytes_per_token());
-      REQUIRE(f.store.sink_bytes() == kSinks * f.layout.full_bytes_per_token(dt));
+      REQUIRE(f.store.sink_bytes() == kSinks * f.layout.full_bytes_per_token(dt.dtype));
       if (is_paged) REQUIRE(f.store.bytes_in_use(f.ids[0]) == f.store.sink_bytes() + 12 * f.store.block_bytes());
     }
+  // q8_0 is llama.cpp's 34 bytes per 32 values: bytes per token of the SmolLM2-like layout here.
+  std::mt19937 r0(1);
+  const Plan p0 = make_plan(true, r0);
+  const RefCacheLayout l0(p0, kKv);
+  REQUIRE(l0.body_bytes_per_token(DType::q8_0) * 32 == l0.body_bytes_per_token(DType::f32) / 4 * 34);
   // A contiguous store for one sequence of T positions is exactly RefCacheLayout::bytes(T).
   std::mt19937 r2(4);
   const Plan plan = make_plan(true, r2);
   const RefCacheLayout layout(plan, kKv);
-  KvStoreOptions one = contiguous(DType::bf16, 1000);
-  one.max_sequences = 1;
-  REQUIRE(KvStore::pool_bytes(layout, one) == layout.bytes(1000, DType::bf16));
+  for (CacheType dt : kTypes) {
+    KvStoreOptions one = contiguous(dt, 1000);
+    one.max_sequences = 1;
+    REQUIRE(KvStore::pool_bytes(layout, one) == layout.bytes(1000, dt.dtype));
+  }
 }
 
 TEST_CASE("decode for a batch and chunked prefill equal the scalar reference", "[store][attention]") {
   std::mt19937 rng(7);
-  for (DType dt : {DType::f32, DType::f16, DType::bf16})
+  for (CacheType dt : kTypes)
     for (bool targets : {false, true})
       for (bool is_paged : {true, false}) {
         Fixture f(targets, is_paged ? paged(dt, 5, 80) : contiguous(dt, 130), rng, {130, 2, 61});
@@ -258,7 +312,7 @@ TEST_CASE("decode for a batch and chunked prefill equal the scalar reference", "
         lim.max_tokens = 130;
         lim.split_tokens = 40;  // several tasks, none aligned to the lengths
         AttentionWorkspace ws(f.store, lim);
-        const std::string what = std::string(dtype_name(dt)) + (targets ? " plan" : " full") + (is_paged ? " paged" : " contiguous");
+        const std::string what = dt.name() + (targets ? " plan" : " full") + (is_paged ? " paged" : " contiguous");
         for (std::size_t l = 0; l < kLayers; ++l) {
           // Decode: the last position of each sequence.
           const auto q = random_q(3, rng);
@@ -284,7 +338,7 @@ TEST_CASE("decode for a batch and chunked prefill equal the scalar reference", "
 
 TEST_CASE("split-K gives the same bits for 1..8 threads and equals one pass", "[store][attention][parallel]") {
   std::mt19937 rng(11);
-  Fixture f(true, paged(DType::f32, 16, 64), rng, {300, 31, 200});
+  Fixture f(true, paged(CacheType::parse("q4_0r"), 16, 64), rng, {300, 31, 200});
   const std::size_t HD = kKv * kGroup * kDim;
   const auto q = random_q(3, rng);
   auto run = [&](ParallelFor pf, std::size_t split) {
@@ -315,7 +369,7 @@ TEST_CASE("split-K gives the same bits for 1..8 threads and equals one pass", "[
 
 TEST_CASE("KvStore rejects what does not fit, and loses nothing", "[store]") {
   std::mt19937 rng(5);
-  Fixture f(true, paged(DType::f32, 8, 6), rng, {4 + 8 * 5});  // 5 of 6 blocks used
+  Fixture f(true, paged(CacheType(), 8, 6), rng, {4 + 8 * 5});  // 5 of 6 blocks used
   std::vector<float> k(2 * 3 * kDim);
   auto view = [&](std::size_t heads, std::size_t dim) {
     return erase(make_view(k.data(), k.size(), Extents3{1, heads, dim}, Layout::token_major));
@@ -348,7 +402,7 @@ TEST_CASE("KvStore rejects what does not fit, and loses nothing", "[store]") {
   std::vector<float> q(kKv * kGroup * kDim), out(q.size());
   REQUIRE_THROWS_WITH(attend(f.store, 0, {{s, 19, 1, q.data(), out.data()}}, ws), Catch::Contains("workspace serves 8"));
   REQUIRE_THROWS_WITH(attend(f.store, 0, {{s, 40, 1, q.data(), out.data()}}, ws), Catch::Contains("which holds 20"));
-  KvStoreOptions bad = paged(DType::f32, 8, 6);
+  KvStoreOptions bad = paged(CacheType(), 8, 6);
   bad.n_q_heads = 6;
   REQUIRE_THROWS_WITH(KvStore(f.layout, bad, f.pool.data(), f.pool.size()), Catch::Contains("n_q_heads 6"));
   REQUIRE_THROWS_WITH(KvStore(f.layout, f.opt, f.pool.data(), 10), Catch::Contains("pool of 10 bytes"));

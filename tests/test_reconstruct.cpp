@@ -101,10 +101,11 @@ TEST_CASE("reconstruction matches the scalar reference on every target, dtype an
   for (auto t : hwy::SupportedAndGeneratedTargets()) names += std::string(hwy::TargetName(t)) + " ";
   WARN("reconstruction tested on Highway targets: " << names);
   REQUIRE(!hwy::SupportedAndGeneratedTargets().empty());
-  for (DType ct : {DType::f32, DType::f16, DType::bf16})
+  for (DType ct : {DType::f32, DType::f16, DType::bf16, DType::q8_0, DType::q4_0})
     for (DType ot : {DType::f32, DType::f16, DType::bf16})
       for (CacheLayout l : {CacheLayout::token_major, CacheLayout::head_major, CacheLayout::paged})
         run_case(ct, ot, l, 64, 21, rng);
+  for (std::size_t tokens : {1u, 16u, 33u}) run_case(DType::q4_0, DType::f32, CacheLayout::paged, 128, tokens, rng);
   for (std::size_t d : {80u, 128u, 37u})
     for (std::size_t tokens : {1u, 7u, 16u, 33u}) run_case(DType::bf16, DType::f32, CacheLayout::paged, d, tokens, rng);
 }

@@ -55,7 +55,7 @@ struct DemoOptions {
   std::vector<int> sinks{0, 4};
   std::uint64_t random_seed = 1;
   bool random = true, keep_acts = false;
-  headrecon::DType cache_dtype = headrecon::DType::f32;
+  headrecon::CacheType cache_dtype = headrecon::CacheType();
   std::vector<PlanSpec> plans{
       {"greedy-same-r1", "greedy", false, 2, 0, true}, {"greedy-cross-r1", "greedy", true, 2, 5, true},
       {"shared-same-r1", "shared", false, 2, 0, false}, {"shared-cross-r1", "shared", true, 2, 0, false},
@@ -346,7 +346,7 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
                                                 {"text", o.docs + " (eval split)"},
                                                 {"seq_len", std::to_string(o.eval_len)},
                                                 {"sequences", std::to_string(o.eval_seqs)},
-                                                {"cache_dtype", std::string(headrecon::dtype_name(o.cache_dtype))}};
+                                                {"cache_dtype", o.cache_dtype.name()}};
   write_eval_json(rows, meta, (fs::path(o.dir) / "eval.json").string());
   if (have_kjv) write_eval_csv(kjv_rows, (fs::path(o.dir) / "eval_kjv.csv").string());
   timer.lap("eval (decode perplexity)");
@@ -455,7 +455,7 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
      << " tokens, every token decoded one at a time; each layer's attention runs headrecon::attend over the library KvStore "
         "cache that stores only the plan's cached heads (sink tokens in full; keys absorbed, values mapped). KV bytes "
         "= bytes allocated for one sequence of "
-     << o.eval_len << " tokens (" << headrecon::dtype_name(o.cache_dtype)
+     << o.eval_len << " tokens (" << o.cache_dtype.name()
      << "), equal to RefCacheLayout::bytes. Plans: `rN` = N of 3 KV heads per layer rebuilt; `same`/`cross` = "
         "references from the same layer / also from earlier layers; `greedy`/`shared` = selection strategy. "
         "Maps fitted on positions >= "

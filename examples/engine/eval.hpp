@@ -39,7 +39,7 @@ struct DecodePplStats {
 /// result up to rounding) - 1 is true decoding.
 inline DecodePplStats decode_perplexity(const LlamaModel& model, const std::vector<std::int32_t>& tokens,
                                         std::size_t seq_len, const headrecon::Plan* plan,
-                                        headrecon::DType dtype = headrecon::DType::f32, std::size_t chunk = 1) {
+                                        headrecon::CacheType dtype = headrecon::CacheType(), std::size_t chunk = 1) {
   const LlamaConfig& c = model.config();
   if (seq_len < 2) fail("decode perplexity: seq_len must be at least 2");
   if (chunk == 0) chunk = 1;
@@ -324,7 +324,7 @@ struct EvalOptions {
   std::size_t seq_len = 256;
   std::vector<Apply> variants{Apply::k, Apply::v, Apply::kv};
   std::vector<int> sinks{0, 4};
-  headrecon::DType dtype = headrecon::DType::f32;
+  headrecon::CacheType dtype = headrecon::CacheType();
   std::size_t chunk = 1;
   bool simulate = false;  // also compute the simulated perplexity (full cache, predicted K/V written in)
   bool include_full = true;  // run the full cache first (the baseline of "vs full")

@@ -35,7 +35,7 @@ class KvCache {
   /// A cache of `n_ctx` positions. `plan` (copied; null = full cache) must be
   /// fitted after RoPE on this model's KV heads; its Q part is ignored.
   KvCache(const AttentionShape& s, const headrecon::Plan* plan, std::size_t n_ctx,
-          headrecon::DType dtype = headrecon::DType::f32)
+          headrecon::CacheType type = headrecon::CacheType())
       : shape_(s), has_plan_(plan != nullptr) {
     using headrecon::Kind;
     if (plan) {
@@ -52,7 +52,8 @@ class KvCache {
     headrecon::KvStoreOptions o;
     o.storage = headrecon::KvStoreOptions::Storage::contiguous;
     o.n_q_heads = s.n_head;
-    o.dtype = dtype;
+    o.dtype = type.dtype;
+    o.rotate = type.rotate;
     o.max_sequences = 1;
     o.max_tokens = n_ctx;
     pool_.resize(headrecon::KvStore::pool_bytes(*layout_, o));
@@ -77,6 +78,7 @@ class KvCache {
   std::size_t extend(std::size_t n) { return store_->extend(seq_, n); }
   std::size_t sink_tokens() const { return store_->sink_tokens(); }
   headrecon::DType dtype() const { return store_->options().dtype; }
+  headrecon::CacheType cache_type() const { return {store_->options().dtype, store_->options().rotate}; }
   const headrecon::Plan& plan() const { return plan_; }
   bool has_plan() const { return has_plan_; }
   const headrecon::RefCacheLayout& layout() const { return *layout_; }
@@ -124,11 +126,14 @@ class KvCache {
       s = (is_k ? st.k : st.v) + slot;
       tok = pos - st.n_sink;
     }
-    for (std::size_t i = 0; i < shape_.head_dim; ++i) switch (s->dtype) {
-        case headrecon::DType::f32: out[i] = s->row<float>(tok)[i]; break;
+    const std::size_t d = shape_.head_dim;
+    for (std::size_t i = 0; i < d && !headrecon::is_block_type(s->dtype); ++i) switch (s->dtype) {
         case headrecon::DType::f16: out[i] = headrecon::to_float(s->row<headrecon::f16_t>(tok)[i]); break;
         case headrecon::DType::bf16: out[i] = headrecon::to_float(s->row<headrecon::bf16_t>(tok)[i]); break;
+        default: out[i] = s->row<float>(tok)[i]; break;
       }
+    if (headrecon::is_block_type(s->dtype)) headrecon::dequantize_row(s->row_address(tok), d, s->dtype, out);
+    if (s->rotated) headrecon::hadamard_rotate(out, d);
   }
 
   /// Bytes of the K/V buffers (sinks + body, all layers) for the capacity.

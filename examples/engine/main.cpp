@@ -51,13 +51,13 @@ Commands:
   demo      [--dir build/demo] [--calib-tokens 16384] [--random-tokens 16384]
             [--eval-seqs 2] [--eval-len 256] [--kjv-seqs 1] [--sinks 0,4]
             [--q-window 2] [--max-k 5] [--seed 1] [--no-random] [--keep-acts]
-            [--cache-dtype f32|f16|bf16] [--docs DIR] [--kjv FILE] [--plans A,B]
+            [--cache-dtype f32|f16|bf16|q8_0|q4_0|q4_0r] [--docs DIR] [--kjv FILE] [--plans A,B]
             [--speed-context 4096] [--no-speed]
                                                the real-model pipeline: capture,
                                                R2 analysis (trained and random
                                                weights), plans, eval, report
   eval      --model GGUF TEXT [--seqs 2] [--seq-len 256] --plan [NAME=]PLAN ...
-            [--variants k,v,kv] [--sinks 0,4] [--cache-dtype f32|f16|bf16]
+            [--variants k,v,kv] [--sinks 0,4] [--cache-dtype f32|f16|bf16|q8_0|q4_0|q4_0r]
             [--chunk 1] [--simulate] [--spread] [--csv FILE] [--json FILE] [--md FILE]
                                                perplexity decoded token by token
                                                through a reference-only KV cache:
@@ -469,7 +469,7 @@ int cmd_eval(const Args& a) {
   opt.simulate = a.has("--simulate");
   std::string dt = a.str("--cache-dtype", "f32");
   for (char& ch : dt) ch = char(std::toupper(static_cast<unsigned char>(ch)));
-  opt.dtype = headrecon::parse_dtype(dt);
+  opt.dtype = headrecon::CacheType::parse(dt);
   if (a.has("--variants")) {
     opt.variants.clear();
     for (const auto& v : split_list(a.str("--variants"))) opt.variants.push_back(he::parse_apply(v));
@@ -510,7 +510,7 @@ int cmd_eval(const Args& a) {
   std::cout << "text: " << source << "\n"
             << "eval: " << seqs << " sequences of " << opt.seq_len << " tokens, decoded one token at a time"
             << (opt.chunk > 1 ? " (chunks of " + std::to_string(opt.chunk) + ")" : std::string())
-            << " through the reference-only cache (" << headrecon::dtype_name(opt.dtype) << ")\n";
+            << " through the reference-only cache (" << opt.dtype.name() << ")\n";
   const std::vector<he::EvalRow> rows = he::run_eval(m, s.tokens, plans, opt, std::cout);
   std::cout << "\n";
   he::print_eval_table(rows, std::cout, false);
@@ -518,7 +518,7 @@ int cmd_eval(const Args& a) {
                                           {"text", source},
                                           {"seq_len", std::to_string(opt.seq_len)},
                                           {"sequences", std::to_string(seqs)},
-                                          {"cache_dtype", std::string(headrecon::dtype_name(opt.dtype))},
+                                          {"cache_dtype", opt.dtype.name()},
                                           {"chunk", std::to_string(opt.chunk)}};
   if (a.has("--csv")) he::write_eval_csv(rows, a.str("--csv"));
   if (a.has("--json")) he::write_eval_json(rows, meta, a.str("--json"));
@@ -552,9 +552,7 @@ int cmd_demo(const Args& a) {
   o.speed = !a.has("--no-speed");
   o.speed_opt.context = o.eval_len;
   o.speed_opt.long_context = std::size_t(a.integer("--speed-context", long(o.speed_opt.long_context), 16, 1L << 22));
-  std::string dt = a.str("--cache-dtype", "f32");
-  for (char& ch : dt) ch = char(std::toupper(static_cast<unsigned char>(ch)));
-  o.cache_dtype = headrecon::parse_dtype(dt);
+  o.cache_dtype = headrecon::CacheType::parse(a.str("--cache-dtype", "f32"));
   if (a.has("--sinks")) {
     o.sinks.clear();
     for (const auto& v : split_list(a.str("--sinks"))) {

@@ -38,7 +38,7 @@ struct SpeedRow {
 struct SpeedOptions {
   std::size_t context = 256, decode = 32, reps = 3;      // whole model
   std::size_t long_context = 4096, attn_reps = 15;        // attention alone
-  headrecon::DType dtype = headrecon::DType::f32;
+  headrecon::CacheType dtype = headrecon::CacheType();
 };
 
 inline double median(std::vector<double> v) {

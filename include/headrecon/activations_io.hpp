@@ -133,6 +133,7 @@ class ActivationWriter {
       case DType::f32: detail::pack_converted(batch, reinterpret_cast<float*>(buf_.data())); break;
       case DType::f16: detail::pack_converted(batch, reinterpret_cast<f16_t*>(buf_.data())); break;
       case DType::bf16: detail::pack_converted(batch, reinterpret_cast<bf16_t*>(buf_.data())); break;
+      default: break;  // block types are rejected by the constructor (dtype_size)
     }
     const std::uint64_t row = std::uint64_t(nh) * head_dim_ * dtype_size(dtype_);
     w_.write_rows(name, token0 * row, buf_.data(), buf_.size());

@@ -46,6 +46,9 @@ struct AttentionLayerPlan {
   std::size_t n_qvecs = 0;  ///< raw scaled queries (index = head) then absorbed ones
   std::size_t n_accs = 0;   ///< direct accumulators (index = head) then per-reference ones
   std::size_t max_refs = 1;
+  /// The cache's vectors are Hadamard-rotated (hadamard.hpp): every query
+  /// vector is rotated once per step and every accumulator once at the end.
+  bool rotated = false;
 
   /// KV head of query head h (GQA).
   std::size_t kv_head(std::size_t h) const { return h / (n_q_heads / n_kv_heads); }

@@ -23,21 +23,46 @@ struct bf16_t {
   std::uint16_t bits;
 };
 
-/// Runtime tag of an element type.
-enum class DType : std::uint8_t { f32, f16, bf16 };
+/// Runtime tag of an element type. f32, f16 and bf16 are element types
+/// (activations, caches); q8_0 and q4_0 are llama.cpp's block types for KV
+/// caches (block_quant.hpp): 32 values per block, q8_0 = f16 scale + 32
+/// int8 (34 bytes), q4_0 = f16 scale + 32 4-bit values (18 bytes).
+enum class DType : std::uint8_t { f32, f16, bf16, q8_0, q4_0 };
 
-/// Size in bytes of one element of `t`.
-constexpr std::size_t dtype_size(DType t) { return t == DType::f32 ? 4 : 2; }
+/// Values per block of a block type.
+inline constexpr std::size_t kQuantBlock = 32;
 
-/// Bytes of a row of `n` values of `t`.
-constexpr std::size_t dtype_row_bytes(DType t, std::size_t n) { return n * dtype_size(t); }
+/// True for the block types q8_0 and q4_0.
+constexpr bool is_block_type(DType t) { return t == DType::q8_0 || t == DType::q4_0; }
 
-/// The safetensors spelling: "F32", "F16", "BF16".
-constexpr std::string_view dtype_name(DType t) {
-  return t == DType::f32 ? "F32" : t == DType::f16 ? "F16" : "BF16";
+/// Size in bytes of one element of an element type (f32, f16, bf16); block
+/// types have no per-element size (use dtype_row_bytes): Error.
+constexpr std::size_t dtype_size(DType t) {
+  if (is_block_type(t)) throw Error("dtype_size: a block type has no per-element size (use dtype_row_bytes)");
+  return t == DType::f32 ? 4 : 2;
 }
 
-/// Parses a safetensors dtype name; throws Error naming it when unsupported.
+/// Bytes of one block of a block type.
+constexpr std::size_t dtype_block_bytes(DType t) { return t == DType::q8_0 ? 34 : t == DType::q4_0 ? 18 : 0; }
+
+/// Bytes of a row of `n` values of `t` (for block types `n` is a multiple of 32).
+constexpr std::size_t dtype_row_bytes(DType t, std::size_t n) {
+  return is_block_type(t) ? n / kQuantBlock * dtype_block_bytes(t) : n * dtype_size(t);
+}
+
+/// The safetensors / GGML spelling: "F32", "F16", "BF16", "Q8_0", "Q4_0".
+constexpr std::string_view dtype_name(DType t) {
+  switch (t) {
+    case DType::f32: return "F32";
+    case DType::f16: return "F16";
+    case DType::bf16: return "BF16";
+    case DType::q8_0: return "Q8_0";
+    case DType::q4_0: return "Q4_0";
+  }
+  return "?";
+}
+
+/// Parses a safetensors dtype name of an element type; throws Error naming it when unsupported.
 inline DType parse_dtype(std::string_view s) {
   if (s == "F32") return DType::f32;
   if (s == "F16") return DType::f16;

@@ -17,6 +17,8 @@ namespace headrecon {
 ///   base + offset + block_table[t / block_size]·block_stride + (t % block_size)·token_stride + i  (paged)
 ///   base + offset + t·token_stride + i                                                            (contiguous)
 /// in elements of `dtype`; the head_dim components of a token are contiguous.
+/// For the block types q8_0 / q4_0 the offsets count values and are
+/// multiples of 32: a token's vector is head_dim / 32 consecutive blocks.
 struct HeadStream {
   const void* base = nullptr;
   DType dtype = DType::f32;
@@ -25,6 +27,7 @@ struct HeadStream {
   const std::int32_t* block_table = nullptr;  ///< physical page of each logical page; null = contiguous
   std::size_t block_size = 0;                 ///< tokens per page
   std::ptrdiff_t block_stride = 0;            ///< elements between pages
+  bool rotated = false;  ///< vectors stored Hadamard-rotated (hadamard.hpp); kernels undo it
 
   /// Element offset of token t's vector.
   HEADRECON_HOST_DEVICE std::ptrdiff_t token_offset(std::size_t t) const {
@@ -41,6 +44,14 @@ struct HeadStream {
   HEADRECON_HOST_DEVICE T* mutable_row(std::size_t t) const {
     return const_cast<T*>(static_cast<const T*>(base)) + token_offset(t);
   }
+  /// Address of token t's vector for any dtype, block types included.
+  const void* row_address(std::size_t t) const {
+    const std::ptrdiff_t off = token_offset(t);
+    const std::ptrdiff_t bytes = is_block_type(dtype) ? off / std::ptrdiff_t(kQuantBlock) * std::ptrdiff_t(dtype_block_bytes(dtype))
+                                                      : off * std::ptrdiff_t(dtype_size(dtype));
+    return static_cast<const unsigned char*>(base) + bytes;
+  }
+  void* mutable_row_address(std::size_t t) const { return const_cast<void*>(row_address(t)); }
 };
 
 /// Stream of head h of a [tokens, heads, dim] view (any layout whose dim stride is 1).

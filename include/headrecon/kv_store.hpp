@@ -15,6 +15,9 @@
 /// Attention over a store: cpu/kv_attention.hpp.
 
 #include <algorithm>
+#include <cctype>
+#include <string>
+#include <string_view>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -22,8 +25,10 @@
 #include <vector>
 
 #include "headrecon/attention_plan.hpp"
+#include "headrecon/block_quant.hpp"
 #include "headrecon/dtype.hpp"
 #include "headrecon/error.hpp"
+#include "headrecon/hadamard.hpp"
 #include "headrecon/head_stream.hpp"
 #include "headrecon/ref_cache.hpp"
 #include "headrecon/view.hpp"
@@ -36,6 +41,32 @@ struct SequenceId {
   friend bool operator==(SequenceId a, SequenceId b) { return a.slot == b.slot; }
 };
 
+/// What a KV cache stores, as engines spell it: f32, f16, bf16, q8_0, q4_0,
+/// and with an "r" suffix (q4_0r, q8_0r, ...) Hadamard-rotated first.
+struct CacheType {
+  DType dtype = DType::f32;
+  bool rotate = false;
+
+  static CacheType parse(std::string_view s) {
+    CacheType c;
+    std::string_view base = s;
+    if (!s.empty() && s.back() == 'r') base = s.substr(0, s.size() - 1), c.rotate = true;
+    if (base == "f32") c.dtype = DType::f32;
+    else if (base == "f16") c.dtype = DType::f16;
+    else if (base == "bf16") c.dtype = DType::bf16;
+    else if (base == "q8_0") c.dtype = DType::q8_0;
+    else if (base == "q4_0") c.dtype = DType::q4_0;
+    else detail::fail("unknown cache type '", s, "' (expected f32, f16, bf16, q8_0 or q4_0, optionally with an r suffix: rotated)");
+    return c;
+  }
+  std::string name() const {
+    std::string n(dtype_name(dtype));
+    for (char& ch : n) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+    return rotate ? n + "r" : n;
+  }
+  friend bool operator==(CacheType a, CacheType b) { return a.dtype == b.dtype && a.rotate == b.rotate; }
+};
+
 /// How a KvStore is laid out. Fill the fields by name.
 struct KvStoreOptions {
   enum class Storage : std::uint8_t {
@@ -44,7 +75,8 @@ struct KvStoreOptions {
   };
   Storage storage = Storage::paged;
   std::size_t n_q_heads = 0;      ///< query heads of the model (a multiple of the KV heads)
-  DType dtype = DType::f32;       ///< element type of the stored vectors
+  DType dtype = DType::f32;       ///< stored type: f32, f16, bf16, q8_0 or q4_0 (llama.cpp's blocks)
+  bool rotate = false;            ///< Hadamard-rotate every vector before storing (q4_0 + rotate = "q4_0r")
   std::size_t max_sequences = 1;  ///< sequences alive at once (sink slabs)
   std::size_t block_tokens = 16;  ///< paged: positions per block
   std::size_t n_blocks = 0;       ///< paged: blocks in the pool
@@ -70,9 +102,12 @@ class KvStore {
     const std::size_t L = std::size_t(layout.n_layers()), kv = std::size_t(layout.n_kv_heads());
     plans_.reserve(L);
     const bool has_targets = layout.plan().find(Kind::k) || layout.plan().find(Kind::v);
-    for (std::size_t l = 0; l < L; ++l)
+    for (std::size_t l = 0; l < L; ++l) {
       plans_.push_back(has_targets ? make_attention_plan(layout, std::int32_t(l), opt_.n_q_heads)
                                    : full_attention_plan(opt_.n_q_heads, kv, geo_.d));
+      plans_.back().rotated = opt_.rotate;
+    }
+    row_.resize(geo_.d);
     seqs_.resize(opt_.max_sequences);
     tables_.assign(opt_.max_sequences * geo_.max_blocks_per_seq, -1);
     free_.reserve(geo_.n_blocks);
@@ -247,6 +282,10 @@ class KvStore {
     Geometry(const RefCacheLayout& layout, const KvStoreOptions& o) {
       d = std::size_t(layout.head_dim());
       sinks = std::size_t(std::max(layout.sink_tokens(), 0));
+      if (is_block_type(o.dtype) && d % kQuantBlock != 0)
+        detail::fail("KvStore: ", dtype_name(o.dtype), " needs head_dim divisible by 32, got ", d);
+      if (o.rotate && !hadamard_length_ok(d))
+        detail::fail("KvStore: rotate needs head_dim a power of two, got ", d);
       if (o.n_q_heads == 0 || o.n_q_heads % std::size_t(layout.n_kv_heads()) != 0)
         detail::fail("KvStore: n_q_heads ", o.n_q_heads, " is not a positive multiple of the ", layout.n_kv_heads(),
                      " KV heads");
@@ -313,6 +352,7 @@ class KvStore {
             st.dtype = opt_.dtype;
             st.offset = std::ptrdiff_t(i * geo_.slab_values + geo_.sink_region[side][l] + h * d);
             st.token_stride = std::ptrdiff_t(kv * d);
+            st.rotated = opt_.rotate;
             S.sink[side].push_back(st);
           }
           for (HeadId id : layout_->streams(kind, std::int32_t(l))) {
@@ -324,6 +364,7 @@ class KvStore {
             st.dtype = opt_.dtype;
             st.offset = std::ptrdiff_t(body0 + geo_.region[side][src] + slot * d);
             st.token_stride = std::ptrdiff_t(slots * d);
+            st.rotated = opt_.rotate;
             if (paged) {
               st.block_table = tables_.data() + i * geo_.max_blocks_per_seq;
               st.block_size = geo_.block_tokens;
@@ -343,22 +384,20 @@ class KvStore {
     const std::size_t d = geo_.d;
     const T* src = view.vec(t, h);
     const std::ptrdiff_t sd = view.stride.dim;
+    float* x = row_.data();
+    for (std::size_t i = 0; i < d; ++i) x[i] = to_float(src[std::ptrdiff_t(i) * sd]);
+    if (opt_.rotate) hadamard_rotate(x, d);
+    void* out = dst.mutable_row_address(token);
     switch (opt_.dtype) {
-      case DType::f32: {
-        float* out = dst.mutable_row<float>(token);
-        for (std::size_t i = 0; i < d; ++i) out[i] = to_float(src[std::ptrdiff_t(i) * sd]);
+      case DType::f32: std::memcpy(out, x, d * sizeof(float)); break;
+      case DType::f16:
+        for (std::size_t i = 0; i < d; ++i) static_cast<f16_t*>(out)[i] = to_f16(x[i]);
         break;
-      }
-      case DType::f16: {
-        f16_t* out = dst.mutable_row<f16_t>(token);
-        for (std::size_t i = 0; i < d; ++i) out[i] = to_f16(to_float(src[std::ptrdiff_t(i) * sd]));
+      case DType::bf16:
+        for (std::size_t i = 0; i < d; ++i) static_cast<bf16_t*>(out)[i] = to_bf16(x[i]);
         break;
-      }
-      case DType::bf16: {
-        bf16_t* out = dst.mutable_row<bf16_t>(token);
-        for (std::size_t i = 0; i < d; ++i) out[i] = to_bf16(to_float(src[std::ptrdiff_t(i) * sd]));
-        break;
-      }
+      case DType::q8_0:
+      case DType::q4_0: quantize_row(x, d, opt_.dtype, out); break;
     }
   }
 
@@ -371,6 +410,7 @@ class KvStore {
   std::vector<std::int32_t> tables_;  // [max_sequences][max_blocks_per_seq]
   std::vector<std::int32_t> free_;
   std::vector<LayerStreams> streams_;  // [max_sequences][n_layers]
+  std::vector<float> row_;             // append's conversion buffer
 };
 
 }  // namespace headrecon

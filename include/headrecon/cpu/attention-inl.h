@@ -41,6 +41,8 @@ HWY_INLINE void BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, f
       case DType::f32: rows[t] = s.row<float>(t0 + t); break;
       case DType::f16: RowToF32(s.row<f16_t>(t0 + t), scratch + t * d, d); rows[t] = scratch + t * d; break;
       case DType::bf16: RowToF32(s.row<bf16_t>(t0 + t), scratch + t * d, d); rows[t] = scratch + t * d; break;
+      case DType::q8_0:
+      case DType::q4_0: BlocksToF32(s.row_address(t0 + t), s.dtype, scratch + t * d, d); rows[t] = scratch + t * d; break;
     }
   }
 }
@@ -293,6 +295,8 @@ inline HWY_NOINLINE void PrepareQueries(const AttentionLayerPlan& p, float scale
     const auto& ks = p.k[p.kv_head(a.head)];
     attn::MapQuery(ks.weight + a.ref * d * d, q + a.head * d, d, scale, qv + (H + i) * d);
   }
+  if (p.rotated)  // q·k = (Hq)·(Hk): the cache holds Hk
+    for (size_t v = 0; v < p.n_qvecs; ++v) hadamard_rotate(qv + v * d, d);
 }
 
 /// One split-K task (AttentionChunkArgs): every row's partial softmax state
@@ -419,10 +423,12 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
 /// A row's output from its merged state: the direct accumulator, plus the
 /// mapped reference accumulators and the bias weighted by the body's
 /// probability mass, over the softmax sum.
-inline HWY_NOINLINE void FinishAttention(const AttentionLayerPlan& p, const float* HWY_RESTRICT state,
+inline HWY_NOINLINE void FinishAttention(const AttentionLayerPlan& p, float* HWY_RESTRICT state,
                                          float* HWY_RESTRICT out) {
   const size_t d = p.head_dim, H = p.n_q_heads;
-  const float* acc = state + 3 * H;
+  float* acc = state + 3 * H;
+  if (p.rotated)  // Σ a_t H v_t = H Σ a_t v_t, and H is its own inverse
+    for (size_t a = 0; a < p.n_accs; ++a) hadamard_rotate(acc + a * d, d);
   for (size_t h = 0; h < H; ++h) {
     float* o = out + h * d;
     for (size_t i = 0; i < d; ++i) o[i] = acc[h * d + i];
@@ -441,7 +447,7 @@ struct AttentionKernels {
     PrepareQueries(p, scale, q, out);
   }
   static void chunk(const AttentionChunkArgs& c) { AttendChunk(c); }
-  static void finish(const AttentionLayerPlan& p, const float* state, float* out) { FinishAttention(p, state, out); }
+  static void finish(const AttentionLayerPlan& p, float* state, float* out) { FinishAttention(p, state, out); }
 };
 
 /// Attention over several sequences, split over tokens, on `pf` (see AttentionRunArgs).

@@ -12,6 +12,7 @@
 
 #include "headrecon/cpu/attention_args.hpp"
 #include "headrecon/error.hpp"
+#include "headrecon/hadamard.hpp"
 #include "headrecon/parallel.hpp"
 
 namespace headrecon {
@@ -86,7 +87,21 @@ inline void check_attention_args(const AttentionRunArgs& a) {
     if (c.n_sink && (!c.sink_k || !c.sink_v))
       detail::fail("attention: group ", g, ": ", c.n_sink, " sink tokens but no sink streams");
     if (len > c.n_sink && (!c.k || !c.v)) detail::fail("attention: group ", g, ": body tokens but no streams");
+    auto check = [&](const HeadStream* s, std::size_t n, const char* what) {
+      for (std::size_t i = 0; s && i < n; ++i) {
+        if (is_block_type(s[i].dtype) && p.head_dim % kQuantBlock != 0)
+          detail::fail("attention: group ", g, ": ", what, " stream ", i, " of type ", dtype_name(s[i].dtype),
+                       " needs head_dim divisible by 32, got ", p.head_dim);
+        if (s[i].rotated != p.rotated)
+          detail::fail("attention: group ", g, ": ", what, " stream ", i, (s[i].rotated ? " is" : " is not"),
+                       " Hadamard-rotated, the plan", (p.rotated ? " is" : " is not"));
+      }
+    };
+    if (c.n_sink) check(c.sink_k, p.n_kv_heads, "sink K"), check(c.sink_v, p.n_kv_heads, "sink V");
+    if (len > c.n_sink) check(c.k, p.n_k_streams, "K"), check(c.v, p.n_v_streams, "V");
   }
+  if (p.rotated && !hadamard_length_ok(p.head_dim))
+    detail::fail("attention: a rotated plan needs head_dim a power of two, got ", p.head_dim);
 }
 
 /// Runs an attention call with the kernels `K` (see the file comment).
@@ -156,7 +171,7 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
     const std::size_t tasks = (group_len(G) + split - 1) / split;
     float* s = states + w.state0 + w.index * sf;
     if (tasks > 1) merge_attention_states(p, s, tasks, G.n_rows * sf);
-    K::finish(p, s, G.out + w.index * p.n_q_heads * p.head_dim);
+    K::finish(p, s, G.out + w.index * p.n_q_heads * p.head_dim);  // (rotates the accumulators in place)
   });
 }
 

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "headrecon/block_quant.hpp"
 #include "headrecon/dtype.hpp"
 
 #if defined(HEADRECON_CPU_CONVERT_INL_H_) == defined(HWY_TARGET_TOGGLE)
@@ -69,6 +70,35 @@ HWY_INLINE void RowFromF32(const float* HWY_RESTRICT src, T* HWY_RESTRICT dst, s
     }
   }
   for (; i < n; ++i) dst[i] = from_float<T>(src[i]);
+}
+
+/// dst[0, n) = the values of the q8_0 or q4_0 blocks at src (n a multiple of 32).
+HWY_INLINE void BlocksToF32(const void* HWY_RESTRICT src, DType t, float* HWY_RESTRICT dst, size_t n) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const size_t L = hn::Lanes(df);
+  if (L > kQuantBlock / 2 || kQuantBlock % L != 0) return dequantize_row(src, n, t, dst);
+  if (t == DType::q8_0) {
+    const hn::Rebind<int8_t, decltype(di)> d8;
+    const auto* b = static_cast<const BlockQ8_0*>(src);
+    for (size_t k = 0; k < n / kQuantBlock; ++k, dst += kQuantBlock) {
+      const auto d = hn::Set(df, to_float(b[k].d));
+      for (size_t i = 0; i < kQuantBlock; i += L)
+        hn::StoreU(hn::Mul(d, hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, b[k].qs + i)))), df, dst + i);
+    }
+  } else {
+    const hn::Rebind<uint8_t, decltype(di)> d8;
+    const auto* b = static_cast<const BlockQ4_0*>(src);
+    const auto mask = hn::Set(di, 15), eight = hn::Set(di, 8);
+    for (size_t k = 0; k < n / kQuantBlock; ++k, dst += kQuantBlock) {
+      const auto d = hn::Set(df, to_float(b[k].d));
+      for (size_t i = 0; i < kQuantBlock / 2; i += L) {
+        const auto q = hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<decltype(di)>(), hn::LoadU(d8, b[k].qs + i)));
+        hn::StoreU(hn::Mul(d, hn::ConvertTo(df, hn::Sub(hn::And(q, mask), eight))), df, dst + i);
+        hn::StoreU(hn::Mul(d, hn::ConvertTo(df, hn::Sub(hn::ShiftRight<4>(q), eight))), df, dst + kQuantBlock / 2 + i);
+      }
+    }
+  }
 }
 
 }  // namespace HWY_NAMESPACE

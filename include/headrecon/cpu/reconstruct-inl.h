@@ -5,6 +5,7 @@
 
 #include "headrecon/cpu/reconstruct_args.hpp"
 #include "headrecon/error.hpp"
+#include "headrecon/hadamard.hpp"
 
 #if defined(HEADRECON_CPU_RECONSTRUCT_INL_H_) == defined(HWY_TARGET_TOGGLE)
 #ifdef HEADRECON_CPU_RECONSTRUCT_INL_H_
@@ -120,6 +121,8 @@ inline HWY_NOINLINE void Reconstruct(const ReconstructArgs& a) {
     const ReconTarget& tg = a.targets[j];
     if (tg.n_refs == 0 || !tg.weight || !tg.bias || !tg.out.base)
       detail::fail("reconstruct: target ", j, " has no references, weight, bias or output");
+    if (is_block_type(tg.out.dtype))
+      detail::fail("reconstruct: target ", j, " output of type ", dtype_name(tg.out.dtype), " (f32, f16 or bf16 only)");
     for (size_t r = 0; r < tg.n_refs; ++r)
       if (tg.refs[r] >= a.n_streams)
         detail::fail("reconstruct: target ", j, " reference ", tg.refs[r], " of ", a.n_streams, " streams");
@@ -130,6 +133,13 @@ inline HWY_NOINLINE void Reconstruct(const ReconstructArgs& a) {
   // Row pointers per stream and token of the block; f32 streams are read in place.
   const float* rows_buf[64 * B];
   if (a.n_streams > 64) detail::fail("reconstruct: at most 64 reference streams per call, got ", a.n_streams);
+  for (size_t s = 0; s < a.n_streams; ++s) {
+    if (is_block_type(a.streams[s].dtype) && d % kQuantBlock != 0)
+      detail::fail("reconstruct: stream ", s, " of type ", dtype_name(a.streams[s].dtype),
+                   " needs head_dim divisible by 32, got ", d);
+    if (a.streams[s].rotated && !hadamard_length_ok(d))
+      detail::fail("reconstruct: stream ", s, " is rotated, head_dim ", d, " is not a power of two");
+  }
   const float* xp_buf[64 * 8];
   if (max_refs * R > 64 * 8) detail::fail("reconstruct: at most ", 64 * 8 / R, " references per target");
   float tmp[1024];
@@ -146,6 +156,13 @@ inline HWY_NOINLINE void Reconstruct(const ReconstructArgs& a) {
           case DType::f32: rows_buf[s * B + t] = st.row<float>(tok); break;
           case DType::f16: RowToF32(st.row<f16_t>(tok), g, d); rows_buf[s * B + t] = g; break;
           case DType::bf16: RowToF32(st.row<bf16_t>(tok), g, d); rows_buf[s * B + t] = g; break;
+          case DType::q8_0:
+          case DType::q4_0: BlocksToF32(st.row_address(tok), st.dtype, g, d); rows_buf[s * B + t] = g; break;
+        }
+        if (st.rotated) {  // stored Hx: undo the rotation (H is its own inverse)
+          if (rows_buf[s * B + t] != g) RowToF32(rows_buf[s * B + t], g, d);
+          hadamard_rotate(g, d);
+          rows_buf[s * B + t] = g;
         }
       }
     }
@@ -162,6 +179,8 @@ inline HWY_NOINLINE void Reconstruct(const ReconstructArgs& a) {
             case DType::f32: recon::StoreRow<float>(tile + row * d, tg.bias, tmp, tg.out, tok, d); break;
             case DType::f16: recon::StoreRow<f16_t>(tile + row * d, tg.bias, tmp, tg.out, tok, d); break;
             case DType::bf16: recon::StoreRow<bf16_t>(tile + row * d, tg.bias, tmp, tg.out, tok, d); break;
+            case DType::q8_0:
+            case DType::q4_0: break;  // rejected above
           }
         }
       }
