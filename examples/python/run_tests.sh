@@ -35,6 +35,7 @@ if [ -z "$cli" ]; then
   fi
 fi
 [ -x "$cli" ] || { echo "run_tests.sh: no headrecon tool at $cli" >&2; exit 1; }
+cli=$(realpath "$cli")
 
 req=$here/requirements-test.txt
 wheels=${HEADRECON_WHEELS:-$HOME/.cache/headrecon/wheels}
