@@ -4,7 +4,7 @@ Supported: model types in SUPPORTED_MODEL_TYPES (Llama, Mistral, Qwen2: GQA
 attention whose `self_attn` has q_proj/k_proj/v_proj, no Q/K norm, RoPE applied
 by the modeling module's `apply_rotary_pos_emb(q, k, cos, sin)` to the
 [batch, heads, tokens, head_dim] projections, and a cache that stores the
-rotated keys and the values). Tested with transformers 5.24; needs the
+rotated keys and the values). Tested with transformers 5.24 and 4.50.3; needs the
 attention to receive `position_embeddings` (transformers >= 4.48).
 
 For each layer, hooks record the projections' outputs (pre-RoPE Q/K/V) and, when

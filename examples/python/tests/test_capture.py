@@ -15,6 +15,7 @@ import unittest
 
 import torch
 import transformers
+from packaging.version import Version
 from safetensors import safe_open
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -29,6 +30,8 @@ from headrecon_capture.model_hooks import LayerCapture, rotary_function  # noqa:
 from headrecon_capture.text import build_token_stream, cut_sequences, list_text_files  # noqa: E402
 
 CLI = os.environ.get("HEADRECON_CLI")
+# transformers 4.56 renamed from_pretrained's torch_dtype to dtype
+DTYPE_KW = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
@@ -130,7 +133,7 @@ class CaptureTest(unittest.TestCase):
         return os.path.join(self.dir, name)
 
     def load(self, arch, dtype=torch.float32):
-        model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dirs[arch], dtype=dtype)
+        model = transformers.AutoModelForCausalLM.from_pretrained(self.model_dirs[arch], **{DTYPE_KW: dtype})
         tok = transformers.AutoTokenizer.from_pretrained(self.model_dirs[arch])
         return model.eval(), tok
 
@@ -274,12 +277,18 @@ class CaptureTest(unittest.TestCase):
         gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=50))
         with self.assertRaisesRegex(UnsupportedModel, r"model type 'gpt2'.*supported: llama, mistral, qwen2"):
             capture(gpt2, [[1, 2, 3]], self.path("gpt2.safetensors"))
-        qwen3 = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
-            vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8))
-        with self.assertRaisesRegex(UnsupportedModel, "model type 'qwen3'"):
-            capture(qwen3, [[1, 2, 3]], self.path("qwen3.safetensors"))
-        self.assertFalse(os.path.exists(self.path("qwen3.safetensors")))
+        if hasattr(transformers, "Qwen3ForCausalLM"):  # transformers >= 4.51
+            qwen3 = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(
+                vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=8))
+            with self.assertRaisesRegex(UnsupportedModel, "model type 'qwen3'"):
+                capture(qwen3, [[1, 2, 3]], self.path("qwen3.safetensors"))
+            self.assertFalse(os.path.exists(self.path("qwen3.safetensors")))
+        # A supported type whose attention has a K norm is refused too.
+        model, _ = self.load("llama")
+        model.model.layers[1].self_attn.k_norm = torch.nn.Identity()
+        with self.assertRaisesRegex(UnsupportedModel, r"layer 1 has self_attn\.k_norm"):
+            capture(model, [[1, 2, 3]], self.path("knorm.safetensors"))
         model, _ = self.load("qwen2")
         model.config.use_sliding_window = True
         with self.assertRaisesRegex(UnsupportedModel, "use_sliding_window"):
