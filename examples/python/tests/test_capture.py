@@ -7,6 +7,7 @@ library and by `headrecon fit` (env HEADRECON_CLI, skipped when unset).
 
 Run: python -m unittest discover -s examples/python/tests (with PYTHONPATH=examples/python)."""
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -261,6 +262,29 @@ class CaptureTest(unittest.TestCase):
         self.assertEqual(set(a), set(b))
         for name in a:
             torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-5, msg=name)
+
+    def test_rows_reach_the_file_batch_by_batch(self):
+        """After each batch its rows are in PATH.tmp already and later rows are
+        not: nothing waits in memory for the end of the capture."""
+        model, tok = self.load("qwen2")
+        seqs = self.sequences(tok, 256, 32)
+        acts, snapshots = self.path("stream.safetensors"), []
+
+        def after_batch(_msg):
+            with open(acts + ".tmp", "rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                entry = json.loads(f.read(n))["layers.2.v"]
+                f.seek(8 + n + entry["data_offsets"][0])
+                data = f.read(entry["data_offsets"][1] - entry["data_offsets"][0])
+            snapshots.append(torch.frombuffer(bytearray(data), dtype=torch.float32).view(entry["shape"]))
+        capture(model, seqs, acts, batch_size=2, log=after_batch)
+        _, t, _ = read_acts(acts)
+        final = t["layers.2.v"]
+        self.assertEqual(len(snapshots), 4)
+        for i, snap in enumerate(snapshots):
+            done = 64 * (i + 1)
+            self.assertTrue(torch.equal(snap[:done], final[:done]), f"batch {i}")
+            self.assertEqual(int(snap[done:].count_nonzero()), 0, f"batch {i}")
 
     def test_kinds_subset(self):
         model, tok = self.load("qwen2")
