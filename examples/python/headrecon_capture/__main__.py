@@ -1,5 +1,6 @@
 """Command line: python -m headrecon_capture --model DIR_OR_ID (--text FILE ... | --text-dir DIR) --out FILE."""
 import argparse
+import os
 import sys
 
 from .activations_file import parse_dtype
@@ -79,17 +80,17 @@ def main(argv=None):
     from .model_hooks import UnsupportedModel, check_supported
 
     try:
-        device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        model = load_model(a.model, a.model_dtype, device)
-        check_supported(model)
-        tok = transformers.AutoTokenizer.from_pretrained(a.tokenizer or a.model)
         if a.text:
             files, source = a.text, "files: " + " ".join(a.text)
+            for f in files:
+                if not os.path.isfile(f):
+                    raise ValueError(f"{f}: not a file")
         else:
             files = text.list_text_files(a.text_dir, a.suffix, a.split)
             if not files:
                 raise ValueError(f"{a.text_dir}: no files ending in '{a.suffix}' (split {a.split})")
             source = f"dir: {a.text_dir} suffix {a.suffix} split {a.split} ({len(files)} files, sorted by path)"
+        tok = transformers.AutoTokenizer.from_pretrained(a.tokenizer or a.model)
         bos = text.default_bos(tok) if a.bos == "auto" else (tok.bos_token_id if a.bos == "yes" else None)
         if a.bos == "yes" and bos is None:
             raise ValueError("--bos yes: the tokenizer has no BOS token")
@@ -105,6 +106,9 @@ def main(argv=None):
         if not ids:
             raise ValueError("the text holds no tokens")
         seqs = text.cut_sequences(ids, a.seq_len, bos)
+        device = a.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = load_model(a.model, a.model_dtype, device)
+        check_supported(model)
         meta = {"text_source": source, "text_files_used": str(len(used)),
                 "bos": "none" if bos is None else str(bos), "tokenizer": a.tokenizer or a.model}
         if used:

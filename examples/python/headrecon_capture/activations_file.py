@@ -135,6 +135,12 @@ class ActivationsWriter:
         if not rows.is_floating_point():
             raise ValueError(f"{self.path}: tensor '{name}': rows of dtype {rows.dtype} are not floating point")
         x = rows.detach().to(device="cpu", dtype=self.torch_dtype).contiguous()
+        finite = torch.isfinite(x)
+        if not bool(finite.all()):
+            t = int((~finite).reshape(x.shape[0], -1).any(dim=1).nonzero()[0])
+            bad = rows[t].detach().float().cpu().reshape(-1)[~finite[t].reshape(-1)][0].item()
+            raise ValueError(f"{self.path}: tensor '{name}': token {token0 + t} has a value that is not finite "
+                             f"in {self.dtype} (source value {bad}); a wider dtype (bf16, f32) may hold it")
         # bf16 has no NumPy type: its bits go out as int16 (same size, little-endian).
         raw = x.view(torch.int16) if self.torch_dtype == torch.bfloat16 else x
         self._write_rows(name, token0, raw.numpy().tobytes(), int(x.shape[0]))

@@ -167,5 +167,5 @@ class LayerCapture:
             if self.post_rope:
                 self.sink(layer, q_rot if self.want_q else None, k_cached, v_cached)
             else:
-                self.sink(layer, q if self.want_q else None, k, v)
+                self.sink(layer, q if self.want_q else None, k, v_cached)
         return hook

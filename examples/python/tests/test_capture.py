@@ -352,6 +352,13 @@ class CaptureTest(unittest.TestCase):
             ActivationsWriter(path, 1, 4, 2, {"k": 1}, "f32", True, metadata={"n_tokens": "9"})
         with self.assertRaisesRegex(ValueError, "unknown dtype 'f8'"):
             ActivationsWriter(path, 1, 4, 2, {"k": 1}, "f8", True)
+        with ActivationsWriter(path, 1, 4, 2, {"k": 1}, "f16", True) as w:
+            w.write(0, "k", 0, torch.ones(2, 1, 2))
+            big = torch.ones(2, 1, 2)
+            big[1, 0, 1] = 1e6  # beyond f16's 65504
+            with self.assertRaisesRegex(ValueError, r"layers\.0\.k': token 3 has a value that is not finite "
+                                                    r"in f16 \(source value 1000000\.0\)"):
+                w.write(0, "k", 2, big)
 
     def test_text_selection(self):
         files = list_text_files(self.corpus, ".txt", "all")
