@@ -61,12 +61,10 @@ def load_model(name, model_dtype, device):
     import torch
     import transformers
     from packaging.version import Version
-    kw = {}
-    if model_dtype != "auto":
-        # transformers 4.56 renamed torch_dtype to dtype; older ones ignore an unknown `dtype`
-        key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
-        kw[key] = getattr(torch, model_dtype)
-    model = transformers.AutoModelForCausalLM.from_pretrained(name, **kw)
+    # transformers 4.56 renamed torch_dtype to dtype; older ones ignore an unknown `dtype`
+    key = "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+    value = "auto" if model_dtype == "auto" else getattr(torch, model_dtype)
+    model = transformers.AutoModelForCausalLM.from_pretrained(name, **{key: value})
     return model.to(device)
 
 
