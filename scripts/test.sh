@@ -2,12 +2,16 @@
 # The whole test suite: C++17 build (library, tool, tests; warnings as errors)
 # and a C++20 build of the tests, each run through ctest; then the packaging
 # test (install/find_package, pkg-config, add_subdirectory, FetchContent,
-# Conan, vcpkg port) and the API docs (Doxygen, warnings are errors).
+# Conan, vcpkg port) and the API docs (Doxygen, warnings are errors). The C++17
+# ctest includes the Python capture's tests (label python, ~2-3 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 # ctest skips packaging_consumer (it would run once per workflow): it runs below.
 export HEADRECON_PACKAGING_TEST_DEFERRED=1
+# ctest python_capture (examples/python): torch + transformers from PyPI in a venv
+# under the build dir (4.1 GB; 2.4 GB of wheels kept in ~/.cache/headrecon/wheels).
+export HEADRECON_PYTHON_TESTS=1
 cmake --workflow --preset ci-cxx17
 cmake --workflow --preset ci-cxx20
 bash tests/cuda/ci.sh build/ci-cuda  # CUDA backend where nvcc exists (sm_80/90); GPU tests skip without a GPU
