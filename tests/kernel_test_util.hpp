@@ -97,6 +97,20 @@ struct TestCache {
   }
 };
 
+/// Bound on the error of u·x when the kernel quantizes u per block of 32 (as
+/// q8_0: scale amax/127, round to nearest) for a block-type cache: half a
+/// step of each block of u times that block's |x|₁. `x(i)` gives component i.
+template <class X>
+double quantized_query_bound(const std::vector<double>& u, X&& x) {
+  double bound = 0;
+  for (std::size_t b = 0; b + kQuantBlock <= u.size(); b += kQuantBlock) {
+    double amax = 0, xl1 = 0;
+    for (std::size_t j = b; j < b + kQuantBlock; ++j) amax = std::max(amax, std::fabs(u[j])), xl1 += std::fabs(double(x(j)));
+    bound += 0.5 * (amax / 127.0) * (1.0 + 1e-6) * xl1;
+  }
+  return bound;
+}
+
 /// Relative rounding unit of a dtype.
 inline double unit_roundoff(DType t) { return t == DType::f32 ? 0x1p-24 : t == DType::f16 ? 0x1p-11 : 0x1p-8; }
 

@@ -126,12 +126,38 @@ void run_case(const Case& c, std::mt19937& rng) {
       mag = std::max(mag, m);
     }
   };
+  // Block-type caches: the kernel's integer scores use the query quantized per
+  // block of 32 (raw query for cached heads and sinks, W_r q for rebuilt keys).
+  auto score_quant_bound = [&](std::size_t h, std::size_t t) {
+    if (!is_block_type(c.dtype)) return 0.0;
+    const std::size_t head = h / c.group;
+    std::vector<double> u(d);
+    for (std::size_t i = 0; i < d; ++i) u[i] = scale * q[h * d + i];
+    if (t < S) return quantized_query_bound(u, [&](std::size_t i) { return sink_k.value(t, head, i); });
+    auto stream_of_head = [&](HeadId id) {
+      for (std::size_t st = 0; st < ks.size(); ++st)
+        if (ks[st] == id) return st;
+      return std::size_t(0);
+    };
+    const TargetMap* tm = plan.find(Kind::k)->find({layer, std::int32_t(head)});
+    if (!tm)
+      return quantized_query_bound(u, [&](std::size_t i) { return body_k.value(t - S, stream_of_head({layer, std::int32_t(head)}), i); });
+    double b = 0;
+    for (std::size_t r = 0; r < tm->refs.size(); ++r) {
+      std::vector<double> w(d, 0.0);
+      for (std::size_t i = 0; i < d; ++i)
+        for (std::size_t j = 0; j < d; ++j) w[i] += double(tm->weight[(r * d + i) * d + j]) * u[j];
+      b += quantized_query_bound(w, [&](std::size_t i) { return body_k.value(t - S, stream_of_head(tm->refs[r]), i); });
+    }
+    return b;
+  };
   std::vector<double> ref(Hq * d), tol(Hq * d);
   std::vector<double> kv(d), vv(d);
   for (std::size_t h = 0; h < Hq; ++h) {
     const std::size_t head = h / c.group;
     std::vector<double> s(S + T);
-    double smag = 0, vmax = 0;
+    double smag = 0, vmax = 0, ds = 0;
+    for (std::size_t t = 0; t < S + T; ++t) ds = std::max(ds, score_quant_bound(h, t));
     for (std::size_t t = 0; t < S + T; ++t) {
       double mag = 0, dot = 0, dmag = 0;
       for (std::size_t i = 0; i < d; ++i) {
@@ -161,7 +187,8 @@ void run_case(const Case& c, std::mt19937& rng) {
     for (std::size_t i = 0; i < d; ++i) {
       ref[h * d + i] = o[i];
       // f32 arithmetic: score error ~ eps·(2d)·|score terms|, value error ~ eps·(2d)·|value terms|.
-      tol[h * d + i] = 16.0 * 0x1p-24 * double(2 * d) * (1.0 + smag) * vmax + 1e-6;
+      // Quantized queries: a score error δ moves the output by at most 2·δ·max|v|.
+      tol[h * d + i] = 16.0 * 0x1p-24 * double(2 * d) * (1.0 + smag) * vmax + 1e-6 + 2.0 * ds * vmax;
     }
   }
 

@@ -58,6 +58,7 @@ struct SeqData {
   std::size_t len;
   std::vector<float> k, v;
   std::vector<float> sk, sv;  // k, v as the store returns them to attention (stored(), below)
+  std::vector<float> fk;      // k as stored, in the store's (rotated) frame
   float kat(std::size_t l, std::size_t t, std::size_t h, std::size_t i) const { return k[((l * len + t) * kKv + h) * kDim + i]; }
   float vat(std::size_t l, std::size_t t, std::size_t h, std::size_t i) const { return v[((l * len + t) * kKv + h) * kDim + i]; }
 };
@@ -110,14 +111,54 @@ void effective(const Plan& plan, CacheType dt, const SeqData& s, Kind kind, std:
 }
 
 // Scalar attention of one row (query [Hq][d] at position pos) over positions 0..pos.
+// Block-type caches: the kernel's integer scores use each query vector (the
+// raw one, W_r q for rebuilt keys) quantized per block in the store's frame;
+// the bound on the score error of head h at position t.
+double score_quant_bound(const Plan& plan, CacheType dt, const SeqData& s, std::size_t l, std::size_t t, std::size_t h,
+                         const float* q, double scale) {
+  if (!is_block_type(dt.dtype)) return 0.0;
+  const std::size_t g = h / kGroup;
+  auto frame = [&](std::vector<double> u) {
+    if (dt.rotate) {
+      std::vector<float> f(u.begin(), u.end());
+      hadamard_rotate(f.data(), kDim);
+      u.assign(f.begin(), f.end());
+    }
+    return u;
+  };
+  auto stored_k = [&](std::size_t layer, std::size_t head) {
+    const float* x = &s.fk[((layer * s.len + t) * kKv + head) * kDim];
+    return [x](std::size_t i) { return x[i]; };
+  };
+  std::vector<double> u(kDim);
+  for (std::size_t i = 0; i < kDim; ++i) u[i] = scale * q[h * kDim + i];
+  const KindPlan* kp = plan.find(Kind::k);
+  const TargetMap* tm = kp && t >= std::size_t(plan.sink_tokens) ? kp->find({std::int32_t(l), std::int32_t(g)}) : nullptr;
+  if (!tm) return headrecon::testing::quantized_query_bound(frame(u), stored_k(l, g));
+  double b = 0;
+  for (std::size_t r = 0; r < tm->refs.size(); ++r) {
+    std::vector<double> w(kDim, 0.0);
+    for (std::size_t i = 0; i < kDim; ++i)
+      for (std::size_t j = 0; j < kDim; ++j) w[i] += double(tm->weight[(r * kDim + i) * kDim + j]) * u[j];
+    b += headrecon::testing::quantized_query_bound(
+        frame(w), stored_k(std::size_t(tm->refs[r].layer), std::size_t(tm->refs[r].head)));
+  }
+  return b;
+}
+
+// Also returns, per head, the tolerance the quantized queries add: a score
+// error δ moves the output by at most 2·δ·max|v|.
 std::vector<double> reference_row(const Plan& plan, CacheType dt, const SeqData& s, std::size_t l, std::size_t pos,
-                                  const float* q, double scale) {
+                                  const float* q, double scale, std::vector<double>& quant_tol) {
   const std::size_t Hq = kKv * kGroup;
   std::vector<double> out(Hq * kDim, 0.0), kv(kDim);
+  quant_tol.assign(Hq, 0.0);
   for (std::size_t h = 0; h < Hq; ++h) {
     const std::size_t g = h / kGroup;
     std::vector<double> sc(pos + 1);
+    double ds = 0, vmax = 0;
     for (std::size_t t = 0; t <= pos; ++t) {
+      ds = std::max(ds, score_quant_bound(plan, dt, s, l, t, h, q, scale));
       effective(plan, dt, s, Kind::k, l, t, g, kv);
       double dot = 0;
       for (std::size_t i = 0; i < kDim; ++i) dot += double(q[h * kDim + i]) * kv[i];
@@ -128,8 +169,9 @@ std::vector<double> reference_row(const Plan& plan, CacheType dt, const SeqData&
     for (auto& x : sc) sum += (x = std::exp(x - mx));
     for (std::size_t t = 0; t <= pos; ++t) {
       effective(plan, dt, s, Kind::v, l, t, g, kv);
-      for (std::size_t i = 0; i < kDim; ++i) out[h * kDim + i] += sc[t] / sum * kv[i];
+      for (std::size_t i = 0; i < kDim; ++i) out[h * kDim + i] += sc[t] / sum * kv[i], vmax = std::max(vmax, std::fabs(kv[i]));
     }
+    quant_tol[h] = 2.0 * ds * vmax;
   }
   return out;
 }
@@ -151,12 +193,15 @@ struct Fixture {
         store(layout, o, pool.data(), pool.size()) {
     std::normal_distribution<float> g;
     for (std::size_t len : lens) {
-      SeqData s{len, std::vector<float>(kLayers * len * kKv * kDim), std::vector<float>(kLayers * len * kKv * kDim), {}, {}};
+      SeqData s{len, std::vector<float>(kLayers * len * kKv * kDim), std::vector<float>(kLayers * len * kKv * kDim), {}, {}, {}};
       for (auto& x : s.k) x = g(rng);
       for (auto& x : s.v) x = g(rng);
       s.sk.resize(s.k.size());
       s.sv.resize(s.v.size());
+      s.fk.resize(s.k.size());
       for (std::size_t r = 0; r < s.k.size(); r += kDim) {
+        const auto f = stored_frame({o.dtype, o.rotate}, &s.k[r]);
+        std::copy(f.begin(), f.end(), s.fk.begin() + std::ptrdiff_t(r));
         const auto a = stored({o.dtype, o.rotate}, &s.k[r]), b = stored({o.dtype, o.rotate}, &s.v[r]);
         std::copy(a.begin(), a.end(), s.sk.begin() + std::ptrdiff_t(r));
         std::copy(b.begin(), b.end(), s.sv.begin() + std::ptrdiff_t(r));
@@ -200,10 +245,11 @@ void check_rows(const Fixture& f, std::size_t seq, std::size_t layer, std::size_
   const double scale = 1.0 / std::sqrt(double(kDim));
   Worst worst;
   for (std::size_t r = 0; r < n_rows; ++r) {
+    std::vector<double> quant_tol;
     const auto ref = reference_row(f.plan, {f.opt.dtype, f.opt.rotate}, f.data[seq], layer, pos0 + r,
-                                   q.data() + r * Hq * kDim, scale);
+                                   q.data() + r * Hq * kDim, scale, quant_tol);
     for (std::size_t i = 0; i < Hq * kDim; ++i)
-      worst.add(out[r * Hq * kDim + i], ref[i], 2e-5 * (1.0 + std::fabs(ref[i])) + 2e-5,
+      worst.add(out[r * Hq * kDim + i], ref[i], 2e-5 * (1.0 + std::fabs(ref[i])) + 2e-5 + quant_tol[i / kDim],
                 "row " + std::to_string(r) + " head " + std::to_string(i / kDim) + " dim " + std::to_string(i % kDim));
   }
   INFO(what << ": " << worst.report());

@@ -315,7 +315,7 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
   EvalOptions eo;
   eo.seq_len = o.eval_len;
   eo.sinks = o.sinks;
-  eo.dtype = o.cache_dtype;
+  eo.dtypes = {o.cache_dtype};
   eo.simulate = true;
   std::vector<EvalPlan> all_sink_plans, fit_sink_plans;
   for (std::size_t i = 0; i < eval_plans.size(); ++i)

@@ -28,8 +28,10 @@ struct DecodePplStats {
   double seconds = 0;       // all decode steps
   double attn_seconds = 0;  // inside attention (all layers)
   std::size_t allocated_bytes = 0, layout_bytes = 0, full_bytes = 0;  // one sequence's cache (seq_len tokens)
+  std::size_t positions = 0;  // capacity of that cache
   double ppl() const { return std::exp(nll / double(predicted)); }
   double tokens_per_s() const { return double(tokens) / seconds; }
+  double bytes_per_token() const { return positions ? double(allocated_bytes) / double(positions) : 0.0; }
 };
 
 /// Perplexity of `tokens` in sequences of seq_len, every token decoded one at
@@ -49,6 +51,7 @@ inline DecodePplStats decode_perplexity(const LlamaModel& model, const std::vect
   st.allocated_bytes = cache.allocated_bytes();
   st.layout_bytes = cache.layout_bytes();
   st.full_bytes = cache.full_bytes();
+  st.positions = cache.capacity();
   std::vector<float> logits;
   const LogitsMode mode = chunk == 1 ? LogitsMode::last : LogitsMode::all;
   const auto start = std::chrono::steady_clock::now();
@@ -169,6 +172,7 @@ inline std::string plan_key(const headrecon::Plan& p) {
 
 struct EvalRow {
   std::string plan = "full";  // plan name, "full" for the full cache
+  std::string cache = "f32";  // what the KV cache stores (CacheType::name)
   std::string apply = "-";    // K, V, K+V or -
   int sink = 0;
   std::size_t k_rebuilt = 0, v_rebuilt = 0, kv_heads = 0;  // rebuilt heads over all layers; K (or V) heads of the model
@@ -189,9 +193,10 @@ inline double mean_r2(const headrecon::KindPlan* kp) {
 }
 
 inline EvalRow describe_row(const std::string& name, const headrecon::Plan* p, Apply a, int sink,
-                            std::size_t kv_heads_total) {
+                            std::size_t kv_heads_total, headrecon::CacheType cache = headrecon::CacheType()) {
   EvalRow r;
   r.plan = name;
+  r.cache = cache.name();
   r.sink = sink;
   r.kv_heads = kv_heads_total;
   if (!p) return r;
@@ -212,18 +217,20 @@ inline std::string fmtd(const char* f, double v) {
 
 /// The table, as printed and as Markdown (md = true).
 inline void print_eval_table(const std::vector<EvalRow>& rows, std::ostream& os, bool md) {
-  const EvalRow* base = nullptr;
+  const EvalRow* base = nullptr;  // the full cache: in f32 when there is one
   for (const auto& r : rows)
-    if (r.plan == "full") base = &r;
+    if (r.plan == "full" && (!base || r.cache == "f32")) base = &r;
   bool sim = false;
   for (const auto& r : rows) sim = sim || !std::isnan(r.sim_ppl);
-  const char* hdr[] = {"plan", "applied", "sink", "K rebuilt", "V rebuilt", "max refs", "R2 K", "R2 V",
-                       "ppl", "vs full", "KV bytes", "saved", "decode tok/s", "attn us/tok", "simulated ppl"};
+  const char* hdr[] = {"plan", "cache", "applied", "sink", "K rebuilt", "V rebuilt", "max refs", "R2 K", "R2 V",
+                       "ppl", "vs full", "KV bytes", "bytes/token", "saved", "decode tok/s", "attn us/tok",
+                       "simulated ppl"};
   std::vector<std::vector<std::string>> cells;
   for (const auto& r : rows) {
     const double ppl = r.st.ppl();
     std::vector<std::string> c;
     c.push_back(r.plan);
+    c.push_back(r.cache);
     c.push_back(r.apply);
     c.push_back(std::to_string(r.sink));
     c.push_back(std::to_string(r.k_rebuilt) + "/" + std::to_string(r.kv_heads));
@@ -234,6 +241,7 @@ inline void print_eval_table(const std::vector<EvalRow>& rows, std::ostream& os,
     c.push_back(fmtd("%.4f", ppl));
     c.push_back(base ? fmtd("%+.2f%%", 100.0 * (ppl / base->st.ppl() - 1.0)) : "-");  // base: the "full" row
     c.push_back(std::to_string(r.st.allocated_bytes));
+    c.push_back(fmtd("%.1f", r.st.bytes_per_token()));
     c.push_back(fmtd("%.1f%%", 100.0 * (1.0 - double(r.st.allocated_bytes) / double(r.st.full_bytes))));
     c.push_back(r.same_as.empty() ? fmtd("%.1f", r.st.tokens_per_s()) : "= " + r.same_as);
     c.push_back(r.same_as.empty() ? fmtd("%.0f", 1e6 * r.st.attn_seconds / double(r.st.tokens)) : "");
@@ -249,13 +257,13 @@ inline void print_eval_table(const std::vector<EvalRow>& rows, std::ostream& os,
     for (std::size_t i = 0; i < nc; ++i) {
       if (md) os << "| ";
       const std::string pad(w[i] - c[i].size(), ' ');
-      os << (i < 3 ? c[i] + pad : pad + c[i]) << (md ? " " : "  ");
+      os << (i < 4 ? c[i] + pad : pad + c[i]) << (md ? " " : "  ");
     }
     os << (md ? "|\n" : "\n");
   };
   line(std::vector<std::string>(hdr, hdr + nc));
   if (md) {
-    for (std::size_t i = 0; i < nc; ++i) os << "|" << (i < 3 ? ":" : "") << std::string(w[i] + 1, '-') << (i < 3 ? "" : ":");
+    for (std::size_t i = 0; i < nc; ++i) os << "|" << (i < 4 ? ":" : "") << std::string(w[i] + 1, '-') << (i < 4 ? "" : ":");
     os << "|\n";
   }
   for (const auto& c : cells) line(c);
@@ -263,16 +271,16 @@ inline void print_eval_table(const std::vector<EvalRow>& rows, std::ostream& os,
 
 inline void write_eval_csv(const std::vector<EvalRow>& rows, const std::string& path) {
   std::ofstream os(path);
-  os << "plan,applied,sink,k_rebuilt,v_rebuilt,kv_heads,max_refs,mean_r2_k,mean_r2_v,ppl,mean_nll,predicted,"
-        "tokens,sequences,kv_bytes_allocated,kv_bytes_layout,kv_bytes_full,decode_seconds,decode_tokens_per_s,"
-        "attention_seconds,simulated_ppl,same_as\n";
+  os << "plan,cache,applied,sink,k_rebuilt,v_rebuilt,kv_heads,max_refs,mean_r2_k,mean_r2_v,ppl,mean_nll,predicted,"
+        "tokens,sequences,kv_bytes_allocated,kv_bytes_layout,kv_bytes_full,kv_bytes_per_token,decode_seconds,"
+        "decode_tokens_per_s,attention_seconds,simulated_ppl,same_as\n";
   for (const auto& r : rows) {
-    os << r.plan << "," << r.apply << "," << r.sink << "," << r.k_rebuilt << "," << r.v_rebuilt << "," << r.kv_heads
+    os << r.plan << "," << r.cache << "," << r.apply << "," << r.sink << "," << r.k_rebuilt << "," << r.v_rebuilt << "," << r.kv_heads
        << "," << r.max_refs << "," << (std::isnan(r.mean_r2_k) ? "" : fmtd("%.6f", r.mean_r2_k)) << ","
        << (std::isnan(r.mean_r2_v) ? "" : fmtd("%.6f", r.mean_r2_v)) << "," << fmtd("%.6f", r.st.ppl()) << ","
        << fmtd("%.8f", r.st.nll / double(r.st.predicted)) << "," << r.st.predicted << "," << r.st.tokens << ","
        << r.st.sequences << "," << r.st.allocated_bytes << "," << r.st.layout_bytes << "," << r.st.full_bytes << ","
-       << fmtd("%.4f", r.st.seconds) << "," << fmtd("%.3f", r.st.tokens_per_s()) << ","
+       << fmtd("%.3f", r.st.bytes_per_token()) << "," << fmtd("%.4f", r.st.seconds) << "," << fmtd("%.3f", r.st.tokens_per_s()) << ","
        << fmtd("%.5f", r.st.attn_seconds) << "," << (std::isnan(r.sim_ppl) ? "" : fmtd("%.6f", r.sim_ppl)) << ","
        << r.same_as << "\n";
   }
@@ -301,13 +309,14 @@ inline void write_eval_json(const std::vector<EvalRow>& rows, const std::map<std
   os << "},\n  \"rows\": [\n";
   for (std::size_t i = 0; i < rows.size(); ++i) {
     const auto& r = rows[i];
-    os << "    {\"plan\": " << q(r.plan) << ", \"applied\": " << q(r.apply) << ", \"sink\": " << r.sink
+    os << "    {\"plan\": " << q(r.plan) << ", \"cache\": " << q(r.cache) << ", \"applied\": " << q(r.apply) << ", \"sink\": " << r.sink
        << ", \"k_rebuilt\": " << r.k_rebuilt << ", \"v_rebuilt\": " << r.v_rebuilt << ", \"kv_heads\": " << r.kv_heads
        << ", \"max_refs\": " << r.max_refs << ", \"mean_r2_k\": " << num(r.mean_r2_k, "%.6f")
        << ", \"mean_r2_v\": " << num(r.mean_r2_v, "%.6f") << ", \"ppl\": " << fmtd("%.6f", r.st.ppl())
        << ", \"predicted\": " << r.st.predicted << ", \"tokens\": " << r.st.tokens
        << ", \"kv_bytes_allocated\": " << r.st.allocated_bytes << ", \"kv_bytes_layout\": " << r.st.layout_bytes
-       << ", \"kv_bytes_full\": " << r.st.full_bytes << ", \"decode_tokens_per_s\": "
+       << ", \"kv_bytes_full\": " << r.st.full_bytes << ", \"kv_bytes_per_token\": "
+       << fmtd("%.3f", r.st.bytes_per_token()) << ", \"decode_tokens_per_s\": "
        << fmtd("%.3f", r.st.tokens_per_s()) << ", \"attention_seconds\": " << fmtd("%.5f", r.st.attn_seconds)
        << ", \"simulated_ppl\": " << num(r.sim_ppl, "%.6f") << ", \"same_as\": " << q(r.same_as) << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
   }
@@ -324,7 +333,7 @@ struct EvalOptions {
   std::size_t seq_len = 256;
   std::vector<Apply> variants{Apply::k, Apply::v, Apply::kv};
   std::vector<int> sinks{0, 4};
-  headrecon::CacheType dtype = headrecon::CacheType();
+  std::vector<headrecon::CacheType> dtypes{headrecon::CacheType()};  // one full row and one row per plan each
   std::size_t chunk = 1;
   bool simulate = false;  // also compute the simulated perplexity (full cache, predicted K/V written in)
   bool include_full = true;  // run the full cache first (the baseline of "vs full")
@@ -332,61 +341,72 @@ struct EvalOptions {
   bool verbose = true;
 };
 
-/// Runs the full cache, then every plan x variant x sink (a variant that
-/// rebuilds nothing is skipped; a plan identical to an earlier one reuses its
-/// result). Progress lines go to `log`.
+/// For every cache type: the full cache, then every plan x variant x sink
+/// (a variant that rebuilds nothing is skipped; a plan identical to an
+/// earlier one in the same cache type reuses its result). Progress lines go
+/// to `log`.
 inline std::vector<EvalRow> run_eval(const LlamaModel& model, const std::vector<std::int32_t>& tokens,
                                      const std::vector<EvalPlan>& plans, const EvalOptions& opt, std::ostream& log) {
   const LlamaConfig& c = model.config();
   const std::size_t kv_total = c.n_layer * c.n_head_kv;
   std::vector<EvalRow> rows;
-  EvalRow full = describe_row("full", nullptr, Apply::kv, 0, kv_total);
-  std::map<std::string, std::string> done;  // plan key -> row label
+  std::map<std::string, std::string> done;  // cache + plan key -> row label
   std::vector<EvalRow> known = opt.reuse;   // rows whose results may be reused
-  for (const auto& r : opt.reuse)
-    if (r.plan == "full") full = r;
-  if (opt.include_full) {
-    full.st = decode_perplexity(model, tokens, opt.seq_len, nullptr, opt.dtype, opt.chunk);
-    if (opt.simulate) full.sim_ppl = perplexity(model, tokens, opt.seq_len).ppl();  // the engine's own batched pass
-    if (opt.verbose)
-      log << "  full cache: ppl " << fmtd("%.4f", full.st.ppl()) << ", " << fmtd("%.1f", full.st.tokens_per_s())
-          << " tokens/s\n";
-    rows.push_back(full);
-  } else if (full.st.predicted == 0) {
-    fail("eval: include_full is off and no full-cache row was given to reuse");
-  }
-  auto label_of = [](const EvalRow& x) { return x.plan + " " + x.apply + " s" + std::to_string(x.sink); };
+  auto label_of = [](const EvalRow& x) {
+    return x.plan + " " + x.cache + " " + x.apply + " s" + std::to_string(x.sink);
+  };
   for (const auto& x : known)
-    if (!x.key.empty() && x.same_as.empty()) done[x.key] = label_of(x);
-  for (const auto& ep : plans)
-    for (int sink : opt.sinks)
-      for (Apply a : opt.variants) {
-        const headrecon::Plan p = plan_variant(ep.plan, a, sink);
-        EvalRow r = describe_row(ep.name, &p, a, sink, kv_total);
-        if (r.k_rebuilt + r.v_rebuilt == 0) continue;
-        const std::string key = plan_key(p);
-        const std::string label = label_of(r);
-        r.key = key;
-        auto it = done.find(key);
-        if (it != done.end()) {
-          for (const auto& x : known)
-            if (label_of(x) == it->second) r.st = x.st, r.sim_ppl = x.sim_ppl;
-          r.same_as = it->second;
-        } else {
-          r.st = decode_perplexity(model, tokens, opt.seq_len, &p, opt.dtype, opt.chunk);
-          if (opt.simulate) r.sim_ppl = simulated_perplexity(model, tokens, opt.seq_len, p).ppl();
-          done[key] = label;
+    if (!x.key.empty() && x.same_as.empty()) done[x.cache + "#" + x.key] = label_of(x);
+  double base_ppl = 0;  // the full cache in f32 when evaluated, else the first full cache
+  for (const headrecon::CacheType ct : opt.dtypes) {
+    EvalRow full = describe_row("full", nullptr, Apply::kv, 0, kv_total, ct);
+    for (const auto& r : opt.reuse)
+      if (r.plan == "full" && r.cache == full.cache) full = r;
+    if (opt.include_full) {
+      full.st = decode_perplexity(model, tokens, opt.seq_len, nullptr, ct, opt.chunk);
+      if (opt.simulate && ct == headrecon::CacheType())
+        full.sim_ppl = perplexity(model, tokens, opt.seq_len).ppl();  // the engine's own batched pass
+      if (opt.verbose)
+        log << "  full cache " << full.cache << ": ppl " << fmtd("%.4f", full.st.ppl()) << ", "
+            << fmtd("%.1f", full.st.bytes_per_token()) << " bytes/token, " << fmtd("%.1f", full.st.tokens_per_s())
+            << " tokens/s\n";
+      rows.push_back(full);
+    } else if (full.st.predicted == 0) {
+      fail("eval: include_full is off and no full-cache row for ", full.cache, " was given to reuse");
+    }
+    if (base_ppl == 0 || full.cache == "f32") base_ppl = full.st.ppl();
+    for (const auto& ep : plans)
+      for (int sink : opt.sinks)
+        for (Apply a : opt.variants) {
+          const headrecon::Plan p = plan_variant(ep.plan, a, sink);
+          EvalRow r = describe_row(ep.name, &p, a, sink, kv_total, ct);
+          if (r.k_rebuilt + r.v_rebuilt == 0) continue;
+          const std::string key = plan_key(p);
+          const std::string label = label_of(r);
+          r.key = key;
+          auto it = done.find(r.cache + "#" + key);
+          if (it != done.end()) {
+            for (const auto& x : known)
+              if (label_of(x) == it->second) r.st = x.st, r.sim_ppl = x.sim_ppl;
+            r.same_as = it->second;
+          } else {
+            r.st = decode_perplexity(model, tokens, opt.seq_len, &p, ct, opt.chunk);
+            if (opt.simulate && ct == headrecon::CacheType())
+              r.sim_ppl = simulated_perplexity(model, tokens, opt.seq_len, p).ppl();
+            done[r.cache + "#" + key] = label;
+          }
+          if (opt.verbose)
+            log << "  " << label << ": ppl " << fmtd("%.4f", r.st.ppl()) << " ("
+                << fmtd("%+.2f%%", 100.0 * (r.st.ppl() / base_ppl - 1)) << "), KV "
+                << fmtd("%.1f", r.st.bytes_per_token()) << " bytes/token ("
+                << fmtd("%.1f%%", 100.0 * (1 - double(r.st.allocated_bytes) / double(r.st.full_bytes)))
+                << " saved), " << (r.same_as.empty() ? fmtd("%.1f", r.st.tokens_per_s()) + " tokens/s"
+                                                     : "same plan as " + r.same_as)
+                << "\n";
+          rows.push_back(r);
+          known.push_back(r);
         }
-        if (opt.verbose)
-          log << "  " << label << ": ppl " << fmtd("%.4f", r.st.ppl()) << " ("
-              << fmtd("%+.2f%%", 100.0 * (r.st.ppl() / full.st.ppl() - 1)) << "), KV " << r.st.allocated_bytes
-              << " bytes (" << fmtd("%.1f%%", 100.0 * (1 - double(r.st.allocated_bytes) / double(r.st.full_bytes)))
-              << " saved), " << (r.same_as.empty() ? fmtd("%.1f", r.st.tokens_per_s()) + " tokens/s"
-                                                   : "same plan as " + r.same_as)
-              << "\n";
-        rows.push_back(r);
-        known.push_back(r);
-      }
+  }
   return rows;
 }
 

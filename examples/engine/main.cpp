@@ -57,7 +57,7 @@ Commands:
                                                R2 analysis (trained and random
                                                weights), plans, eval, report
   eval      --model GGUF TEXT [--seqs 2] [--seq-len 256] --plan [NAME=]PLAN ...
-            [--variants k,v,kv] [--sinks 0,4] [--cache-dtype f32|f16|bf16|q8_0|q4_0|q4_0r]
+            [--variants k,v,kv] [--sinks 0,4] [--cache-dtype f32,f16,bf16,q8_0,q4_0,q4_0r]
             [--chunk 1] [--simulate] [--spread] [--csv FILE] [--json FILE] [--md FILE]
                                                perplexity decoded token by token
                                                through a reference-only KV cache:
@@ -467,9 +467,8 @@ int cmd_eval(const Args& a) {
   const std::size_t seqs = std::size_t(a.integer("--seqs", 2, 1, 1L << 20));
   opt.chunk = std::size_t(a.integer("--chunk", 1, 1, 1L << 20));
   opt.simulate = a.has("--simulate");
-  std::string dt = a.str("--cache-dtype", "f32");
-  for (char& ch : dt) ch = char(std::toupper(static_cast<unsigned char>(ch)));
-  opt.dtype = headrecon::CacheType::parse(dt);
+  opt.dtypes.clear();
+  for (const auto& t : split_list(a.str("--cache-dtype", "f32"))) opt.dtypes.push_back(headrecon::CacheType::parse(t));
   if (a.has("--variants")) {
     opt.variants.clear();
     for (const auto& v : split_list(a.str("--variants"))) opt.variants.push_back(he::parse_apply(v));
@@ -510,7 +509,7 @@ int cmd_eval(const Args& a) {
   std::cout << "text: " << source << "\n"
             << "eval: " << seqs << " sequences of " << opt.seq_len << " tokens, decoded one token at a time"
             << (opt.chunk > 1 ? " (chunks of " + std::to_string(opt.chunk) + ")" : std::string())
-            << " through the reference-only cache (" << opt.dtype.name() << ")\n";
+            << " through the reference-only cache\n";
   const std::vector<he::EvalRow> rows = he::run_eval(m, s.tokens, plans, opt, std::cout);
   std::cout << "\n";
   he::print_eval_table(rows, std::cout, false);
@@ -518,7 +517,7 @@ int cmd_eval(const Args& a) {
                                           {"text", source},
                                           {"seq_len", std::to_string(opt.seq_len)},
                                           {"sequences", std::to_string(seqs)},
-                                          {"cache_dtype", opt.dtype.name()},
+                                          {"cache_dtypes", a.str("--cache-dtype", "f32")},
                                           {"chunk", std::to_string(opt.chunk)}};
   if (a.has("--csv")) he::write_eval_csv(rows, a.str("--csv"));
   if (a.has("--json")) he::write_eval_json(rows, meta, a.str("--json"));

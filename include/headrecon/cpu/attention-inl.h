@@ -129,6 +129,127 @@ HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const float* const*
     }
 }
 
+// The 32 values of a q8_0 or q4_0 block at p as int16 vectors k[0..32/N)
+// (N int16 lanes each, values in order); returns the block's scale.
+template <class D16>
+HWY_INLINE float LoadBlockI16(D16 d16, const unsigned char* p, DType t, hn::Vec<D16>* k) {
+  constexpr size_t N = hn::MaxLanes(D16()), n = kQuantBlock / N;
+  static_assert(N <= kQuantBlock, "int16 vectors wider than a block");
+  if (t == DType::q8_0) {
+    const auto* b = reinterpret_cast<const BlockQ8_0*>(p);
+    const hn::Rebind<int8_t, D16> d8;
+    for (size_t m = 0; m < n; ++m) k[m] = hn::PromoteTo(d16, hn::LoadU(d8, b->qs + m * N));
+    return to_float(b->d);
+  }
+  const auto* b = reinterpret_cast<const BlockQ4_0*>(p);  // byte j: value j (low nibble), value j + 16 (high)
+#if HWY_TARGET != HWY_SCALAR
+  if constexpr (N == kQuantBlock) {
+    const hn::Half<D16> dh;
+    const hn::Rebind<uint8_t, decltype(dh)> d8;
+    const auto x = hn::BitCast(dh, hn::PromoteTo(hn::RebindToUnsigned<decltype(dh)>(), hn::LoadU(d8, b->qs)));
+    k[0] = hn::Sub(hn::Combine(d16, hn::ShiftRight<4>(x), hn::And(x, hn::Set(dh, 15))), hn::Set(d16, 8));
+  } else
+#endif
+  {
+    const hn::Rebind<uint8_t, D16> d8;
+    for (size_t m = 0; m < n / 2; ++m) {
+      const auto x = hn::BitCast(d16, hn::PromoteTo(hn::RebindToUnsigned<D16>(), hn::LoadU(d8, b->qs + m * N)));
+      k[m] = hn::Sub(hn::And(x, hn::Set(d16, 15)), hn::Set(d16, 8));
+      k[n / 2 + m] = hn::Sub(hn::ShiftRight<4>(x), hn::Set(d16, 8));
+    }
+  }
+  return to_float(b->d);
+}
+
+// score_j[t] += q_j·k_t over a q8_0 / q4_0 stream, in integers: each block's
+// int8 keys times the query's int8 values (widening 16-bit multiply-add into
+// 32 bits), scaled by both blocks' scales in f32. Tile of J queries × 4 tokens.
+template <size_t J>
+HWY_INLINE void ScoresQuantJ(const int16_t* const* HWY_RESTRICT qi, const float* const* HWY_RESTRICT qsc,
+                             const HeadStream& st, size_t t0, size_t nb, size_t d, float* const* HWY_RESTRICT scores) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToSigned<decltype(df)> di;
+#if HWY_TARGET == HWY_SCALAR
+  const hn::Rebind<int16_t, decltype(df)> d16;  // one lane
+#else
+  const hn::Repartition<int16_t, decltype(df)> d16;  // twice the f32 lanes
+#endif
+  using V16 = hn::Vec<decltype(d16)>;
+  constexpr size_t N = hn::MaxLanes(d16), n = kQuantBlock / N;
+  const size_t nblk = d / kQuantBlock, bb = dtype_block_bytes(st.dtype);
+  auto dot = [&](const V16* k, const V16* q) {
+    auto s0 = hn::Zero(di), s1 = hn::Zero(di);
+    HEADRECON_ATTN_UNROLL
+    for (size_t m = 0; m < n; ++m) s0 = hn::ReorderWidenMulAccumulate(di, k[m], q[m], s0, s1);
+    return hn::ConvertTo(df, hn::RearrangeToOddPlusEven(s0, s1));
+  };
+  size_t t = 0;
+  for (; t + 4 <= nb; t += 4) {
+    hn::Vec<decltype(df)> acc[J][4];
+    HEADRECON_ATTN_UNROLL
+    for (size_t j = 0; j < J; ++j) {
+      HEADRECON_ATTN_UNROLL
+      for (size_t u = 0; u < 4; ++u) acc[j][u] = hn::Zero(df);
+    }
+    const unsigned char* row[4];
+    for (size_t u = 0; u < 4; ++u) row[u] = static_cast<const unsigned char*>(st.row_address(t0 + t + u));
+    for (size_t b = 0; b < nblk; ++b) {
+      V16 k[4][n];
+      float dk[4];
+      HEADRECON_ATTN_UNROLL
+      for (size_t u = 0; u < 4; ++u) dk[u] = LoadBlockI16(d16, row[u] + b * bb, st.dtype, k[u]);
+      HEADRECON_ATTN_UNROLL
+      for (size_t j = 0; j < J; ++j) {
+        V16 q[n];
+        HEADRECON_ATTN_UNROLL
+        for (size_t m = 0; m < n; ++m) q[m] = hn::LoadU(d16, qi[j] + b * kQuantBlock + m * N);
+        HEADRECON_ATTN_UNROLL
+        for (size_t u = 0; u < 4; ++u) acc[j][u] = hn::MulAdd(dot(k[u], q), hn::Set(df, dk[u] * qsc[j][b]), acc[j][u]);
+      }
+    }
+    for (size_t j = 0; j < J; ++j) {
+      alignas(16) float s4[4];
+      Sum4(df, acc[j][0], acc[j][1], acc[j][2], acc[j][3], s4);
+      for (size_t u = 0; u < 4; ++u) scores[j][t + u] += s4[u];
+    }
+  }
+  for (; t < nb; ++t) {
+    const unsigned char* row = static_cast<const unsigned char*>(st.row_address(t0 + t));
+    for (size_t j = 0; j < J; ++j) {
+      auto a = hn::Zero(df);
+      for (size_t b = 0; b < nblk; ++b) {
+        V16 k[n], q[n];
+        const float dk = LoadBlockI16(d16, row + b * bb, st.dtype, k);
+        for (size_t m = 0; m < n; ++m) q[m] = hn::LoadU(d16, qi[j] + b * kQuantBlock + m * N);
+        a = hn::MulAdd(dot(k, q), hn::Set(df, dk * qsc[j][b]), a);
+      }
+      scores[j][t] += hn::GetLane(hn::SumOfLanes(df, a));
+    }
+  }
+}
+
+template <size_t J>
+HWY_INLINE void ScoresQuantUpTo(size_t nj, const int16_t* const* qi, const float* const* qsc, const HeadStream& st,
+                                size_t t0, size_t nb, size_t d, float* const* ss) {
+  if constexpr (J > 0) {
+    if (nj == J) return ScoresQuantJ<J>(qi, qsc, st, t0, nb, d, ss);
+    return ScoresQuantUpTo<J - 1>(nj, qi, qsc, st, t0, nb, d, ss);
+  }
+}
+
+// Quantizes a query vector per block of 32 as q8_0 does (scale amax/127,
+// round half away from zero), into int16 values and f32 scales.
+HWY_INLINE void QuantizeQuery(const float* HWY_RESTRICT q, size_t d, int16_t* HWY_RESTRICT qi,
+                              float* HWY_RESTRICT qs) {
+  for (size_t b = 0; b < d / kQuantBlock; ++b) {
+    float amax = 0.f;
+    for (size_t j = 0; j < kQuantBlock; ++j) amax = std::fmax(amax, std::fabs(q[b * kQuantBlock + j]));
+    const float s = amax / 127.f, is = s != 0.f ? 1.f / s : 0.f;
+    qs[b] = s;
+    for (size_t j = 0; j < kQuantBlock; ++j) qi[b * kQuantBlock + j] = int16_t(std::round(q[b * kQuantBlock + j] * is));
+  }
+}
+
 // score[t] += q·rows[t] for one query vector.
 HWY_INLINE void Scores(const float* HWY_RESTRICT q, const float* const* rows, size_t nb, size_t d,
                        float* HWY_RESTRICT score) {
@@ -297,6 +418,12 @@ inline HWY_NOINLINE void PrepareQueries(const AttentionLayerPlan& p, float scale
   }
   if (p.rotated)  // q·k = (Hq)·(Hk): the cache holds Hk
     for (size_t v = 0; v < p.n_qvecs; ++v) hadamard_rotate(qv + v * d, d);
+  if (d % kQuantBlock == 0) {  // for block-type caches: integer dot products
+    int16_t* qi = reinterpret_cast<int16_t*>(qb + H);
+    float* qs = qb + H + p.n_qvecs * d / 2;
+    for (size_t v = 0; v < p.n_qvecs; ++v)
+      attn::QuantizeQuery(qv + v * d, d, qi + v * d, qs + v * (d / kQuantBlock));
+  }
 }
 
 /// One split-K task (AttentionChunkArgs): every row's partial softmax state
@@ -316,6 +443,10 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     for (size_t i = H; i < sf; ++i) st[i] = 0.f;
   }
   auto qv = [&](size_t r) { return c.queries + r * qf; };
+  auto qint = [&](size_t r, size_t vec) {  // row r's query vector vec, quantized (block-type streams)
+    return reinterpret_cast<const int16_t*>(qv(r) + p.n_qvecs * d + H) + vec * d;
+  };
+  auto qscale = [&](size_t r, size_t vec) { return qv(r) + p.n_qvecs * d + H + p.n_qvecs * d / 2 + vec * (d / kQuantBlock); };
   auto acc = [&](size_t r) { return c.state + r * sf + 3 * H; };
   const float* rows[kAttnBlock];
 
@@ -326,38 +457,47 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       for (size_t h = 0; h < H; ++h)
         for (size_t t = 0; t < nb; ++t) sc[(r * H + h) * B + t] = sink ? 0.f : qb[h];
     }
-    // Scores, tiled over (row, job) pairs that share a stream.
+    // Scores, tiled over (row, job) pairs that share a stream: f32 dot
+    // products, or for q8_0 / q4_0 streams integer ones with quantized queries.
     const float* qs[TJ];
+    const int16_t* qi[TJ];
+    const float* qsc[TJ];
     float* ss[TJ];
     size_t n = 0;
+    const HeadStream* cur = nullptr;
+    size_t cur_t0 = 0;
     auto flush_scores = [&] {
-      if (n) attn::ScoresUpTo<TJ>(n, qs, rows, nb, d, ss);
+      if (n && is_block_type(cur->dtype))
+        attn::ScoresQuantUpTo<TJ>(n, qi, qsc, *cur, cur_t0, nb, d, ss);
+      else if (n)
+        attn::ScoresUpTo<TJ>(n, qs, rows, nb, d, ss);
       n = 0;
+    };
+    auto add_score_job = [&](size_t r, size_t vec, size_t head) {
+      qs[n] = qv(r) + vec * d, ss[n] = sc + (r * H + head) * B;
+      if (is_block_type(cur->dtype)) qi[n] = qint(r, vec), qsc[n] = qscale(r, vec);
+      if (++n == TJ) flush_scores();
+    };
+    auto use_stream = [&](const HeadStream& st, size_t t0) {
+      cur = &st, cur_t0 = t0;
+      if (!is_block_type(st.dtype)) attn::BlockRows(st, t0, nb, d, conv, rows);
     };
     if (sink) {
       for (size_t g = 0; g < p.n_kv_heads; ++g) {
-        attn::BlockRows(cache.sink_k[g], b0, nb, d, conv, rows);
-        for (size_t r = 0; r < M; ++r) {
-          if (R.row_len[r] <= b0) continue;
-          for (size_t h = g * G; h < (g + 1) * G; ++h) {
-            qs[n] = qv(r) + h * d, ss[n] = sc + (r * H + h) * B;
-            if (++n == TJ) flush_scores();
-          }
-        }
+        use_stream(cache.sink_k[g], b0);
+        for (size_t r = 0; r < M; ++r)
+          if (R.row_len[r] > b0)
+            for (size_t h = g * G; h < (g + 1) * G; ++h) add_score_job(r, h, h);
         flush_scores();
       }
     } else {
       for (size_t s = 0; s < p.n_k_streams; ++s) {
         const auto& jobs = p.k_jobs[s];
         if (jobs.empty()) continue;
-        attn::BlockRows(cache.k[s], b0 - S, nb, d, conv, rows);
-        for (size_t r = 0; r < M; ++r) {
-          if (R.row_len[r] <= b0) continue;
-          for (const auto& job : jobs) {
-            qs[n] = qv(r) + job.vec * d, ss[n] = sc + (r * H + job.head) * B;
-            if (++n == TJ) flush_scores();
-          }
-        }
+        use_stream(cache.k[s], b0 - S);
+        for (size_t r = 0; r < M; ++r)
+          if (R.row_len[r] > b0)
+            for (const auto& job : jobs) add_score_job(r, job.vec, job.head);
         flush_scores();
       }
     }

@@ -43,9 +43,12 @@ struct AttentionRunArgs {
   std::size_t workspace_floats = 0;
 };
 
-/// Floats of one row's prepared queries: scaled raw and absorbed query vectors, then scale·q·b_K per head.
+/// Floats of one row's prepared queries: scaled raw and absorbed query vectors, scale·q·b_K per head,
+/// then (head_dim a multiple of 32) the vectors quantized per block of 32 for block-type caches:
+/// int16 values and one f32 scale per block.
 inline std::size_t attention_query_floats(const AttentionLayerPlan& p) {
-  return p.n_qvecs * p.head_dim + p.n_q_heads;
+  const std::size_t quant = p.head_dim % kQuantBlock == 0 ? p.n_qvecs * (p.head_dim / 2 + p.head_dim / kQuantBlock) : 0;
+  return p.n_qvecs * p.head_dim + p.n_q_heads + quant;
 }
 /// Floats of one row's partial softmax state: max, sum, body mass per head, then the accumulators.
 inline std::size_t attention_state_floats(const AttentionLayerPlan& p) {

@@ -61,6 +61,8 @@ __device__ inline float load_as_f32(DType t, const void* base, std::ptrdiff_t id
     case DType::f32: return static_cast<const float*>(base)[idx];
     case DType::f16: return Elem<f16_t>::to_f32(static_cast<const f16_t*>(base)[idx]);
     case DType::bf16: return Elem<bf16_t>::to_f32(static_cast<const bf16_t*>(base)[idx]);
+    case DType::q8_0:
+    case DType::q4_0: break;  // block types are rejected before any kernel launch
   }
   return __int_as_float(0x7fc00000);
 }
@@ -72,6 +74,8 @@ __device__ inline void store_from_f32(DType t, const void* base, std::ptrdiff_t 
     case DType::f32: static_cast<float*>(p)[idx] = v; break;
     case DType::f16: static_cast<std::uint16_t*>(p)[idx] = __half_as_ushort(__float2half_rn(v)); break;
     case DType::bf16: static_cast<std::uint16_t*>(p)[idx] = __bfloat16_as_ushort(__float2bfloat16_rn(v)); break;
+    case DType::q8_0:
+    case DType::q4_0: break;  // block types are rejected before any kernel launch
   }
 }
 
