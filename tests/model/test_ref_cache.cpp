@@ -112,7 +112,7 @@ TEST_CASE("ref cache: without a plan, decoding through decode_attention reproduc
   CHECK(cache.size() == ids.size());
   CHECK_THROWS_WITH(eng.forward(ids.data(), 1, cache, he::LogitsMode::none, nullptr), Catch::Contains("capacity"));
   // bf16 storage: half the bytes, logits close.
-  he::KvCache half(l.model.attention_shape(), nullptr, ids.size(), hr::DType::bf16);
+  he::KvCache half(l.model.attention_shape(), nullptr, ids.size(), hr::CacheType::parse("bf16"));
   CHECK(half.allocated_bytes() * 2 == cache.allocated_bytes());
   const double d3 = max_abs_diff(decoded_logits(l.model, ids, half), want);
   INFO("bf16 cache: " << d3);
