@@ -1,14 +1,22 @@
 #pragma once
 // One decode-attention benchmark problem: a layer of a model shape at a
-// context length, with a full cache and a reference-only cache of the same
-// tokens, and the four ways to attend that the benchmarks compare.
+// context length, in KvStores of one cache type (paged, 16-token blocks) as
+// an engine holds them, and the ways to attend that the benchmarks compare:
+// - full: every KV head cached, same kernel;
+// - absorbed: the reference-only cache (keys absorbed, values mapped);
+// - refs-only: the cached heads attended by their own query heads alone,
+//   i.e. the reference cache's bytes with none of the extra work;
+// - reconstruct-then-attend (rta): rebuild the targets into an f32 cache, attend.
+// Each runs on a ParallelFor (split over tokens).
 #include <cmath>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "headrecon/cpu/attention.hpp"
+#include "headrecon/cpu/kv_attention.hpp"
 #include "headrecon/cpu/reconstruct.hpp"
+#include "headrecon/kv_store.hpp"
 
 namespace headrecon::bench {
 
@@ -21,89 +29,112 @@ inline const ModelShape kLlama3_8B{"llama3-8b", 32, 8, 128, 4};
 inline const ModelShape kLlama3_8B_2refs{"llama3-8b/2ref", 32, 8, 128, 4, 2};
 inline const ModelShape kSmolLM2{"smollm2-135m", 9, 3, 64, 1};
 
+/// One sequence of `tokens` positions in a store of one layer.
+struct StoredSequence {
+  Plan plan;
+  std::unique_ptr<RefCacheLayout> layout;
+  std::vector<std::byte> pool;
+  std::unique_ptr<KvStore> store;
+  std::unique_ptr<AttentionWorkspace> ws;
+  SequenceId seq;
+
+  StoredSequence(Plan p, std::size_t n_kv, std::size_t n_q, std::size_t tokens, CacheType ct, std::size_t workers,
+                 const std::vector<float>& k, const std::vector<float>& v)  // [tokens][n_kv][d]
+      : plan(std::move(p)) {
+    layout = std::make_unique<RefCacheLayout>(plan, std::int32_t(n_kv));
+    KvStoreOptions o;
+    o.n_q_heads = n_q;
+    o.dtype = ct.dtype;
+    o.rotate = ct.rotate;
+    o.block_tokens = 16;
+    o.n_blocks = tokens / 16 + 1;
+    pool.resize(KvStore::pool_bytes(*layout, o));
+    store = std::make_unique<KvStore>(*layout, o, pool.data(), pool.size());
+    seq = store->add_sequence();
+    const std::size_t d = std::size_t(plan.head_dim), chunk = 1024;
+    for (std::size_t t0 = 0; t0 < tokens; t0 += chunk) {
+      const std::size_t n = std::min(chunk, tokens - t0), e = n * n_kv * d;
+      const std::size_t pos = store->extend(seq, n);
+      store->append(seq, 0, pos, erase(make_view(k.data() + t0 * n_kv * d, e, {n, n_kv, d}, Layout::token_major)),
+                    erase(make_view(v.data() + t0 * n_kv * d, e, {n, n_kv, d}, Layout::token_major)));
+    }
+    AttentionLimits lim;
+    lim.max_tokens = tokens;
+    lim.workers = workers;
+    ws = std::make_unique<AttentionWorkspace>(*store, lim);
+  }
+  void attend(const float* q, float* out, const ParallelFor& pf) {
+    headrecon::attend(*store, 0, {{seq, store->length(seq) - 1, 1, q, out}}, *ws, pf);
+  }
+  /// Bytes one decode step reads.
+  double read_bytes() const { return double(store->read_bytes(store->length(seq))); }
+};
+
 struct AttentionProblem {
   ModelShape shape;
   std::size_t tokens, sinks = 4;
-  DType dtype;
-  Plan plan;
-  std::vector<std::uint16_t> full16, ref16;  // full cache [T][2][n_kv][d]; reference cache [T-S][2][n_cached][d]
-  std::vector<float> full32, ref32;
-  std::vector<float> q, out, work_full, work_abs, work_refs, recon_cache, recon_work;
-  std::vector<HeadStream> full_k, full_v, sink_k, sink_v, body_k, body_v, recon_k, recon_v;
-  AttentionLayerPlan full_plan, abs_plan, refs_plan;
+  CacheType cache;
+  std::unique_ptr<StoredSequence> full_seq, ref_seq, refs_only_seq;
+  std::vector<float> q, out, recon_cache, recon_work;
+  std::vector<HeadStream> recon_k, recon_v;
   std::vector<std::vector<std::uint32_t>> recon_refs;
   std::vector<ReconTarget> recon_targets;
+  AttentionLayerPlan recon_full_plan;
+  std::vector<float> recon_attn_work;
 
-  bool head_major = false;
-  AttentionProblem(const ModelShape& s, std::size_t T, DType dt, bool head_major_ = false)
-      : shape(s), tokens(T), dtype(dt), head_major(head_major_) {
+  AttentionProblem(const ModelShape& s, std::size_t T, CacheType ct, std::size_t workers = 1)
+      : shape(s), tokens(T), cache(ct) {
     std::mt19937 rng(11);
     std::normal_distribution<float> g;
-    const std::size_t d = s.d, kv = s.n_kv, cached = kv - s.rebuilt;
-    // Plan: layer 0, heads cached..kv-1 rebuilt from all cached heads (K and V).
-    plan.head_dim = std::int32_t(d);
-    plan.n_layers = 1;
+    const std::size_t d = s.d, kv = s.n_kv, cached = kv - s.rebuilt, G = s.n_q / kv;
+    // Plan: layer 0, heads cached..kv-1 rebuilt from all (or `refs`) cached heads, K and V.
+    Plan plan = Plan::none(1, std::int32_t(d));
     plan.sink_tokens = std::int32_t(sinks);
     for (Kind k : {Kind::k, Kind::v}) {
       KindPlan kp{k, std::int32_t(kv), {{}}};
       for (std::size_t h = cached; h < kv; ++h) {
         TargetMap t;
         t.target = {0, std::int32_t(h)};
-        const std::size_t k = s.refs ? s.refs : cached;
-        for (std::size_t r = 0; r < k; ++r) t.refs.push_back({0, std::int32_t((h + r) % cached)});
-        t.weight.resize(k * d * d);
-        for (auto& w : t.weight) w = g(rng) / std::sqrt(float(k * d));
+        const std::size_t nr = s.refs ? s.refs : cached;
+        for (std::size_t r = 0; r < nr; ++r) t.refs.push_back({0, std::int32_t((h + r) % cached)});
+        t.weight.resize(nr * d * d);
+        for (auto& w : t.weight) w = g(rng) / std::sqrt(float(nr * d));
         t.bias.assign(d, 0.1f);
         kp.layers[0].push_back(std::move(t));
       }
       plan.kinds.push_back(std::move(kp));
     }
-    const RefCacheLayout layout(plan, std::int32_t(kv));
-    abs_plan = make_attention_plan(layout, 0, s.n_q);
-    full_plan = full_attention_plan(s.n_q, kv, d);
-    refs_plan = full_attention_plan(cached * (s.n_q / kv), cached, d);
-    // Caches, token-major: full [T][kv][d] for K then V; reference [T-S][cached][d].
-    const std::size_t body = T - sinks, es = dtype_size(dt);
-    auto fill = [&](std::size_t n, std::vector<float>& f32, std::vector<std::uint16_t>& h16) {
-      if (dt == DType::f32) { f32.resize(n); for (auto& x : f32) x = g(rng); }
-      else { h16.resize(n); for (auto& x : h16) x = dt == DType::f16 ? to_f16(g(rng)).bits : to_bf16(g(rng)).bits; }
-    };
-    fill(2 * T * kv * d, full32, full16);
-    fill(2 * body * cached * d, ref32, ref16);
-    const void* fb = dt == DType::f32 ? static_cast<const void*>(full32.data()) : full16.data();
-    const void* rb = dt == DType::f32 ? static_cast<const void*>(ref32.data()) : ref16.data();
-    (void)es;
-    // Token-major [T][heads][d] by default; head-major [heads][T][d] keeps each stream contiguous.
-    auto off = [&](std::size_t h, std::size_t n) {  // n: tokens of that cache
-      return head_major ? std::ptrdiff_t(h * n * d) : std::ptrdiff_t(h * d);
-    };
-    auto stride = [&](std::size_t heads) { return head_major ? std::ptrdiff_t(d) : std::ptrdiff_t(heads * d); };
-    for (std::size_t h = 0; h < kv; ++h) {
-      full_k.push_back({fb, dt, off(h, T), stride(kv), nullptr, 0, 0});
-      full_v.push_back({fb, dt, std::ptrdiff_t(T * kv * d) + off(h, T), stride(kv), nullptr, 0, 0});
-    }
-    sink_k = full_k;  // sinks: the first S tokens of the full cache
-    sink_v = full_v;
-    for (std::size_t h = 0; h < cached; ++h) {
-      body_k.push_back({rb, dt, off(h, body), stride(cached), nullptr, 0, 0});
-      body_v.push_back({rb, dt, std::ptrdiff_t(body * cached * d) + off(h, body), stride(cached), nullptr, 0, 0});
-    }
+    std::vector<float> k(T * kv * d), v(T * kv * d), kc(T * cached * d), vc(T * cached * d);
+    for (auto& x : k) x = g(rng);
+    for (auto& x : v) x = g(rng);
+    for (std::size_t t = 0; t < T; ++t)  // the cached heads alone, for refs-only
+      for (std::size_t h = 0; h < cached; ++h)
+        for (std::size_t i = 0; i < d; ++i)
+          kc[(t * cached + h) * d + i] = k[(t * kv + h) * d + i], vc[(t * cached + h) * d + i] = v[(t * kv + h) * d + i];
+    full_seq = std::make_unique<StoredSequence>(Plan::none(1, std::int32_t(d)), kv, s.n_q, T, ct, workers, k, v);
+    ref_seq = std::make_unique<StoredSequence>(plan, kv, s.n_q, T, ct, workers, k, v);
+    refs_only_seq = std::make_unique<StoredSequence>(Plan::none(1, std::int32_t(d)), cached, cached * G, T, ct, workers,
+                                                     kc, vc);
     q.resize(s.n_q * d);
     for (auto& x : q) x = g(rng);
     out.resize(s.n_q * d);
-    work_full.resize(decode_attention_workspace_floats(full_plan));
-    work_abs.resize(decode_attention_workspace_floats(abs_plan));
-    work_refs.resize(decode_attention_workspace_floats(refs_plan));
     // Reconstruct-then-attend: an f32 full-size cache the targets are rebuilt into.
+    const std::size_t body = T - sinks;
     recon_cache.resize(2 * body * kv * d);
     for (std::size_t h = 0; h < kv; ++h) {
-      recon_k.push_back({recon_cache.data(), DType::f32, std::ptrdiff_t(h * d), std::ptrdiff_t(kv * d), nullptr, 0, 0});
-      recon_v.push_back({recon_cache.data(), DType::f32, std::ptrdiff_t(body * kv * d + h * d), std::ptrdiff_t(kv * d), nullptr, 0, 0});
+      HeadStream hk, hv;
+      hk.base = hv.base = recon_cache.data();
+      hk.offset = std::ptrdiff_t(h * d);
+      hv.offset = std::ptrdiff_t(body * kv * d + h * d);
+      hk.token_stride = hv.token_stride = std::ptrdiff_t(kv * d);
+      recon_k.push_back(hk);
+      recon_v.push_back(hv);
     }
-    for (const KindPlan& kp : plan.kinds)
+    const RefCacheLayout& lay = *ref_seq->layout;
+    for (const KindPlan& kp : ref_seq->plan.kinds)
       for (const TargetMap& t : kp.layers[0]) {
         recon_refs.emplace_back();
-        for (HeadId r : t.refs) recon_refs.back().push_back(std::uint32_t(r.head));  // stream = slot = head
+        for (HeadId r : t.refs) recon_refs.back().push_back(lay.stream_index(kp.kind, 0, r));
         const auto& dst = kp.kind == Kind::k ? recon_k : recon_v;
         recon_targets.push_back({t.weight.data(), t.bias.data(), nullptr, 0, dst[std::size_t(t.target.head)]});
       }
@@ -112,40 +143,46 @@ struct AttentionProblem {
       recon_targets[j].n_refs = recon_refs[j].size();
     }
     recon_work.resize(reconstruct_workspace_floats(cached, d));
+    recon_full_plan = full_attention_plan(s.n_q, kv, d);
+    recon_attn_work.resize(decode_attention_workspace_floats(recon_full_plan));
   }
   float scale() const { return 1.f / std::sqrt(float(shape.d)); }
   std::size_t cached() const { return shape.n_kv - shape.rebuilt; }
 
-  void full() {
-    DecodeAttentionArgs a{&full_plan, q.data(), scale(), 0, nullptr, nullptr, tokens, full_k.data(), full_v.data(),
-                          out.data(), work_full.data(), work_full.size()};
-    decode_attention(a);
-  }
-  void absorbed() {
-    DecodeAttentionArgs a{&abs_plan, q.data(), scale(), sinks, sink_k.data(), sink_v.data(), tokens - sinks,
-                          body_k.data(), body_v.data(), out.data(), work_abs.data(), work_abs.size()};
-    decode_attention(a);
-  }
-  void refs_only() {  // the cached heads attended by their own query heads alone
-    DecodeAttentionArgs a{&refs_plan, q.data(), scale(), 0, nullptr, nullptr, tokens - sinks, body_k.data(),
-                          body_v.data(), out.data(), work_refs.data(), work_refs.size()};
-    decode_attention(a);
-  }
+  void full(const ParallelFor& pf) { full_seq->attend(q.data(), out.data(), pf); }
+  void absorbed(const ParallelFor& pf) { ref_seq->attend(q.data(), out.data(), pf); }
+  void refs_only(const ParallelFor& pf) { refs_only_seq->attend(q.data(), out.data(), pf); }
+  /// One thread: the reconstruction kernel over the store's reference streams, then attention.
   void reconstruct_then_attend() {
     const std::size_t body = tokens - sinks, half = recon_targets.size() / 2;
-    // K targets read the K reference streams, V targets the V ones.
-    ReconstructArgs rk{shape.d, 0, body, body_k.data(), body_k.size(), recon_targets.data(), half, recon_work.data(), recon_work.size()};
-    ReconstructArgs rv{shape.d, 0, body, body_v.data(), body_v.size(), recon_targets.data() + half, half, recon_work.data(), recon_work.size()};
+    const SequenceStreams st = ref_seq->store->streams(ref_seq->seq, 0);
+    const std::size_t nk = ref_seq->store->attention_plan(0).n_k_streams;
+    const std::size_t nv = ref_seq->store->attention_plan(0).n_v_streams;
+    ReconstructArgs rk{shape.d, 0, body, st.k, nk, recon_targets.data(), half, recon_work.data(), recon_work.size()};
+    ReconstructArgs rv{shape.d, 0, body, st.v, nv, recon_targets.data() + half, half, recon_work.data(), recon_work.size()};
     reconstruct(rk);
     reconstruct(rv);
-    DecodeAttentionArgs a{&full_plan, q.data(), scale(), 0, nullptr, nullptr, body, recon_k.data(), recon_v.data(),
-                          out.data(), work_full.data(), work_full.size()};
+    DecodeAttentionArgs a;
+    a.plan = &recon_full_plan;
+    a.q = q.data();
+    a.scale = scale();
+    a.n_body = body;
+    a.k_streams = recon_k.data();
+    a.v_streams = recon_v.data();
+    a.out = out.data();
+    a.workspace = recon_attn_work.data();
+    a.workspace_floats = recon_attn_work.size();
     decode_attention(a);
   }
-  double full_bytes() const { return 2.0 * double(tokens) * double(shape.n_kv * shape.d * dtype_size(dtype)); }
-  double ref_bytes() const {
-    return 2.0 * double(sinks) * double(shape.n_kv * shape.d * dtype_size(dtype)) +
-           2.0 * double(tokens - sinks) * double(cached() * shape.d * dtype_size(dtype));
+  double full_bytes() const { return full_seq->read_bytes(); }
+  double ref_bytes() const { return ref_seq->read_bytes(); }
+  /// Flops of one decode step: 2 per multiply-add of every score and value job.
+  double flops(bool absorbed_cache) const {
+    const AttentionLayerPlan& p = (absorbed_cache ? ref_seq : full_seq)->store->attention_plan(0);
+    std::size_t jobs = 0;
+    for (const auto& j : p.k_jobs) jobs += j.size();
+    for (const auto& j : p.v_jobs) jobs += j.size();
+    return 2.0 * double(jobs) * double(shape.d) * double(tokens);
   }
 };
 

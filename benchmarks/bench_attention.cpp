@@ -13,23 +13,26 @@ using namespace headrecon::bench;
 namespace {
 void BM_DecodeAttention(benchmark::State& state) {
   const ModelShape& shape = state.range(0) == 0 ? kLlama3_8B : kSmolLM2;
-  const DType dt = state.range(2) == 0 ? DType::f32 : DType::bf16;
-  AttentionProblem p(shape, std::size_t(state.range(1)), dt);
-  for (auto _ : state) p.absorbed();
-  const double t_abs = seconds_per_call([&] { p.absorbed(); });
-  const double t_full = seconds_per_call([&] { p.full(); });
-  const double t_refs = seconds_per_call([&] { p.refs_only(); });
+  const CacheType dt = CacheType::parse(state.range(2) == 0 ? "f32" : state.range(2) == 1 ? "bf16" : "q8_0");
+  const std::size_t threads = std::size_t(state.range(3));
+  ThreadPool pool(threads);
+  const ParallelFor pf = pool.parallel_for();
+  AttentionProblem p(shape, std::size_t(state.range(1)), dt, threads);
+  for (auto _ : state) p.absorbed(pf);
+  const double t_abs = seconds_per_call([&] { p.absorbed(pf); });
+  const double t_full = seconds_per_call([&] { p.full(pf); });
+  const double t_refs = seconds_per_call([&] { p.refs_only(pf); });
   const double t_rta = seconds_per_call([&] { p.reconstruct_then_attend(); }, 0.1);
   state.counters["full_over_absorbed"] = t_full / t_abs;
   state.counters["absorbed_over_refs_only"] = t_abs / t_refs;
   state.counters["rta_over_absorbed"] = t_rta / t_abs;
   state.counters["absorbed_GBps"] = p.ref_bytes() / t_abs / 1e9;
   state.counters["full_GBps"] = p.full_bytes() / t_full / 1e9;
-  state.SetLabel(shape.name + " " + std::string(dtype_name(dt)));
+  state.SetLabel(shape.name + " " + dt.name() + " " + std::to_string(threads) + " threads");
 }
 BENCHMARK(BM_DecodeAttention)
-    ->ArgsProduct({{0}, {1024, 4096, 8192, 16384, 32768}, {0, 1}})
-    ->ArgsProduct({{1}, {1024, 8192, 32768}, {0, 1}})
+    ->ArgsProduct({{0}, {1024, 4096, 8192, 16384, 32768}, {0, 1, 2}, {1, 2}})
+    ->ArgsProduct({{1}, {1024, 8192, 32768}, {0, 1, 2}, {1, 2}})
     ->Unit(benchmark::kMicrosecond);
 
 void BM_MachineLimits(benchmark::State& state) {

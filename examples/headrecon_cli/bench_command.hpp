@@ -87,27 +87,28 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
         "(goal: full/absorbed >= 1.8 at >= 8k, absorbed/refs-only <= 1.15)\n";
   os << "  model          cache  context  full us  absorbed us  full/abs  abs/refs-only  rta/abs  abs GB/s  of triad\n";
   Arr attn;
-  struct Row { const ModelShape* shape; std::size_t T; DType dt; };
+  struct Row { const ModelShape* shape; std::size_t T; CacheType dt; };
   std::vector<Row> rows;
   const std::vector<std::size_t> ctx = cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{1024, 4096, 8192, 16384, 32768};
-  for (DType dt : {DType::f32, DType::bf16})
+  for (CacheType dt : {CacheType::parse("f32"), CacheType::parse("bf16")})
     for (std::size_t T : ctx) rows.push_back({&kLlama3_8B, T, dt});
   for (std::size_t T : cfg.quick ? std::vector<std::size_t>{} : std::vector<std::size_t>{8192, 32768})
-    rows.push_back({&kLlama3_8B_2refs, T, DType::f32});
-  for (DType dt : {DType::f32, DType::bf16})
+    rows.push_back({&kLlama3_8B_2refs, T, CacheType::parse("f32")});
+  for (CacheType dt : {CacheType::parse("f32"), CacheType::parse("bf16")})
     for (std::size_t T : cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{1024, 8192, 32768})
       rows.push_back({&kSmolLM2, T, dt});
   for (const Row& r : rows) {
     AttentionProblem p(*r.shape, r.T, r.dt);
-    const double tf = seconds_per_call([&] { p.full(); }, tmin), ta = seconds_per_call([&] { p.absorbed(); }, tmin);
-    const double tr = seconds_per_call([&] { p.refs_only(); }, tmin);
+    const ParallelFor one;
+    const double tf = seconds_per_call([&] { p.full(one); }, tmin), ta = seconds_per_call([&] { p.absorbed(one); }, tmin);
+    const double tr = seconds_per_call([&] { p.refs_only(one); }, tmin);
     const double trta = seconds_per_call([&] { p.reconstruct_then_attend(); }, tmin / 2);
     const double gbs = p.ref_bytes() / ta / 1e9;
     std::snprintf(line, sizeof line, "  %-13s  %-5s  %7zu  %7.0f  %11.0f  %8.2f  %13.2f  %7.2f  %8.1f  %8.2f\n",
-                  r.shape->name.c_str(), std::string(dtype_name(r.dt)).c_str(), r.T, tf * 1e6, ta * 1e6, tf / ta, ta / tr,
+                  r.shape->name.c_str(), r.dt.name().c_str(), r.T, tf * 1e6, ta * 1e6, tf / ta, ta / tr,
                   trta / ta, gbs, triad > 0 ? gbs / triad : 0.0);
     os << line;
-    attn.push_back(json(Obj{{"model", json(r.shape->name)}, {"cache", json(std::string(dtype_name(r.dt)))},
+    attn.push_back(json(Obj{{"model", json(r.shape->name)}, {"cache", json(r.dt.name())},
                                      {"context", json(double(r.T))}, {"full_us", json(tf * 1e6)},
                                      {"absorbed_us", json(ta * 1e6)}, {"refs_only_us", json(tr * 1e6)},
                                      {"reconstruct_then_attend_us", json(trta * 1e6)}, {"full_over_absorbed", json(tf / ta)},
