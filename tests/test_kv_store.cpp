@@ -80,10 +80,14 @@ std::vector<float> stored_frame(CacheType ct, const float* x) {
   }
   return v;
 }
-// The same in the model's frame (rotation undone): what attention sees.
+// The same in the model's frame (rotation undone): what attention sees, and
+// what the library's cache_roundtrip() returns.
 std::vector<float> stored(CacheType ct, const float* x) {
   std::vector<float> v = stored_frame(ct, x);
   if (ct.rotate) hadamard_rotate(v.data(), kDim);
+  std::vector<float> lib(x, x + kDim);
+  cache_roundtrip(ct, lib.data(), kDim);
+  REQUIRE(lib == v);
   return v;
 }
 

@@ -58,7 +58,7 @@ Commands:
                                                weights), plans, eval, report
   eval      --model GGUF TEXT [--seqs 2] [--seq-len 256] --plan [NAME=]PLAN ...
             [--variants k,v,kv] [--sinks 0,4] [--cache-dtype f32,f16,bf16,q8_0,q4_0,q4_0r]
-            [--chunk 1] [--simulate] [--spread] [--csv FILE] [--json FILE] [--md FILE]
+            [--chunk 1] [--simulate] [--spread] [--csv FILE] [--json FILE] [--md FILE] [--ids-out FILE]
                                                perplexity decoded token by token
                                                through a reference-only KV cache:
                                                full cache, then each plan on K, V,
@@ -506,6 +506,12 @@ int cmd_eval(const Args& a) {
   } else {
     s = text_tokens(a, tok, seqs * opt.seq_len, source, "eval");
   }
+  if (a.has("--ids-out")) {  // one sequence per line, for other engines (benchmarks/llamacpp_perplexity.py)
+    std::ofstream os(a.str("--ids-out"));
+    for (std::size_t i = 0; i < s.tokens.size(); ++i)
+      os << s.tokens[i] << ((i + 1) % opt.seq_len == 0 || i + 1 == s.tokens.size() ? "\n" : " ");
+    if (!os) fail(a.str("--ids-out"), ": cannot write");
+  }
   std::cout << "text: " << source << "\n"
             << "eval: " << seqs << " sequences of " << opt.seq_len << " tokens, decoded one token at a time"
             << (opt.chunk > 1 ? " (chunks of " + std::to_string(opt.chunk) + ")" : std::string())
@@ -613,7 +619,7 @@ int main(int argc, char** argv) {
     if (cmd == "eval")
       return cmd_eval(Args(argc, argv,
                            with(text_options, {"--model", "--seqs", "--seq-len", "--plan", "--variants", "--sinks",
-                                               "--cache-dtype", "--chunk", "--csv", "--json", "--md", "--threads",
+                                               "--cache-dtype", "--chunk", "--csv", "--json", "--md", "--threads", "--ids-out",
                                                "--random-init"}),
                            {"--simulate", "--spread"}));
     if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {}));

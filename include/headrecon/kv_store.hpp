@@ -67,6 +67,39 @@ struct CacheType {
   friend bool operator==(CacheType a, CacheType b) { return a.dtype == b.dtype && a.rotate == b.rotate; }
 };
 
+/// The vector a KV cache of type `ct` gives back for x (d values, in place):
+/// rotated, rounded or quantized, dequantized and rotated back. Fitting maps
+/// on such vectors lets the statistics see what the kernels will read.
+inline void cache_roundtrip(CacheType ct, float* x, std::size_t d) {
+  if (is_block_type(ct.dtype) && d % kQuantBlock != 0)
+    detail::fail("cache_roundtrip: ", dtype_name(ct.dtype), " needs a multiple of 32 values, got ", d);
+  if (ct.rotate) hadamard_rotate(x, d);
+  switch (ct.dtype) {
+    case DType::f32: break;
+    case DType::f16:
+      for (std::size_t i = 0; i < d; ++i) x[i] = to_float(to_f16(x[i]));
+      break;
+    case DType::bf16:
+      for (std::size_t i = 0; i < d; ++i) x[i] = to_float(to_bf16(x[i]));
+      break;
+    case DType::q8_0:
+    case DType::q4_0:
+      for (std::size_t b = 0; b < d; b += kQuantBlock) {
+        if (ct.dtype == DType::q8_0) {
+          BlockQ8_0 q;
+          quantize_block(x + b, q);
+          dequantize_block(q, x + b);
+        } else {
+          BlockQ4_0 q;
+          quantize_block(x + b, q);
+          dequantize_block(q, x + b);
+        }
+      }
+      break;
+  }
+  if (ct.rotate) hadamard_rotate(x, d);
+}
+
 /// How a KvStore is laid out. Fill the fields by name.
 struct KvStoreOptions {
   enum class Storage : std::uint8_t {
