@@ -52,6 +52,29 @@ struct HeadStream {
     return static_cast<const unsigned char*>(base) + bytes;
   }
   void* mutable_row_address(std::size_t t) const { return const_cast<void*>(row_address(t)); }
+  /// Addresses of tokens t0 .. t0 + n − 1 (one division per call, not per token).
+  void row_addresses(std::size_t t0, std::size_t n, const void** out) const {
+    // Byte offsets: values × element size, or for block types values / 32 × block bytes
+    // (offsets and strides are whole blocks there).
+    const bool blocks = is_block_type(dtype);
+    const std::ptrdiff_t unit = blocks ? std::ptrdiff_t(dtype_block_bytes(dtype)) : std::ptrdiff_t(dtype_size(dtype));
+    auto bytes = [&](std::ptrdiff_t v) { return (blocks ? v / std::ptrdiff_t(kQuantBlock) : v) * unit; };
+    const auto* b = static_cast<const unsigned char*>(base);
+    const std::ptrdiff_t step = bytes(token_stride);
+    if (block_table == nullptr) {
+      const unsigned char* p = b + bytes(offset + std::ptrdiff_t(t0) * token_stride);
+      for (std::size_t i = 0; i < n; ++i, p += step) out[i] = p;
+      return;
+    }
+    const std::ptrdiff_t off = bytes(offset), page_bytes = bytes(block_stride);
+    std::size_t page = t0 / block_size, in = t0 % block_size;
+    const unsigned char* p = b + off + std::ptrdiff_t(block_table[page]) * page_bytes + std::ptrdiff_t(in) * step;
+    for (std::size_t i = 0; i < n; ++i) {
+      out[i] = p;
+      p += step;
+      if (++in == block_size && i + 1 < n) in = 0, ++page, p = b + off + std::ptrdiff_t(block_table[page]) * page_bytes;
+    }
+  }
 };
 
 /// Stream of head h of a [tokens, heads, dim] view (any layout whose dim stride is 1).

@@ -36,13 +36,15 @@ namespace attn {
 // Rows of a block as f32 pointers: in place for f32 streams, else converted into scratch.
 HWY_INLINE void BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, float* HWY_RESTRICT scratch,
                           const float** rows) {
+  const void* at[kAttnBlock];
+  s.row_addresses(t0, nb, at);
   for (size_t t = 0; t < nb; ++t) {
     switch (s.dtype) {
-      case DType::f32: rows[t] = s.row<float>(t0 + t); break;
-      case DType::f16: RowToF32(s.row<f16_t>(t0 + t), scratch + t * d, d); rows[t] = scratch + t * d; break;
-      case DType::bf16: RowToF32(s.row<bf16_t>(t0 + t), scratch + t * d, d); rows[t] = scratch + t * d; break;
+      case DType::f32: rows[t] = static_cast<const float*>(at[t]); break;
+      case DType::f16: RowToF32(static_cast<const f16_t*>(at[t]), scratch + t * d, d); rows[t] = scratch + t * d; break;
+      case DType::bf16: RowToF32(static_cast<const bf16_t*>(at[t]), scratch + t * d, d); rows[t] = scratch + t * d; break;
       case DType::q8_0:
-      case DType::q4_0: BlocksToF32(s.row_address(t0 + t), s.dtype, scratch + t * d, d); rows[t] = scratch + t * d; break;
+      case DType::q4_0: BlocksToF32(at[t], s.dtype, scratch + t * d, d); rows[t] = scratch + t * d; break;
     }
   }
 }
@@ -165,8 +167,8 @@ HWY_INLINE float LoadBlockI16(D16 d16, const unsigned char* p, DType t, hn::Vec<
 // int8 keys times the query's int8 values (widening 16-bit multiply-add into
 // 32 bits), scaled by both blocks' scales in f32. Tile of J queries × 4 tokens.
 template <size_t J>
-HWY_INLINE void ScoresQuantJ(const int16_t* const* HWY_RESTRICT qi, const float* const* HWY_RESTRICT qsc,
-                             const HeadStream& st, size_t t0, size_t nb, size_t d, float* const* HWY_RESTRICT scores) {
+HWY_INLINE void ScoresQuantJ(const int16_t* const* HWY_RESTRICT qi, const float* const* HWY_RESTRICT qsc, DType dt,
+                             const void* const* at, size_t nb, size_t d, float* const* HWY_RESTRICT scores) {
   const hn::ScalableTag<float> df;
   const hn::RebindToSigned<decltype(df)> di;
 #if HWY_TARGET == HWY_SCALAR
@@ -176,7 +178,7 @@ HWY_INLINE void ScoresQuantJ(const int16_t* const* HWY_RESTRICT qi, const float*
 #endif
   using V16 = hn::Vec<decltype(d16)>;
   constexpr size_t N = hn::MaxLanes(d16), n = kQuantBlock / N;
-  const size_t nblk = d / kQuantBlock, bb = dtype_block_bytes(st.dtype);
+  const size_t nblk = d / kQuantBlock, bb = dtype_block_bytes(dt);
   auto dot = [&](const V16* k, const V16* q) {
     auto s0 = hn::Zero(di), s1 = hn::Zero(di);
     HEADRECON_ATTN_UNROLL
@@ -192,12 +194,12 @@ HWY_INLINE void ScoresQuantJ(const int16_t* const* HWY_RESTRICT qi, const float*
       for (size_t u = 0; u < 4; ++u) acc[j][u] = hn::Zero(df);
     }
     const unsigned char* row[4];
-    for (size_t u = 0; u < 4; ++u) row[u] = static_cast<const unsigned char*>(st.row_address(t0 + t + u));
+    for (size_t u = 0; u < 4; ++u) row[u] = static_cast<const unsigned char*>(at[t + u]);
     for (size_t b = 0; b < nblk; ++b) {
       V16 k[4][n];
       float dk[4];
       HEADRECON_ATTN_UNROLL
-      for (size_t u = 0; u < 4; ++u) dk[u] = LoadBlockI16(d16, row[u] + b * bb, st.dtype, k[u]);
+      for (size_t u = 0; u < 4; ++u) dk[u] = LoadBlockI16(d16, row[u] + b * bb, dt, k[u]);
       HEADRECON_ATTN_UNROLL
       for (size_t j = 0; j < J; ++j) {
         V16 q[n];
@@ -214,12 +216,12 @@ HWY_INLINE void ScoresQuantJ(const int16_t* const* HWY_RESTRICT qi, const float*
     }
   }
   for (; t < nb; ++t) {
-    const unsigned char* row = static_cast<const unsigned char*>(st.row_address(t0 + t));
+    const unsigned char* row = static_cast<const unsigned char*>(at[t]);
     for (size_t j = 0; j < J; ++j) {
       auto a = hn::Zero(df);
       for (size_t b = 0; b < nblk; ++b) {
         V16 k[n], q[n];
-        const float dk = LoadBlockI16(d16, row + b * bb, st.dtype, k);
+        const float dk = LoadBlockI16(d16, row + b * bb, dt, k);
         for (size_t m = 0; m < n; ++m) q[m] = hn::LoadU(d16, qi[j] + b * kQuantBlock + m * N);
         a = hn::MulAdd(dot(k, q), hn::Set(df, dk * qsc[j][b]), a);
       }
@@ -229,11 +231,11 @@ HWY_INLINE void ScoresQuantJ(const int16_t* const* HWY_RESTRICT qi, const float*
 }
 
 template <size_t J>
-HWY_INLINE void ScoresQuantUpTo(size_t nj, const int16_t* const* qi, const float* const* qsc, const HeadStream& st,
-                                size_t t0, size_t nb, size_t d, float* const* ss) {
+HWY_INLINE void ScoresQuantUpTo(size_t nj, const int16_t* const* qi, const float* const* qsc, DType dt,
+                                const void* const* at, size_t nb, size_t d, float* const* ss) {
   if constexpr (J > 0) {
-    if (nj == J) return ScoresQuantJ<J>(qi, qsc, st, t0, nb, d, ss);
-    return ScoresQuantUpTo<J - 1>(nj, qi, qsc, st, t0, nb, d, ss);
+    if (nj == J) return ScoresQuantJ<J>(qi, qsc, dt, at, nb, d, ss);
+    return ScoresQuantUpTo<J - 1>(nj, qi, qsc, dt, at, nb, d, ss);
   }
 }
 
@@ -346,7 +348,13 @@ HWY_INLINE float Softmax(float* HWY_RESTRICT s, size_t nb, float& m, float& l, f
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
   float mx = -std::numeric_limits<float>::infinity();
-  for (size_t t = 0; t < nb; ++t) mx = s[t] > mx ? s[t] : mx;
+  size_t t0 = 0;
+  if (nb >= L) {
+    auto mv = hn::LoadU(df, s);
+    for (t0 = L; t0 + L <= nb; t0 += L) mv = hn::Max(mv, hn::LoadU(df, s + t0));
+    mx = hn::GetLane(hn::MaxOfLanes(df, mv));
+  }
+  for (; t0 < nb; ++t0) mx = s[t0] > mx ? s[t0] : mx;
   const float m_new = mx > m ? mx : m;
   const float factor = m == -std::numeric_limits<float>::infinity() ? 0.f : std::exp(m - m_new);
   float sum = 0.f;
@@ -465,10 +473,10 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     float* ss[TJ];
     size_t n = 0;
     const HeadStream* cur = nullptr;
-    size_t cur_t0 = 0;
+    const void* at[kAttnBlock];
     auto flush_scores = [&] {
       if (n && is_block_type(cur->dtype))
-        attn::ScoresQuantUpTo<TJ>(n, qi, qsc, *cur, cur_t0, nb, d, ss);
+        attn::ScoresQuantUpTo<TJ>(n, qi, qsc, cur->dtype, at, nb, d, ss);
       else if (n)
         attn::ScoresUpTo<TJ>(n, qs, rows, nb, d, ss);
       n = 0;
@@ -479,8 +487,11 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       if (++n == TJ) flush_scores();
     };
     auto use_stream = [&](const HeadStream& st, size_t t0) {
-      cur = &st, cur_t0 = t0;
-      if (!is_block_type(st.dtype)) attn::BlockRows(st, t0, nb, d, conv, rows);
+      cur = &st;
+      if (is_block_type(st.dtype))
+        st.row_addresses(t0, nb, at);
+      else
+        attn::BlockRows(st, t0, nb, d, conv, rows);
     };
     if (sink) {
       for (size_t g = 0; g < p.n_kv_heads; ++g) {
