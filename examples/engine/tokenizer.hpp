@@ -1,6 +1,16 @@
 #pragma once
 // Byte-level BPE tokenizer (GGUF tokenizer.ggml.model = "gpt2") built from the
-// vocabulary, merges and token types stored in a GGUF file. Pre-tokenizers
+// vocabulary, merges and token types stored in a GGUF file.
+//
+// Bytes without a vocabulary entry: byte-level BPE normally has a token for
+// each of the 256 bytes, but a vocabulary trained without the full byte
+// alphabet lacks some (SmolLM2 lacks 21: 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d,
+// 0xc0, 0xc1, 0xf1, 0xf2, 0xf5..0xff, and no token contains them), so those
+// bytes cannot be encoded at all. Such a byte becomes the vocabulary's
+// unknown token when that token is of type UNKNOWN, and is dropped otherwise
+// (as llama.cpp does) -- never a control token such as <|endoftext|>, which
+// tokenizer.ggml.unknown_token_id defaults to. unknown_bytes() counts every
+// one; missing_bytes() lists them. Pre-tokenizers
 // "smollm" (each \p{N} code point alone, then the GPT-2 pattern) and "gpt2"
 // (the GPT-2 pattern alone) are written by hand over Unicode tables; the GPT-2
 // pattern is
@@ -235,6 +245,7 @@ class Tokenizer {
     unk_ = std::int32_t(f.get_uint("tokenizer.ggml.unknown_token_id", 0));
     for (std::int32_t id : {bos_, eos_, unk_})
       if (std::size_t(id) >= tokens_.size()) fail(path_, ": special token id ", id, " is out of range");
+    unk_usable_ = types_[std::size_t(unk_)] == TokenType::unknown;
     add_bos_ = f.get_bool("tokenizer.ggml.add_bos_token", false);
 
     // Byte <-> code point mapping of byte-level BPE (GPT-2): printable bytes
@@ -337,9 +348,21 @@ class Tokenizer {
     return out;
   }
 
-  /// Number of pre-token bytes that had no vocabulary entry and became the
-  /// unknown token (only possible for invalid UTF-8 input).
+  /// Number of input bytes encode() found no vocabulary entry for (each one
+  /// became the UNKNOWN-type token or was dropped; see the file comment),
+  /// over the tokenizer's lifetime.
   std::size_t unknown_bytes() const { return unknown_bytes_; }
+  /// The byte values that have no token in this vocabulary (empty for a
+  /// complete byte-level vocabulary).
+  std::vector<std::uint8_t> missing_bytes() const {
+    std::vector<std::uint8_t> out;
+    for (int b = 0; b < 256; ++b)
+      if (byte_token_[b] < 0) out.push_back(std::uint8_t(b));
+    return out;
+  }
+  /// True when a byte without a token becomes the unknown token (of type
+  /// UNKNOWN) rather than being dropped.
+  bool maps_missing_bytes_to_unknown() const { return unk_usable_; }
 
  private:
   struct Merge {
@@ -349,25 +372,35 @@ class Tokenizer {
     return (std::uint64_t(std::uint32_t(a)) << 32) | std::uint32_t(b);
   }
 
+  /// The tokens of one pre-token and how many of its bytes had no token.
+  struct Piece {
+    std::vector<std::int32_t> ids;
+    std::size_t unknown = 0;
+  };
+
   void encode_plain(std::string_view text, std::vector<std::int32_t>& out) const {
     if (text.empty()) return;
     for (std::string_view piece : pre_.split(text)) {
       auto it = cache_.find(std::string(piece));
       if (it == cache_.end()) it = cache_.emplace(std::string(piece), bpe(piece)).first;
-      out.insert(out.end(), it->second.begin(), it->second.end());
+      out.insert(out.end(), it->second.ids.begin(), it->second.ids.end());
+      unknown_bytes_ += it->second.unknown;  // counted on cache hits too
     }
     if (cache_.size() > 200000) cache_.clear();
   }
 
   /// Byte-level BPE of one pre-token: repeatedly merge the adjacent pair of
-  /// lowest rank (leftmost first) until no pair has a merge.
-  std::vector<std::int32_t> bpe(std::string_view piece) const {
-    std::vector<std::int32_t> sym;
+  /// lowest rank (leftmost first) until no pair has a merge. A byte without a
+  /// token stays a placeholder (-1, never merged, as in llama.cpp), then
+  /// becomes the unknown token or is dropped.
+  Piece bpe(std::string_view piece) const {
+    Piece out;
+    std::vector<std::int32_t>& sym = out.ids;
     sym.reserve(piece.size());
     for (char ch : piece) {
       const std::int32_t id = byte_token_[std::uint8_t(ch)];
-      if (id < 0) ++unknown_bytes_;
-      sym.push_back(id < 0 ? unk_ : id);
+      if (id < 0) ++out.unknown;
+      sym.push_back(id);
     }
     while (sym.size() > 1) {
       std::int32_t best_rank = INT32_MAX, best_result = -1;
@@ -393,7 +426,13 @@ class Tokenizer {
       }
       sym.resize(w);
     }
-    return sym;
+    if (out.unknown > 0) {
+      if (unk_usable_)
+        std::replace(sym.begin(), sym.end(), std::int32_t(-1), unk_);
+      else
+        sym.erase(std::remove(sym.begin(), sym.end(), std::int32_t(-1)), sym.end());
+    }
+    return out;
   }
 
   std::string path_;
@@ -405,12 +444,13 @@ class Tokenizer {
   std::unordered_map<std::uint64_t, Merge> merges_;
   std::vector<std::int32_t> specials_;
   std::int32_t bos_ = 0, eos_ = 0, unk_ = 0;
+  bool unk_usable_ = false;  // unk_ is of type UNKNOWN: missing bytes map to it
   bool add_bos_ = false;
   std::uint32_t byte_cp_[256] = {};
   std::string byte_str_[256];
   std::int32_t byte_token_[256] = {};
   std::unordered_map<std::uint32_t, std::uint8_t> cp_byte_;
-  mutable std::unordered_map<std::string, std::vector<std::int32_t>> cache_;
+  mutable std::unordered_map<std::string, Piece> cache_;
   mutable std::size_t unknown_bytes_ = 0;
 };
 
