@@ -17,7 +17,10 @@
 //   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 
 #include <algorithm>
+#include <climits>
+#include <cstddef>
 #include <cstdint>
+#include <queue>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -372,6 +375,9 @@ class Tokenizer {
     return (std::uint64_t(std::uint32_t(a)) << 32) | std::uint32_t(b);
   }
 
+  static constexpr std::size_t max_cached_piece = 64;  // bytes
+  static constexpr std::size_t max_cached_pieces = 200000;
+
   /// The tokens of one pre-token and how many of its bytes had no token.
   struct Piece {
     std::vector<std::int32_t> ids;
@@ -381,56 +387,72 @@ class Tokenizer {
   void encode_plain(std::string_view text, std::vector<std::int32_t>& out) const {
     if (text.empty()) return;
     for (std::string_view piece : pre_.split(text)) {
+      if (piece.size() > max_cached_piece) {  // rare and long: not worth the memory
+        const Piece p = bpe(piece);
+        out.insert(out.end(), p.ids.begin(), p.ids.end());
+        unknown_bytes_ += p.unknown;
+        continue;
+      }
       auto it = cache_.find(std::string(piece));
       if (it == cache_.end()) it = cache_.emplace(std::string(piece), bpe(piece)).first;
       out.insert(out.end(), it->second.ids.begin(), it->second.ids.end());
       unknown_bytes_ += it->second.unknown;  // counted on cache hits too
     }
-    if (cache_.size() > 200000) cache_.clear();
+    if (cache_.size() > max_cached_pieces) cache_.clear();  // bounded: <= ~100 MB
   }
 
   /// Byte-level BPE of one pre-token: repeatedly merge the adjacent pair of
-  /// lowest rank (leftmost first) until no pair has a merge. A byte without a
-  /// token stays a placeholder (-1, never merged, as in llama.cpp), then
-  /// becomes the unknown token or is dropped.
+  /// lowest rank, leftmost first, until no pair has a merge (a heap of
+  /// candidate pairs over a linked list of symbols, O(n log n), as in HF
+  /// tokenizers and llama.cpp). A byte without a token stays a placeholder
+  /// (-1, never merged), then becomes the unknown token or is dropped.
   Piece bpe(std::string_view piece) const {
     Piece out;
-    std::vector<std::int32_t>& sym = out.ids;
-    sym.reserve(piece.size());
-    for (char ch : piece) {
-      const std::int32_t id = byte_token_[std::uint8_t(ch)];
-      if (id < 0) ++out.unknown;
-      sym.push_back(id);
+    const std::size_t n = piece.size();
+    constexpr std::int32_t dead = INT32_MIN;  // a symbol merged into its left neighbour
+    std::vector<std::int32_t> id(n);
+    std::vector<std::ptrdiff_t> prev(n), next(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      id[i] = byte_token_[std::uint8_t(piece[i])];
+      if (id[i] < 0) ++out.unknown;
+      prev[i] = std::ptrdiff_t(i) - 1;
+      next[i] = i + 1 < n ? std::ptrdiff_t(i + 1) : -1;
     }
-    while (sym.size() > 1) {
-      std::int32_t best_rank = INT32_MAX, best_result = -1;
-      std::size_t best = 0;
-      for (std::size_t i = 0; i + 1 < sym.size(); ++i) {
-        auto it = merges_.find(key(sym[i], sym[i + 1]));
-        if (it != merges_.end() && it->second.rank < best_rank) {
-          best_rank = it->second.rank;
-          best_result = it->second.result;
-          best = i;
-        }
-      }
-      if (best_result < 0) break;
-      const std::int32_t a = sym[best], b = sym[best + 1];
-      std::size_t w = 0;
-      for (std::size_t i = 0; i < sym.size();) {
-        if (i >= best && i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
-          sym[w++] = best_result;
-          i += 2;
-        } else {
-          sym[w++] = sym[i++];
-        }
-      }
-      sym.resize(w);
+    struct Candidate {
+      std::int32_t rank;
+      std::ptrdiff_t left;
+      std::int32_t a, b, result;
+    };
+    const auto later = [](const Candidate& x, const Candidate& y) {
+      return x.rank != y.rank ? x.rank > y.rank : x.left > y.left;
+    };
+    std::priority_queue<Candidate, std::vector<Candidate>, decltype(later)> heap(later);
+    const auto consider = [&](std::ptrdiff_t l) {
+      if (l < 0 || next[std::size_t(l)] < 0) return;
+      const std::int32_t a = id[std::size_t(l)], b = id[std::size_t(next[std::size_t(l)])];
+      const auto it = merges_.find(key(a, b));
+      if (it != merges_.end()) heap.push({it->second.rank, l, a, b, it->second.result});
+    };
+    for (std::size_t i = 0; i + 1 < n; ++i) consider(std::ptrdiff_t(i));
+    while (!heap.empty()) {
+      const Candidate c = heap.top();
+      heap.pop();
+      const std::size_t l = std::size_t(c.left);
+      const std::ptrdiff_t r = next[l];
+      if (id[l] != c.a || r < 0 || id[std::size_t(r)] != c.b) continue;  // stale: a side was merged since
+      id[l] = c.result;
+      id[std::size_t(r)] = dead;
+      next[l] = next[std::size_t(r)];
+      if (next[l] >= 0) prev[std::size_t(next[l])] = std::ptrdiff_t(l);
+      consider(prev[l]);
+      consider(std::ptrdiff_t(l));
     }
-    if (out.unknown > 0) {
-      if (unk_usable_)
-        std::replace(sym.begin(), sym.end(), std::int32_t(-1), unk_);
-      else
-        sym.erase(std::remove(sym.begin(), sym.end(), std::int32_t(-1)), sym.end());
+    for (std::ptrdiff_t i = n ? 0 : -1; i >= 0; i = next[std::size_t(i)]) {
+      const std::int32_t t = id[std::size_t(i)];
+      if (t >= 0)
+        out.ids.push_back(t);
+      else if (unk_usable_)
+        out.ids.push_back(unk_);
     }
     return out;
   }
