@@ -7,7 +7,8 @@
 # -- fix the bug, then check the reproducer in under tests/fuzz/regressions/<target>/
 # so that CI replays it. Prints executions, coverage (cov) and features (ft)
 # per target.
-# Usage: [JOBS=2] scripts/fuzz.sh MINUTES [TARGET...]   (targets: safetensors plan activations json gguf tokenizer)
+# Usage: [JOBS=2] [HEADRECON_CLI=path/to/headrecon] scripts/fuzz.sh MINUTES [TARGET...]
+#        (targets: safetensors plan activations json gguf tokenizer)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 minutes="${1:?usage: scripts/fuzz.sh MINUTES [TARGET...]}"
@@ -15,10 +16,12 @@ shift
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(safetensors plan activations json gguf tokenizer)
 build=build/fuzz
+cli="${HEADRECON_CLI:-$build/examples/headrecon_cli/headrecon}"  # any build of the tool makes the seeds
 cmake --preset fuzz > /dev/null
-cmake --build "$build" -j"${JOBS:-2}" --target headrecon_cli $(printf 'fuzz_%s ' "${targets[@]}")
+cmake --build "$build" -j"${JOBS:-2}" --target $([ -n "${HEADRECON_CLI:-}" ] || echo headrecon_cli) \
+  $(printf 'fuzz_%s ' "${targets[@]}")
 seeds="$build/fuzz-seeds"
-[ -d "$seeds/tokenizer" ] || bash tests/fuzz/make_seeds.sh "$build/examples/headrecon_cli/headrecon" "$seeds"
+[ -d "$seeds/tokenizer" ] || bash tests/fuzz/make_seeds.sh "$cli" "$seeds"
 mkdir -p "$build/logs"
 summary=()
 for t in "${targets[@]}"; do
