@@ -480,7 +480,7 @@ class GgufFile {
   /// Elements of one metadata array (a vocabulary has ~10^5; 2^24 leaves room).
   static constexpr std::uint64_t max_array_length = std::uint64_t(1) << 24;
   /// Array elements that are arrays, whole file: each costs ~200 bytes of
-  /// memory for 16 bytes of file, so their number is capped (llama.cpp
+  /// memory for 12 bytes of file, so their number is capped (llama.cpp
   /// rejects nested arrays altogether).
   static constexpr std::uint64_t max_nested_items = std::uint64_t(1) << 16;
 
@@ -666,12 +666,12 @@ class GgufFile {
         }
         break;
       case GgufType::array:
-        // Grown item by item: every item is read (>= 16 bytes of file) before it is stored.
+        // Each item is an array without a type tag of its own (gguf.md, gguf-py):
+        // element type, count, elements. Grown item by item, each read (>= 12
+        // bytes of file) before it is stored.
         for (std::size_t k = 0; k < n; ++k) {
-          const std::string item = what + "[" + std::to_string(k) + "]";
-          const GgufType et = read_type(c, item);
           GgufValue x;
-          read_value(c, et, x, item, depth + 1);
+          read_value(c, GgufType::array, x, what + "[" + std::to_string(k) + "]", depth + 1);
           v.items.push_back(std::move(x));
         }
         break;

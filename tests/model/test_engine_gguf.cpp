@@ -116,8 +116,8 @@ TEST_CASE("gguf: malformed headers, metadata and tensor infos are rejected with 
   {
     Craft c = valid_craft();
     Bytes nest;
-    nest.str("k.deep");
-    for (int i = 0; i < 12; ++i) nest.u32(9).u32(9).u64(1);  // arrays of arrays ...
+    nest.str("k.deep").u32(9);
+    for (int i = 0; i < 12; ++i) nest.u32(9).u64(1);  // arrays of arrays ... (items carry no type tag)
     c.kv.push_back(nest.s);
     expect_reject(c.build(), {"metadata key 'k.deep'", "nested deeper"});
   }
@@ -188,6 +188,55 @@ TEST_CASE("gguf: malformed headers, metadata and tensor infos are rejected with 
     std::string b = c.build();
     b.resize(b.size() - 100);
     expect_reject(b, {"tensor 'w.q8'", "extends past the end of the file"});
+  }
+}
+
+TEST_CASE("gguf: array counts are capped before anything is allocated") {
+  // Issue 13: nested arrays cost ~200 bytes of memory per 16 bytes of file and
+  // were allocated up front at every level: a 16 MiB file peaked at 2.2 GB.
+  {
+    Craft c = valid_craft();
+    Bytes deep;
+    deep.str("k.deep").u32(9).u32(9).u64(1u << 20);  // claims 2^20 arrays (16 MiB of file would fit them)
+    for (int i = 0; i < 8; ++i) deep.u32(9).u64(1u << 20);
+    deep.s.resize(deep.s.size() + (std::size_t(16) << 20));
+    c.kv.push_back(deep.s);
+    expect_reject(c.build(), {"metadata key 'k.deep'", "array of 1048576 arrays", "more than the maximum of 65536"});
+  }
+  {
+    Craft c = valid_craft();
+    Bytes ok;  // 2^16 nested (empty) arrays are fine, in 1 MiB
+    ok.str("k.nested").u32(9).u32(9).u64(1u << 16);
+    for (int i = 0; i < (1 << 16); ++i) ok.u32(0).u64(0);
+    c.kv.push_back(ok.s);
+    TempDir d;
+    const std::string p = d.file("nested.gguf");
+    spit(p, c.build());
+    he::GgufFile f(p);
+    CHECK(f.get("k.nested").items.size() == (1u << 16));
+    // The encoding of gguf-py's writer: [[1, 2], [3]] as INT32 items without type tags.
+    Craft small = valid_craft();
+    small.kv.push_back(Bytes().str("k.ints").u32(9).u32(9).u64(2).u32(5).u64(2).i32(1).i32(2).u32(5).u64(1).i32(3).s);
+    spit(p, small.build());
+    he::GgufFile g(p);
+    const he::GgufValue& v = g.get("k.ints");
+    REQUIRE(v.items.size() == 2);
+    CHECK(v.items[0].ints == std::vector<std::int64_t>{1, 2});
+    CHECK(v.items[1].ints == std::vector<std::int64_t>{3});
+    CHECK(g.get_string("general.architecture") == "llama");  // what follows is read in step
+    Craft more = c;
+    Bytes one;  // one more nested array anywhere in the file is one too many
+    one.str("k.more").u32(9).u32(9).u64(1).u32(0).u64(0);
+    more.kv.push_back(one.s);
+    expect_reject(more.build(), {"metadata key 'k.more'", "more than the maximum of 65536"});
+  }
+  {
+    Craft c = valid_craft();
+    Bytes big;  // 2^24 + 1 UINT8: fits the file, exceeds the element cap
+    big.str("k.big").u32(9).u32(0).u64((1u << 24) + 1);
+    big.s.resize(big.s.size() + (1u << 24) + 1);
+    c.kv.push_back(big.s);
+    expect_reject(c.build(), {"metadata key 'k.big'", "array of 16777217 UINT8", "exceeds the maximum of 16777216"});
   }
 }
 
