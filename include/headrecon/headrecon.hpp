@@ -14,6 +14,7 @@
 #include "headrecon/fit.hpp"
 #include "headrecon/head_moments.hpp"
 #include "headrecon/head_stream.hpp"
+#include "headrecon/limits.hpp"
 #include "headrecon/moments.hpp"
 #include "headrecon/parallel.hpp"
 #include "headrecon/plan.hpp"
