@@ -8,7 +8,7 @@ CMake targets, consumers do not get a CMakeDeps-generated config for
 headrecon: package_info() sets cmake_find_mode "none" and puts the package's
 own installed headreconConfig.cmake on CMAKE_PREFIX_PATH (builddirs), and that
 file calls find_dependency() for xtl, xtensor, BLAS/LAPACK (OpenBLAS),
-xtensor-blas and hwy with their real system target names. (With a
+xtensor-blas, hwy and nlohmann_json with their real system target names. (With a
 CMakeDeps-generated config instead, the platform packages contribute nothing
 to headrecon::headrecon: tried, the test_package link fails on dgemm_,
 dpotrf_, ... from OpenBLAS.) Works offline: `conan create . --profile:all
@@ -38,12 +38,13 @@ class HeadreconConan(ConanFile):
         self.version = ".".join(parts)
 
     def requirements(self):
-        # Header-only dependencies and the libraries they link; in CI all four
+        # Header-only dependencies and the libraries they link; in CI all five
         # are [platform_requires] of the profile (Debian 12 packages).
         self.requires("xtensor/[>=0.24.3 <0.26]")
         self.requires("xtensor-blas/[>=0.20 <0.22]")
         self.requires("openblas/[>=0.3.21 <0.4]")
         self.requires("highway/[>=1.0.3 <2]")
+        self.requires("nlohmann_json/[>=3.10 <4]")
 
     def layout(self):
         cmake_layout(self)

@@ -220,7 +220,7 @@ TEST_CASE("activations_io: writer detects missing and overlapping rows", "[activ
   const std::int32_t neg[2] = {0, -1};
   REQUIRE_THROWS_WITH(w.write_positions(0, neg, 2), Contains("token 1 has negative position -1"));
   REQUIRE_THROWS_WITH(ActivationWriter(path, 0, 2, D, kHeads, DType::f32, true, false),
-                      Contains("n_layers must be positive"));
+                      Contains("n_layers must be in [1, 4096], got 0"));
   REQUIRE_THROWS_WITH(ActivationWriter(path, 1, 2, D, KindHeads{}, DType::f32, true, false),
                       Contains("no kind has a positive head count"));
   REQUIRE_THROWS_WITH(
@@ -281,7 +281,7 @@ TEST_CASE("activations_io: reader validates names, shapes and metadata", "[activ
   expect([](Spec& s) { std::get<2>(s.tensors[1]) = Shape{5, 3, 3}; },
          "tensor 'layers.1.k' has 3 heads but 'layers.0.k' has 2");
   expect([](Spec& s) { std::get<2>(s.tensors[1]) = Shape{5, 2, 4}; },
-         "tensor 'layers.1.k' has shape [5, 2, 4], expected [n_tokens, heads, head_dim] = [5, heads >= 1, 3]");
+         "tensor 'layers.1.k' has shape [5, 2, 4], expected [n_tokens, heads, head_dim] = [5, 1..4096, 3]");
   expect([](Spec& s) { std::get<2>(s.tensors[0]) = Shape{6, 2, 3}; }, "has shape [6, 2, 3]");
   expect([](Spec& s) { std::get<2>(s.tensors[0]) = Shape{5, 0, 3}; }, "has shape [5, 0, 3]");
   expect([](Spec& s) { std::get<2>(s.tensors[0]) = Shape{30}; }, "has shape [30]");
@@ -306,7 +306,9 @@ TEST_CASE("activations_io: reader validates names, shapes and metadata", "[activ
   expect([](Spec& s) { s.meta["version"] = "01"; }, "unsupported headrecon.activations version '01'");
   expect([](Spec& s) { s.meta["n_tokens"] = "5x"; }, "metadata 'n_tokens' = '5x' is not");
   expect([](Spec& s) { s.meta["head_dim"] = "0"; }, "'head_dim' = '0' is out of range");
-  expect([](Spec& s) { s.meta.erase("n_layers"); }, "missing metadata key 'n_layers'");
+  expect([](Spec& s) { s.meta.erase("post_rope"); }, "missing metadata key 'post_rope' (\"true\" when Q/K were");
+  expect([](Spec& s) { s.meta.erase("format"); }, "missing metadata key 'format'");
+  expect([](Spec& s) { s.meta["version"] = "2"; }, "unsupported headrecon.activations version '2' (expected 1)");
   expect([](Spec& s) { s.meta["post_rope"] = "1"; }, "'post_rope' = '1' is not 'true' or 'false'");
 
   // Negative stored positions are rejected when read.
@@ -353,4 +355,120 @@ TEST_CASE("activations_io: reads only the requested batch", "[activations_io]") 
   });
   REQUIRE_THROWS_WITH(r.read(0, Kind::k, 6000, 16, buf),
                       Contains(path) && Contains("short read") && Contains("layers.0.k"));
+}
+
+TEST_CASE("activations_io: n_layers, n_tokens and head_dim come from the tensors, checked against the metadata",
+          "[activations_io]") {
+  TempDir dir;
+  const std::string path = dir.file("r.safetensors");
+  const auto expect = [&](auto mutate, const std::string& what) {
+    Spec s;
+    mutate(s);
+    s.write(path);
+    REQUIRE_THROWS_WITH(ActivationReader(path), Contains(path) && Contains(what));
+  };
+  {  // Only the required keys: everything else is inferred.
+    Spec s;
+    s.meta = {{"format", "headrecon.activations"}, {"post_rope", "false"}};
+    s.write(path);
+    const ActivationReader r(path);
+    CHECK(r.n_layers() == 2);
+    CHECK(r.n_tokens() == 5);
+    CHECK(r.head_dim() == 3);
+    CHECK(r.n_heads(Kind::q) == 4);
+    CHECK(r.n_heads(Kind::k) == 2);
+    CHECK_FALSE(r.post_rope());
+  }
+  using Shape = std::vector<std::uint64_t>;
+  const auto minimal = [](Spec& s) { s.meta = {{"format", "headrecon.activations"}, {"post_rope", "true"}}; };
+  expect([&](Spec& s) { minimal(s); std::get<2>(s.tensors[1]) = Shape{6, 2, 3}; },
+         "tensor 'layers.1.k' has shape [6, 2, 3], expected [n_tokens, heads, head_dim] = [5, 1..4096, 3] "
+         "(as tensor 'layers.0.");
+  expect([&](Spec& s) { minimal(s); std::get<2>(s.tensors[2]) = Shape{5, 4, 2}; },
+         "has shape [5, 2, 3], expected [n_tokens, heads, head_dim] = [5, 1..4096, 2] (as tensor 'layers.0.q')");
+  expect([&](Spec& s) { minimal(s); s.tensors.erase(s.tensors.begin() + 1); },
+         "missing tensor 'layers.1.k' (every layer must store the same kinds as 'layers.0.k')");
+  expect([&](Spec& s) { minimal(s); s.tensors.push_back({"layers.3.k", "F16", {5, 2, 3}}); },
+         "missing tensor 'layers.2.q'");
+  // Keys that are present must agree with the tensors.
+  expect([](Spec& s) { s.meta["n_tokens"] = "6"; }, "expected [n_tokens, heads, head_dim] = [6, 1..4096, 3]");
+  expect([](Spec& s) { s.meta["head_dim"] = "4"; }, "= [5, 1..4096, 4]");
+  expect([](Spec& s) { s.meta["n_layers"] = "3"; },
+         "missing tensor 'layers.2.q' (every layer must store the same kinds as 'layers.0.q', for the n_layers = 3 "
+         "of the metadata)");
+  expect([](Spec& s) { s.meta["n_layers"] = "1"; }, "unexpected tensor 'layers.1.k' (expected layers.L.{q,k,v} with "
+                                                    "L < n_layers = 1, or positions)");
+}
+
+TEST_CASE("activations_io: counts beyond the documented limits fail before anything is allocated",
+          "[activations_io]") {
+  TempDir dir;
+  const std::string path = dir.file("huge.safetensors");
+  const auto expect = [&](auto mutate, const std::string& what) {
+    Spec s;
+    mutate(s);
+    s.write(path);
+    REQUIRE_THROWS_WITH(ActivationReader(path), Contains(path) && Contains(what));
+  };
+  // Issue 13: n_layers = 2^31-1 made the reader allocate 51 GB.
+  expect([](Spec& s) { s.meta["n_layers"] = "2147483647"; },
+         "metadata 'n_layers' = '2147483647' is out of range [1, 4096]");
+  expect([](Spec& s) { s.meta["head_dim"] = "5000"; }, "metadata 'head_dim' = '5000' is out of range [1, 4096]");
+  expect([](Spec& s) {
+    s.meta.erase("n_layers");
+    s.tensors.push_back({"layers.4096.k", "F16", {5, 2, 3}});
+  }, "unexpected tensor 'layers.4096.k' (expected layers.L.{q,k,v} with L < the limit 4096");
+  expect([](Spec& s) {
+    s.meta.erase("n_layers");
+    s.tensors = {{"layers.4095.k", "F16", {5, 2, 3}}};
+  }, "missing tensor 'layers.0.k'");
+  expect([](Spec& s) {
+    s.meta = {{"format", "headrecon.activations"}, {"post_rope", "true"}};
+    s.tensors = {{"layers.0.v", "U8", {1, 1, 2}}};
+  }, "unsupported element type 'U8'");
+  expect([](Spec& s) {
+    s.meta = {{"format", "headrecon.activations"}, {"post_rope", "true"}};
+    s.tensors = {{"layers.0.v", "F16", {1, 1, 5000}}};
+  }, "tensor 'layers.0.v' has shape [1, 1, 5000]: head_dim 5000 is outside [1, 4096]");
+  expect([](Spec& s) {
+    s.meta = {{"format", "headrecon.activations"}, {"post_rope", "true"}};
+    s.tensors = {{"layers.0.v", "F16", {1, 5000, 1}}};
+  }, "tensor 'layers.0.v' has shape [1, 5000, 1], expected [n_tokens, heads, head_dim] = [1, 1..4096, 1]");
+  REQUIRE_THROWS_WITH(ActivationWriter(path, 5000, 1, 1, KindHeads{0, 1, 0}, DType::f32, true, false),
+                      Contains("n_layers must be in [1, 4096], got 5000"));
+  REQUIRE_THROWS_WITH(ActivationWriter(path, 1, 1, 1, KindHeads{0, 4097, 0}, DType::f32, true, false),
+                      Contains("4097 k heads exceed the maximum of 4096"));
+}
+
+TEST_CASE("activations_io: a file written by hand as the README describes it is read", "[activations_io]") {
+  // What a Python script with json + struct writes: json.dumps' separators,
+  // no padding, no version or counts in the metadata, tensors in any order.
+  TempDir dir;
+  const std::string path = dir.file("py.safetensors");
+  std::vector<float> k(3 * 1 * 2), v(3 * 2 * 2);
+  for (std::size_t i = 0; i < k.size(); ++i) k[i] = float(i) + 0.5f;
+  for (std::size_t i = 0; i < v.size(); ++i) v[i] = -float(i);
+  const std::string header =
+      R"({"__metadata__": {"format": "headrecon.activations", "post_rope": "true", "source": "numpy"}, )"
+      R"("layers.0.v": {"dtype": "F32", "shape": [3, 2, 2], "data_offsets": [0, 48]}, )"
+      R"("layers.0.k": {"dtype": "F32", "shape": [3, 1, 2], "data_offsets": [48, 72]}})";
+  const std::string data = std::string(reinterpret_cast<const char*>(v.data()), 48) +
+                           std::string(reinterpret_cast<const char*>(k.data()), 24);
+  headrecon_test::write_file(path, headrecon_test::raw_safetensors(header, data));
+  const ActivationReader r(path);
+  CHECK(r.n_layers() == 1);
+  CHECK(r.n_tokens() == 3);
+  CHECK(r.head_dim() == 2);
+  CHECK(r.n_heads(Kind::k) == 1);
+  CHECK(r.n_heads(Kind::v) == 2);
+  CHECK_FALSE(r.has(Kind::q));
+  CHECK(r.positions(0, 3) == std::vector<std::int32_t>{0, 1, 2});
+  std::vector<std::byte> buf;
+  const AnyHeadsView got = r.read(0, Kind::k, 1, 2, buf);
+  got.visit([&](auto hv) {
+    CHECK(to_float(hv(0, 0, 0)) == 2.5f);
+    CHECK(to_float(hv(1, 0, 1)) == 5.5f);
+  });
+  const AnyHeadsView gv = r.read(0, Kind::v, 2, 1, buf);
+  gv.visit([&](auto hv) { CHECK(to_float(hv(0, 1, 1)) == -11.f); });
 }

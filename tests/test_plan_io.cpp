@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <random>
 #include <string>
@@ -203,6 +204,13 @@ TEST_CASE("plan_io: save rejects invalid plans and reserved keys", "[plan_io]") 
   REQUIRE_THROWS_WITH(save_plan(plan, path, {{"kinds", "q"}}),
                       Contains(path) && Contains("'kinds' is reserved"));
   REQUIRE_THROWS_WITH(save_plan(plan, path, {{"k.n_heads", "9"}}), Contains("reserved"));
+  plan.kinds[0].layers[0][0].r2_heldout = std::numeric_limits<float>::quiet_NaN();
+  REQUIRE_THROWS_WITH(save_plan(plan, path), Contains(path) && Contains("invalid plan") &&
+                                                 Contains("target k.0.1: non-finite held-out R2"));
+  plan.kinds[0].layers[0][0].r2_heldout = 0.5f;
+  plan.n_layers = 5000;
+  REQUIRE_THROWS_WITH(save_plan(plan, path), Contains("n_layers must be in [1, 4096], got 5000"));
+  plan.n_layers = 3;
   plan.kinds[0].layers[0][0].bias.pop_back();
   REQUIRE_THROWS_WITH(save_plan(plan, path),
                       Contains(path) && Contains("invalid plan") && Contains("bias has 3"));
@@ -274,7 +282,7 @@ TEST_CASE("plan_io: malformed plans", "[plan_io]") {
   SECTION("garbage numbers") {
     expect(set_meta("head_dim", "12abc"), "metadata 'head_dim' = '12abc' is not a non-negative integer");
     expect(set_meta("head_dim", " 4"), "is not a non-negative integer");
-    expect(set_meta("head_dim", "0"), "metadata 'head_dim' = '0' is out of range [1, 2147483647]");
+    expect(set_meta("head_dim", "0"), "metadata 'head_dim' = '0' is out of range [1, 4096]");
     expect(set_meta("n_layers", "-3"), "metadata 'n_layers' = '-3' is not a non-negative integer");
     expect(set_meta("n_layers", "99999999999999999999999"), "out of range");
     expect(set_meta("sink_tokens", ""), "metadata 'sink_tokens' = '' is not");
@@ -283,6 +291,31 @@ TEST_CASE("plan_io: malformed plans", "[plan_io]") {
     expect(set_meta("k.n_heads", "2147483648"), "out of range");
     expect(set_meta("post_rope", "yes"), "metadata 'post_rope' = 'yes' is not 'true' or 'false'");
     expect([](RawFile& r) { r.meta.erase("v.n_heads"); }, "missing metadata key 'v.n_heads'");
+  }
+  SECTION("counts beyond the documented limits, before anything is allocated") {
+    // Issue 13: n_layers 1e8 loaded as valid (4.7 GB in inspect); 20,000 heads
+    // gave a bare std::bad_alloc.
+    expect(set_meta("n_layers", "100000000"), "metadata 'n_layers' = '100000000' is out of range [1, 4096]");
+    expect(set_meta("k.n_heads", "20000"), "metadata 'k.n_heads' = '20000' is out of range [1, 4096]");
+    expect(set_meta("head_dim", "4097"), "out of range [1, 4096]");
+    expect([](RawFile& r) {
+      auto& refs = r.at("k.0.1.refs");
+      refs.shape = {5, 2};
+      refs.bytes = i32_bytes({0, 0, 0, 2, 0, 3, 0, 0, 0, 0});
+    }, "tensor 'k.0.1.refs' lists 5 references, more than the 4 heads of layers 0..0");
+  }
+  SECTION("NaN or Inf anywhere") {
+    const auto poke = [](std::string tensor, std::size_t index, float value) {
+      return [tensor, index, value](RawFile& r) {
+        std::memcpy(&r.at(tensor).bytes[index * sizeof(float)], &value, sizeof(float));
+      };
+    };
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    expect(poke("k.2.1.weight", 5, nan), "target k.2.1: non-finite weight nan at element 5");
+    expect(poke("v.1.0.weight", 0, -inf), "target v.1.0: non-finite weight -inf at element 0");
+    expect(poke("k.0.1.bias", 3, inf), "target k.0.1: non-finite bias inf at element 3");
+    expect(poke("k.2.3.r2", 0, nan), "target k.2.3: non-finite held-out R2 nan");
+    expect(poke("k.2.3.r2", 0, inf), "non-finite held-out R2 inf");
   }
   SECTION("kinds") {
     expect(set_meta("kinds", "k,x"), "unknown kind 'x'");

@@ -213,6 +213,52 @@ TEST_CASE("safetensors: malformed tensor entries", "[safetensors]") {
                     "data_offsets [8, 4] end before they begin");
   expect_open_error(dir, entry(R"({"dtype":"F32","shape":[2],"data_offsets":[0,8]})"), 4,
                     "data_offsets [0, 8] extend past the data buffer of 4 bytes");
+  // Offsets are exact uint64: no fractions, no negatives, nothing above 2^64-1.
+  expect_open_error(dir, entry(R"({"dtype":"F32","shape":[1],"data_offsets":[0,4.0]})"), 4,
+                    "data_offsets[1] is number, expected a non-negative integer");
+  expect_open_error(dir, entry(R"({"dtype":"F32","shape":[1],"data_offsets":[0,4e0]})"), 4,
+                    "data_offsets[1] is number");
+  expect_open_error(dir, entry(R"({"dtype":"F32","shape":[1],"data_offsets":[0,18446744073709551616]})"), 4,
+                    "integer 18446744073709551616 is out of range");
+  expect_open_error(dir, entry(R"({"dtype":"U8","shape":[1],"data_offsets":[0,18446744073709551615]})"), 4,
+                    "needs 1 bytes but data_offsets [0, 18446744073709551615]");
+  expect_open_error(dir, entry(R"({"dtype":"F32","shape":[1],"data_offsets":[0,4],"dtype":"F16"})"), 4,
+                    "duplicate key \"dtype\" in object \"t\"");
+  expect_open_error(dir, R"({"__metadata__":{"a":"1","a":"2"}})", 0,
+                    "duplicate key \"a\" in object \"__metadata__\"");
+  expect_open_error(dir, "{\"t\xff\":1}", 0, "ill-formed UTF-8");
+}
+
+TEST_CASE("safetensors: a cut file is reported as truncated with both sizes", "[safetensors]") {
+  TempDir dir;
+  const std::string path = dir.file("cut.safetensors");
+  const float x[4] = {1, 2, 3, 4};
+  {
+    SafetensorsWriter w(path);
+    w.add("a", "F32", {2}, x, 8);
+    w.add("b", "F32", {2}, x + 2, 8);
+    w.finish();
+  }
+  const auto full = std::filesystem::file_size(path);
+  const std::uint64_t data_offset = SafetensorsFile(path).data_offset();
+  for (const std::uint64_t cut : {full - 1, data_offset + 8, data_offset, data_offset - 5, std::uint64_t(12), std::uint64_t(3)}) {
+    std::filesystem::resize_file(path, full);
+    std::filesystem::resize_file(path, cut);
+    INFO("cut to " << cut << " of " << full << " bytes");
+    if (cut >= data_offset) {
+      REQUIRE_THROWS_WITH(SafetensorsFile(path),
+                          Contains(path) && Contains("truncated") && Contains("tensor 'b'") &&
+                              Contains("header describes " + std::to_string(full) + " bytes, the file has " +
+                                       std::to_string(cut)));
+    } else if (cut >= 8) {
+      REQUIRE_THROWS_WITH(SafetensorsFile(path),
+                          Contains(path) && Contains("truncated") &&
+                              Contains("header alone needs " + std::to_string(data_offset) + " bytes, the file has " +
+                                       std::to_string(cut)));
+    } else {
+      REQUIRE_THROWS_WITH(SafetensorsFile(path), Contains(path) && Contains("truncated"));
+    }
+  }
 }
 
 TEST_CASE("safetensors: coverage of the data buffer", "[safetensors]") {

@@ -15,6 +15,8 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "capture.hpp"
 #include "headrecon/plan.hpp"
 #include "llama.hpp"
@@ -289,38 +291,33 @@ inline void write_eval_csv(const std::vector<EvalRow>& rows, const std::string& 
 
 inline void write_eval_json(const std::vector<EvalRow>& rows, const std::map<std::string, std::string>& meta,
                             const std::string& path) {
+  using json = nlohmann::ordered_json;
+  const auto num = [](double v) { return std::isnan(v) ? json(nullptr) : json(v); };
+  json out = {{"meta", meta}, {"rows", json::array()}};
+  for (const auto& r : rows)
+    out["rows"].push_back({{"plan", r.plan},
+                           {"cache", r.cache},
+                           {"applied", r.apply},
+                           {"sink", r.sink},
+                           {"k_rebuilt", r.k_rebuilt},
+                           {"v_rebuilt", r.v_rebuilt},
+                           {"kv_heads", r.kv_heads},
+                           {"max_refs", r.max_refs},
+                           {"mean_r2_k", num(r.mean_r2_k)},
+                           {"mean_r2_v", num(r.mean_r2_v)},
+                           {"ppl", r.st.ppl()},
+                           {"predicted", r.st.predicted},
+                           {"tokens", r.st.tokens},
+                           {"kv_bytes_allocated", r.st.allocated_bytes},
+                           {"kv_bytes_layout", r.st.layout_bytes},
+                           {"kv_bytes_full", r.st.full_bytes},
+                           {"kv_bytes_per_token", r.st.bytes_per_token()},
+                           {"decode_tokens_per_s", r.st.tokens_per_s()},
+                           {"attention_seconds", r.st.attn_seconds},
+                           {"simulated_ppl", num(r.sim_ppl)},
+                           {"same_as", r.same_as}});
   std::ofstream os(path);
-  auto q = [](const std::string& s) {
-    std::string o = "\"";
-    for (char ch : s) {
-      if (ch == '"' || ch == '\\') o += '\\';
-      if (static_cast<unsigned char>(ch) < 0x20) {
-        o += fmtd("\\u%04x", double(static_cast<unsigned char>(ch)));
-        continue;
-      }
-      o += ch;
-    }
-    return o + "\"";
-  };
-  auto num = [](double v, const char* f) { return std::isnan(v) ? std::string("null") : fmtd(f, v); };
-  os << "{\n  \"meta\": {";
-  bool first = true;
-  for (const auto& [k, v] : meta) os << (first ? "" : ", ") << q(k) << ": " << q(v), first = false;
-  os << "},\n  \"rows\": [\n";
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    const auto& r = rows[i];
-    os << "    {\"plan\": " << q(r.plan) << ", \"cache\": " << q(r.cache) << ", \"applied\": " << q(r.apply) << ", \"sink\": " << r.sink
-       << ", \"k_rebuilt\": " << r.k_rebuilt << ", \"v_rebuilt\": " << r.v_rebuilt << ", \"kv_heads\": " << r.kv_heads
-       << ", \"max_refs\": " << r.max_refs << ", \"mean_r2_k\": " << num(r.mean_r2_k, "%.6f")
-       << ", \"mean_r2_v\": " << num(r.mean_r2_v, "%.6f") << ", \"ppl\": " << fmtd("%.6f", r.st.ppl())
-       << ", \"predicted\": " << r.st.predicted << ", \"tokens\": " << r.st.tokens
-       << ", \"kv_bytes_allocated\": " << r.st.allocated_bytes << ", \"kv_bytes_layout\": " << r.st.layout_bytes
-       << ", \"kv_bytes_full\": " << r.st.full_bytes << ", \"kv_bytes_per_token\": "
-       << fmtd("%.3f", r.st.bytes_per_token()) << ", \"decode_tokens_per_s\": "
-       << fmtd("%.3f", r.st.tokens_per_s()) << ", \"attention_seconds\": " << fmtd("%.5f", r.st.attn_seconds)
-       << ", \"simulated_ppl\": " << num(r.sim_ppl, "%.6f") << ", \"same_as\": " << q(r.same_as) << "}" << (i + 1 < rows.size() ? "," : "") << "\n";
-  }
-  os << "  ]\n}\n";
+  os << out.dump(2) << "\n";
   if (!os) fail(path, ": cannot write");
 }
 

@@ -1,8 +1,10 @@
 #pragma once
 // A GGUF (version 3) reader for the example engine: the file is memory-mapped
 // read-only; every count, length, offset, size and type is checked against
-// the file before use, and every error names the file and the key or tensor
-// at fault. Dequantizes F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+// the file and the maxima of GgufFile (max_array_length elements per array,
+// max_nested_items array elements that are themselves arrays in the whole
+// file, max_array_depth levels) before anything is allocated for it, and every
+// error names the file and the key or tensor at fault. Dequantizes F32, F16, BF16, F64, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
 // Q2_K..Q6_K and Q8_K to float. Format: ggml docs/gguf.md; block layouts:
 // ggml-common.h (all little-endian).
 
@@ -475,6 +477,12 @@ class GgufFile {
   static constexpr std::uint32_t max_dims = 4;        // GGML_MAX_DIMS
   static constexpr std::size_t max_name_bytes = 64;   // GGML_MAX_NAME, terminator included
   static constexpr int max_array_depth = 8;
+  /// Elements of one metadata array (a vocabulary has ~10^5; 2^24 leaves room).
+  static constexpr std::uint64_t max_array_length = std::uint64_t(1) << 24;
+  /// Array elements that are arrays, whole file: each costs ~200 bytes of
+  /// memory for 12 bytes of file, so their number is capped (llama.cpp
+  /// rejects nested arrays altogether).
+  static constexpr std::uint64_t max_nested_items = std::uint64_t(1) << 16;
 
   explicit GgufFile(std::string path) : path_(std::move(path)), map_(path_) { parse(); }
 
@@ -626,6 +634,15 @@ class GgufFile {
       fail(path_, ": truncated or malformed file: ", what, ": array of ", v.n, " ",
            gguf_type_name(v.elem), " at offset ", c.pos() - 12, " cannot fit in the remaining ",
            c.remaining(), " bytes of the file");
+    if (v.n > max_array_length)
+      fail(path_, ": ", what, ": array of ", v.n, " ", gguf_type_name(v.elem), " at offset ", c.pos() - 12,
+           " exceeds the maximum of ", max_array_length, " elements");
+    if (v.elem == GgufType::array) {
+      nested_items_ += v.n;
+      if (nested_items_ > max_nested_items)
+        fail(path_, ": ", what, ": array of ", v.n, " arrays at offset ", c.pos() - 12, " brings the file's nested "
+             "array elements to ", nested_items_, ", more than the maximum of ", max_nested_items);
+    }
     const std::size_t n = std::size_t(v.n);
     GgufValue tmp;
     switch (v.elem) {
@@ -649,10 +666,13 @@ class GgufFile {
         }
         break;
       case GgufType::array:
-        v.items.resize(n);
+        // Each item is an array without a type tag of its own (gguf.md, gguf-py):
+        // element type, count, elements. Grown item by item, each read (>= 12
+        // bytes of file) before it is stored.
         for (std::size_t k = 0; k < n; ++k) {
-          const GgufType et = read_type(c, what + "[" + std::to_string(k) + "]");
-          read_value(c, et, v.items[k], what + "[" + std::to_string(k) + "]", depth + 1);
+          GgufValue x;
+          read_value(c, GgufType::array, x, what + "[" + std::to_string(k) + "]", depth + 1);
+          v.items.push_back(std::move(x));
         }
         break;
       default:  // unsigned integers and bool
@@ -687,7 +707,7 @@ class GgufFile {
       fail(path_, ": truncated or malformed file: tensor count ", n_tensors, " cannot fit in a file of ",
            map_.size(), " bytes");
 
-    kv_.reserve(std::size_t(n_kv));
+    // Grown as records are read (a record in memory is ~15x its minimum in the file).
     for (std::uint64_t k = 0; k < n_kv; ++k) {
       std::string key = c.read_string("metadata key #" + std::to_string(k));
       const std::string what = "metadata key '" + key + "'";
@@ -707,9 +727,8 @@ class GgufFile {
       alignment_ = a->u;
     }
 
-    tensors_.resize(std::size_t(n_tensors));
     for (std::uint64_t k = 0; k < n_tensors; ++k) {
-      GgufTensor& t = tensors_[std::size_t(k)];
+      GgufTensor& t = tensors_.emplace_back();
       t.name = c.read_string("name of tensor #" + std::to_string(k));
       const std::string what = "tensor '" + t.name + "'";
       if (t.name.size() >= max_name_bytes)
@@ -776,6 +795,7 @@ class GgufFile {
   std::uint32_t version_ = 0;
   std::uint64_t alignment_ = 32;
   std::uint64_t data_offset_ = 0;
+  std::uint64_t nested_items_ = 0;  // array elements that are arrays, so far
   std::vector<std::pair<std::string, GgufValue>> kv_;
   std::map<std::string, std::size_t> kv_index_;
   std::vector<GgufTensor> tensors_;

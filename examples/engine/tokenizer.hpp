@@ -1,13 +1,26 @@
 #pragma once
 // Byte-level BPE tokenizer (GGUF tokenizer.ggml.model = "gpt2") built from the
-// vocabulary, merges and token types stored in a GGUF file. Pre-tokenizers
+// vocabulary, merges and token types stored in a GGUF file.
+//
+// Bytes without a vocabulary entry: byte-level BPE normally has a token for
+// each of the 256 bytes, but a vocabulary trained without the full byte
+// alphabet lacks some (SmolLM2 lacks 21: 0x04, 0x06, 0x13, 0x14, 0x16, 0x1d,
+// 0xc0, 0xc1, 0xf1, 0xf2, 0xf5..0xff, and no token contains them), so those
+// bytes cannot be encoded at all. Such a byte becomes the vocabulary's
+// unknown token when that token is of type UNKNOWN, and is dropped otherwise
+// (as llama.cpp does) -- never a control token such as <|endoftext|>, which
+// tokenizer.ggml.unknown_token_id defaults to. unknown_bytes() counts every
+// one; missing_bytes() lists them. Pre-tokenizers
 // "smollm" (each \p{N} code point alone, then the GPT-2 pattern) and "gpt2"
 // (the GPT-2 pattern alone) are written by hand over Unicode tables; the GPT-2
 // pattern is
 //   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
 
 #include <algorithm>
+#include <climits>
+#include <cstddef>
 #include <cstdint>
+#include <queue>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -235,6 +248,7 @@ class Tokenizer {
     unk_ = std::int32_t(f.get_uint("tokenizer.ggml.unknown_token_id", 0));
     for (std::int32_t id : {bos_, eos_, unk_})
       if (std::size_t(id) >= tokens_.size()) fail(path_, ": special token id ", id, " is out of range");
+    unk_usable_ = types_[std::size_t(unk_)] == TokenType::unknown;
     add_bos_ = f.get_bool("tokenizer.ggml.add_bos_token", false);
 
     // Byte <-> code point mapping of byte-level BPE (GPT-2): printable bytes
@@ -337,9 +351,21 @@ class Tokenizer {
     return out;
   }
 
-  /// Number of pre-token bytes that had no vocabulary entry and became the
-  /// unknown token (only possible for invalid UTF-8 input).
+  /// Number of input bytes encode() found no vocabulary entry for (each one
+  /// became the UNKNOWN-type token or was dropped; see the file comment),
+  /// over the tokenizer's lifetime.
   std::size_t unknown_bytes() const { return unknown_bytes_; }
+  /// The byte values that have no token in this vocabulary (empty for a
+  /// complete byte-level vocabulary).
+  std::vector<std::uint8_t> missing_bytes() const {
+    std::vector<std::uint8_t> out;
+    for (int b = 0; b < 256; ++b)
+      if (byte_token_[b] < 0) out.push_back(std::uint8_t(b));
+    return out;
+  }
+  /// True when a byte without a token becomes the unknown token (of type
+  /// UNKNOWN) rather than being dropped.
+  bool maps_missing_bytes_to_unknown() const { return unk_usable_; }
 
  private:
   struct Merge {
@@ -349,51 +375,86 @@ class Tokenizer {
     return (std::uint64_t(std::uint32_t(a)) << 32) | std::uint32_t(b);
   }
 
+  static constexpr std::size_t max_cached_piece = 64;  // bytes
+  static constexpr std::size_t max_cached_pieces = 200000;
+
+  /// The tokens of one pre-token and how many of its bytes had no token.
+  struct Piece {
+    std::vector<std::int32_t> ids;
+    std::size_t unknown = 0;
+  };
+
   void encode_plain(std::string_view text, std::vector<std::int32_t>& out) const {
     if (text.empty()) return;
     for (std::string_view piece : pre_.split(text)) {
+      if (piece.size() > max_cached_piece) {  // rare and long: not worth the memory
+        const Piece p = bpe(piece);
+        out.insert(out.end(), p.ids.begin(), p.ids.end());
+        unknown_bytes_ += p.unknown;
+        continue;
+      }
       auto it = cache_.find(std::string(piece));
       if (it == cache_.end()) it = cache_.emplace(std::string(piece), bpe(piece)).first;
-      out.insert(out.end(), it->second.begin(), it->second.end());
+      out.insert(out.end(), it->second.ids.begin(), it->second.ids.end());
+      unknown_bytes_ += it->second.unknown;  // counted on cache hits too
     }
-    if (cache_.size() > 200000) cache_.clear();
+    if (cache_.size() > max_cached_pieces) cache_.clear();  // bounded: <= ~100 MB
   }
 
   /// Byte-level BPE of one pre-token: repeatedly merge the adjacent pair of
-  /// lowest rank (leftmost first) until no pair has a merge.
-  std::vector<std::int32_t> bpe(std::string_view piece) const {
-    std::vector<std::int32_t> sym;
-    sym.reserve(piece.size());
-    for (char ch : piece) {
-      const std::int32_t id = byte_token_[std::uint8_t(ch)];
-      if (id < 0) ++unknown_bytes_;
-      sym.push_back(id < 0 ? unk_ : id);
+  /// lowest rank, leftmost first, until no pair has a merge (a heap of
+  /// candidate pairs over a linked list of symbols, O(n log n), as in HF
+  /// tokenizers and llama.cpp). A byte without a token stays a placeholder
+  /// (-1, never merged), then becomes the unknown token or is dropped.
+  Piece bpe(std::string_view piece) const {
+    Piece out;
+    const std::size_t n = piece.size();
+    constexpr std::int32_t dead = INT32_MIN;  // a symbol merged into its left neighbour
+    std::vector<std::int32_t> id(n);
+    std::vector<std::ptrdiff_t> prev(n), next(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      id[i] = byte_token_[std::uint8_t(piece[i])];
+      if (id[i] < 0) ++out.unknown;
+      prev[i] = std::ptrdiff_t(i) - 1;
+      next[i] = i + 1 < n ? std::ptrdiff_t(i + 1) : -1;
     }
-    while (sym.size() > 1) {
-      std::int32_t best_rank = INT32_MAX, best_result = -1;
-      std::size_t best = 0;
-      for (std::size_t i = 0; i + 1 < sym.size(); ++i) {
-        auto it = merges_.find(key(sym[i], sym[i + 1]));
-        if (it != merges_.end() && it->second.rank < best_rank) {
-          best_rank = it->second.rank;
-          best_result = it->second.result;
-          best = i;
-        }
-      }
-      if (best_result < 0) break;
-      const std::int32_t a = sym[best], b = sym[best + 1];
-      std::size_t w = 0;
-      for (std::size_t i = 0; i < sym.size();) {
-        if (i >= best && i + 1 < sym.size() && sym[i] == a && sym[i + 1] == b) {
-          sym[w++] = best_result;
-          i += 2;
-        } else {
-          sym[w++] = sym[i++];
-        }
-      }
-      sym.resize(w);
+    struct Candidate {
+      std::int32_t rank;
+      std::ptrdiff_t left;
+      std::int32_t a, b, result;
+    };
+    const auto later = [](const Candidate& x, const Candidate& y) {
+      return x.rank != y.rank ? x.rank > y.rank : x.left > y.left;
+    };
+    std::priority_queue<Candidate, std::vector<Candidate>, decltype(later)> heap(later);
+    const auto consider = [&](std::ptrdiff_t l) {
+      if (l < 0 || next[std::size_t(l)] < 0) return;
+      const std::int32_t a = id[std::size_t(l)], b = id[std::size_t(next[std::size_t(l)])];
+      const auto it = merges_.find(key(a, b));
+      if (it != merges_.end()) heap.push({it->second.rank, l, a, b, it->second.result});
+    };
+    for (std::size_t i = 0; i + 1 < n; ++i) consider(std::ptrdiff_t(i));
+    while (!heap.empty()) {
+      const Candidate c = heap.top();
+      heap.pop();
+      const std::size_t l = std::size_t(c.left);
+      const std::ptrdiff_t r = next[l];
+      if (id[l] != c.a || r < 0 || id[std::size_t(r)] != c.b) continue;  // stale: a side was merged since
+      id[l] = c.result;
+      id[std::size_t(r)] = dead;
+      next[l] = next[std::size_t(r)];
+      if (next[l] >= 0) prev[std::size_t(next[l])] = std::ptrdiff_t(l);
+      consider(prev[l]);
+      consider(std::ptrdiff_t(l));
     }
-    return sym;
+    for (std::ptrdiff_t i = n ? 0 : -1; i >= 0; i = next[std::size_t(i)]) {
+      const std::int32_t t = id[std::size_t(i)];
+      if (t >= 0)
+        out.ids.push_back(t);
+      else if (unk_usable_)
+        out.ids.push_back(unk_);
+    }
+    return out;
   }
 
   std::string path_;
@@ -405,12 +466,13 @@ class Tokenizer {
   std::unordered_map<std::uint64_t, Merge> merges_;
   std::vector<std::int32_t> specials_;
   std::int32_t bos_ = 0, eos_ = 0, unk_ = 0;
+  bool unk_usable_ = false;  // unk_ is of type UNKNOWN: missing bytes map to it
   bool add_bos_ = false;
   std::uint32_t byte_cp_[256] = {};
   std::string byte_str_[256];
   std::int32_t byte_token_[256] = {};
   std::unordered_map<std::uint32_t, std::uint8_t> cp_byte_;
-  mutable std::unordered_map<std::string, std::vector<std::int32_t>> cache_;
+  mutable std::unordered_map<std::string, Piece> cache_;
   mutable std::size_t unknown_bytes_ = 0;
 };
 

@@ -9,7 +9,8 @@
 #include <vector>
 
 #include "attention_problem.hpp"
-#include "headrecon/detail/json.hpp"
+#include <nlohmann/json.hpp>
+
 #include "headrecon/moments.hpp"
 #include "machine_limits.hpp"
 #include "recon_problem.hpp"
@@ -25,12 +26,10 @@ struct BenchConfig {
 
 inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   using namespace headrecon::bench;
-  using json = detail::json::Value;
-  using Obj = json::Object;
-  using Arr = json::Array;
+  using json = nlohmann::ordered_json;
   openblas_set_num_threads(1);
   const double tmin = cfg.quick ? 0.02 : 0.25;
-  Obj root;
+  json root = json::object();
   char line[512];
 
   // Machine limits, measured now.
@@ -41,10 +40,10 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   std::snprintf(line, sizeof line,
                 "machine: f32 FMA peak %.0f GFLOP/s, OpenBLAS sgemm %.0f GFLOP/s, triad %.1f GB/s\n\n", fma, sgemm, triad);
   os << line;
-  root.push_back({"machine", json(Obj{{"target", json(hwy::TargetName(HWY_STATIC_TARGET))},
-                                               {"fma_peak_gflops", json(fma)},
-                                               {"sgemm_gflops", json(sgemm)},
-                                               {"triad_gbps", json(triad)}})});
+  root["machine"] = {{"target", hwy::TargetName(HWY_STATIC_TARGET)},
+                     {"fma_peak_gflops", fma},
+                     {"sgemm_gflops", sgemm},
+                     {"triad_gbps", triad}};
 
   // Streaming statistics.
   {
@@ -60,13 +59,13 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
                   "statistics (p = %zu, batches of %zu tokens): %.1f GFLOP/s = %.2f x bare syrk, %.2f of sgemm, %.2f of FMA peak\n\n",
                   p, n, gf, ts / t, gf / sgemm, gf / fma);
     os << line;
-    root.push_back({"statistics", json(Obj{{"dim", json(double(p))}, {"gflops", json(gf)}, {"vs_syrk", json(ts / t)}})});
+    root["statistics"] = {{"dim", p}, {"gflops", gf}, {"vs_syrk", ts / t}};
   }
 
   // Reconstruction vs OpenBLAS.
   os << "reconstruction, 4 targets x 5 references, f32 cache (ratio = BLAS time / ours; goal >= 0.9 prefill, >= 1.5 decode)\n";
   os << "  tokens    d   ours GFLOP/s   BLAS GFLOP/s   ratio   of FMA peak\n";
-  Arr recon;
+  json recon = json::array();
   const std::vector<std::size_t> token_list = cfg.quick ? std::vector<std::size_t>{1, 8, 256}
                                                         : std::vector<std::size_t>{1, 2, 4, 8, 256, 1024, 4096};
   for (std::size_t d : {64u, 128u})
@@ -76,17 +75,19 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
       std::snprintf(line, sizeof line, "  %6zu  %3zu   %12.1f   %12.1f   %5.2f   %11.2f\n", n, d, p.flops() / to / 1e9,
                     p.flops() / tb / 1e9, tb / to, p.flops() / to / 1e9 / fma);
       os << line;
-      recon.push_back(json(Obj{{"tokens", json(double(n))}, {"head_dim", json(double(d))},
-                                        {"gflops", json(p.flops() / to / 1e9)}, {"blas_gflops", json(p.flops() / tb / 1e9)},
-                                        {"vs_blas", json(tb / to)}}));
+      recon.push_back({{"tokens", n},
+                       {"head_dim", d},
+                       {"gflops", p.flops() / to / 1e9},
+                       {"blas_gflops", p.flops() / tb / 1e9},
+                       {"vs_blas", tb / to}});
     }
-  root.push_back({"reconstruction", json(recon)});
+  root["reconstruction"] = std::move(recon);
 
   // Decode attention.
   os << "\ndecode attention, one sequence and layer, 4 sink tokens; absorbed = reference-only cache\n"
         "(goal: full/absorbed >= 1.8 at >= 8k, absorbed/refs-only <= 1.15)\n";
   os << "  model          cache  context  full us  absorbed us  full/abs  abs/refs-only  rta/abs  abs GB/s  of triad\n";
-  Arr attn;
+  json attn = json::array();
   struct Row { const ModelShape* shape; std::size_t T; CacheType dt; };
   std::vector<Row> rows;
   const std::vector<std::size_t> ctx = cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{1024, 4096, 8192, 16384, 32768};
@@ -108,18 +109,23 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
                   r.shape->name.c_str(), r.dt.name().c_str(), r.T, tf * 1e6, ta * 1e6, tf / ta, ta / tr,
                   trta / ta, gbs, triad > 0 ? gbs / triad : 0.0);
     os << line;
-    attn.push_back(json(Obj{{"model", json(r.shape->name)}, {"cache", json(r.dt.name())},
-                                     {"context", json(double(r.T))}, {"full_us", json(tf * 1e6)},
-                                     {"absorbed_us", json(ta * 1e6)}, {"refs_only_us", json(tr * 1e6)},
-                                     {"reconstruct_then_attend_us", json(trta * 1e6)}, {"full_over_absorbed", json(tf / ta)},
-                                     {"absorbed_over_refs_only", json(ta / tr)}, {"absorbed_gbps", json(gbs)},
-                                     {"full_gbps", json(p.full_bytes() / tf / 1e9)}}));
+    attn.push_back({{"model", r.shape->name},
+                    {"cache", r.dt.name()},
+                    {"context", r.T},
+                    {"full_us", tf * 1e6},
+                    {"absorbed_us", ta * 1e6},
+                    {"refs_only_us", tr * 1e6},
+                    {"reconstruct_then_attend_us", trta * 1e6},
+                    {"full_over_absorbed", tf / ta},
+                    {"absorbed_over_refs_only", ta / tr},
+                    {"absorbed_gbps", gbs},
+                    {"full_gbps", p.full_bytes() / tf / 1e9}});
   }
-  root.push_back({"decode_attention", json(attn)});
+  root["decode_attention"] = std::move(attn);
   if (!cfg.json_path.empty()) {
     std::ofstream f(cfg.json_path);
     if (!f) detail::fail("bench: cannot write ", cfg.json_path);
-    f << detail::json::dump(json(root)) << "\n";
+    f << root.dump() << "\n";
     os << "\nJSON written to " << cfg.json_path << "\n";
   }
 }

@@ -2,17 +2,26 @@
 /// @file activations_io.hpp
 /// Captured activations as a `headrecon.activations` safetensors file.
 ///
-/// Metadata: format = headrecon.activations, version = 1, n_layers, n_tokens,
-/// head_dim, post_rope (true/false), plus free-form keys. Tensors
-/// `layers.{L}.{q|k|v}` [tokens, heads, head_dim] in F32, F16 or BF16 (every
-/// layer stores the same kinds; heads are constant per kind), and optionally
-/// `positions` I32 [tokens]: each token's position in its sequence.
+/// Tensors `layers.{L}.{q|k|v}` [tokens, heads, head_dim] in F32, F16 or BF16
+/// for L = 0 .. n_layers-1 (every layer stores the same kinds; heads are
+/// constant per kind; tokens and head_dim are the same for all), and
+/// optionally `positions` I32 [tokens]: each token's position in its sequence
+/// (absent: one sequence, positions 0, 1, ...).
+///
+/// Metadata, required: `format` = headrecon.activations; `post_rope` = true
+/// or false (whether Q/K were captured after RoPE: it decides how a plan
+/// fitted on them may be applied, so it has no default). Optional: `version`
+/// (1, the default), and `n_layers`, `n_tokens`, `head_dim`, which the reader
+/// infers from the tensors and, when present, checks against them. Other keys
+/// are free-form. Limits (limits.hpp): n_layers, heads and head_dim <= 4096.
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
 #include <map>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -20,6 +29,7 @@
 
 #include "headrecon/dtype.hpp"
 #include "headrecon/error.hpp"
+#include "headrecon/limits.hpp"
 #include "headrecon/plan.hpp"
 #include "headrecon/safetensors.hpp"
 #include "headrecon/view.hpp"
@@ -84,10 +94,15 @@ class ActivationWriter {
         dtype_(dtype),
         has_positions_(has_positions) {
     const std::string& p = w_.path();
-    if (n_layers == 0) detail::fail(p, ": n_layers must be positive");
-    if (head_dim == 0) detail::fail(p, ": head_dim must be positive");
+    if (n_layers == 0 || n_layers > limits::max_layers)
+      detail::fail(p, ": n_layers must be in [1, ", limits::max_layers, "], got ", n_layers);
+    if (head_dim == 0 || head_dim > limits::max_head_dim)
+      detail::fail(p, ": head_dim must be in [1, ", limits::max_head_dim, "], got ", head_dim);
     if (heads.q == 0 && heads.k == 0 && heads.v == 0)
       detail::fail(p, ": no kind has a positive head count (nothing to store)");
+    for (Kind kind : detail::all_kinds)
+      if (heads[kind] > limits::max_heads)
+        detail::fail(p, ": ", heads[kind], " ", kind_name(kind), " heads exceed the maximum of ", limits::max_heads);
     static constexpr std::string_view reserved[] = {"format",   "version",  "n_layers",
                                                     "n_tokens", "head_dim", "post_rope"};
     for (const auto& [k, v] : extra_metadata) {
@@ -209,75 +224,112 @@ class ActivationWriter {
 class ActivationReader {
  public:
   /// Opens and validates `path`; throws Error naming the file and tensor.
+  /// n_layers, n_tokens and head_dim come from the tensors and must match the
+  /// metadata keys of the same names where those are present.
   explicit ActivationReader(std::string path) : f_(std::move(path)) {
     const std::string& p = f_.path();
     const auto& md = f_.metadata();
-    detail::meta_check_format(md, p, detail::activations_format, detail::activations_version);
-    constexpr std::uint64_t i32max = std::uint64_t(std::numeric_limits<std::int32_t>::max());
-    n_layers_ = std::size_t(detail::meta_uint(md, p, "n_layers", 1, i32max));
-    n_tokens_ = std::size_t(detail::meta_uint(
-        md, p, "n_tokens", 0, std::uint64_t(std::numeric_limits<std::int64_t>::max())));
-    head_dim_ = std::size_t(detail::meta_uint(md, p, "head_dim", 1, i32max));
+    detail::meta_check_format(md, p, detail::activations_format, detail::activations_version, true);
+    if (md.find("post_rope") == md.end())
+      detail::fail(p, ": missing metadata key 'post_rope' (\"true\" when Q/K were captured after RoPE, else "
+                   "\"false\"; it has no default because it decides how a plan fitted on them may be applied)");
     post_rope_ = detail::meta_bool(md, p, "post_rope");
+    const auto declared = [&](const char* key, std::uint64_t lo, std::uint64_t hi) -> std::optional<std::uint64_t> {
+      if (md.find(key) == md.end()) return std::nullopt;
+      return detail::meta_uint(md, p, key, lo, hi);
+    };
+    const auto md_layers = declared("n_layers", 1, limits::max_layers);
+    const auto md_tokens = declared("n_tokens", 0, std::uint64_t(std::numeric_limits<std::int64_t>::max()));
+    const auto md_dim = declared("head_dim", 1, limits::max_head_dim);
 
-    constexpr std::size_t none = std::size_t(-1);
-    index_.assign(n_layers_ * 3, none);
-    std::array<std::size_t, 3> first{none, none, none};  // first tensor seen per kind
+    // Pass 1: names (layers bounded by the metadata or limits::max_layers) and
+    // one shape as the reference for all others.
     const auto& ts = f_.tensors();
+    const std::size_t max_layer = std::size_t(md_layers ? *md_layers : limits::max_layers);
+    std::vector<std::pair<std::size_t, std::size_t>> layer_tensors;  // (layer * 3 + kind, tensor index)
+    std::size_t first_layer_tensor = ts.size(), positions = ts.size();
     for (std::size_t i = 0; i < ts.size(); ++i) {
       const TensorInfo& t = ts[i];
       if (t.name == "positions") {
-        if (t.dtype != "I32")
-          detail::fail(p, ": tensor 'positions' has dtype ", t.dtype, ", expected I32");
-        if (t.shape != std::vector<std::uint64_t>{n_tokens_})
-          detail::fail(p, ": tensor 'positions' has shape ", detail::shape_str(t.shape),
-                       ", expected [n_tokens] = [", n_tokens_, "]");
-        positions_ = i;
+        positions = i;
         continue;
       }
       std::size_t layer = 0;
       Kind kind = Kind::q;
-      if (!parse_name(t.name, layer, kind))
-        detail::fail(p, ": unexpected tensor '", t.name,
-                     "' (expected layers.L.{q,k,v} with L < n_layers = ", n_layers_,
-                     ", or positions)");
+      if (!parse_name(t.name, max_layer, layer, kind))
+        detail::fail(p, ": unexpected tensor '", t.name, "' (expected layers.L.{q,k,v} with L < ",
+                     md_layers ? "n_layers = " : "the limit ", max_layer, ", or positions)");
+      layer_tensors.emplace_back(layer * 3 + std::size_t(kind), i);
+      if (first_layer_tensor == ts.size()) first_layer_tensor = i;
+      n_layers_ = std::max(n_layers_, layer + 1);
+    }
+    if (first_layer_tensor == ts.size()) detail::fail(p, ": no layers.L.{q,k,v} tensors");
+    const TensorInfo& ref = ts[first_layer_tensor];
+    if ((!md_tokens || !md_dim) && ref.shape.size() != 3)
+      detail::fail(p, ": tensor '", ref.name, "' has shape ", detail::shape_str(ref.shape),
+                   ", expected [n_tokens, heads, head_dim]");
+    n_tokens_ = std::size_t(md_tokens ? *md_tokens : ref.shape[0]);
+    head_dim_ = std::size_t(md_dim ? *md_dim : ref.shape[2]);
+    if (head_dim_ == 0 || head_dim_ > limits::max_head_dim)
+      detail::fail(p, ": tensor '", ref.name, "' has shape ", detail::shape_str(ref.shape), ": head_dim ", head_dim_,
+                   " is outside [1, ", limits::max_head_dim, "]");
+    const std::string source = md_tokens && md_dim ? std::string() : " (as tensor '" + ref.name + "')";
+    const std::size_t seen_layers = n_layers_;
+    if (md_layers) n_layers_ = std::size_t(*md_layers);  // layers beyond the tensors are reported below, by name
+
+    // Pass 2: every layer tensor's dtype and shape.
+    constexpr std::size_t none = std::size_t(-1);
+    index_.assign(n_layers_ * 3, none);  // n_layers_ <= limits::max_layers
+    std::array<std::size_t, 3> first{none, none, none};  // first tensor seen per kind
+    for (const auto& [slot, i] : layer_tensors) {
+      const TensorInfo& t = ts[i];
       try {
         (void)parse_dtype(t.dtype);
       } catch (const Error& e) {
         detail::fail(p, ": tensor '", t.name, "': ", e.what());
       }
-      if (t.shape.size() != 3 || t.shape[0] != n_tokens_ || t.shape[1] == 0 ||
+      if (t.shape.size() != 3 || t.shape[0] != n_tokens_ || t.shape[1] == 0 || t.shape[1] > limits::max_heads ||
           t.shape[2] != head_dim_)
         detail::fail(p, ": tensor '", t.name, "' has shape ", detail::shape_str(t.shape),
-                     ", expected [n_tokens, heads, head_dim] = [", n_tokens_, ", heads >= 1, ",
-                     head_dim_, "]");
-      const std::size_t k = std::size_t(kind);
+                     ", expected [n_tokens, heads, head_dim] = [", n_tokens_, ", 1..", limits::max_heads, ", ",
+                     head_dim_, "]", source);
+      const std::size_t k = slot % 3;
+      const Kind kind = Kind(k);
       if (first[k] == none) {
         first[k] = i;
         heads_[kind] = std::size_t(t.shape[1]);
       } else if (t.shape[1] != heads_[kind]) {
-        detail::fail(p, ": tensor '", t.name, "' has ", t.shape[1], " heads but '",
-                     ts[first[k]].name, "' has ", heads_[kind]);
+        detail::fail(p, ": tensor '", t.name, "' has ", t.shape[1], " heads but '", ts[first[k]].name, "' has ",
+                     heads_[kind]);
       }
-      index_[layer * 3 + k] = i;
+      index_[slot] = i;
     }
-    if (heads_.q == 0 && heads_.k == 0 && heads_.v == 0)
-      detail::fail(p, ": no layers.L.{q,k,v} tensors");
     for (std::size_t l = 0; l < n_layers_; ++l)
       for (Kind kind : detail::all_kinds)
         if (heads_[kind] > 0 && index_[l * 3 + std::size_t(kind)] == none)
           detail::fail(p, ": missing tensor '", detail::activation_name(l, kind),
-                       "' (every layer must store the same kinds as '",
-                       ts[first[std::size_t(kind)]].name, "')");
+                       "' (every layer must store the same kinds as '", ts[first[std::size_t(kind)]].name, "'",
+                       n_layers_ > seen_layers ? ", for the n_layers = " + std::to_string(n_layers_) + " of the metadata"
+                                               : std::string(),
+                       ")");
+
+    if (positions != ts.size()) {
+      const TensorInfo& t = ts[positions];
+      if (t.dtype != "I32") detail::fail(p, ": tensor 'positions' has dtype ", t.dtype, ", expected I32");
+      if (t.shape != std::vector<std::uint64_t>{n_tokens_})
+        detail::fail(p, ": tensor 'positions' has shape ", detail::shape_str(t.shape), ", expected [n_tokens] = [",
+                     n_tokens_, "]");
+      positions_ = positions;
+    }
   }
 
   /// The path the file was opened with.
   const std::string& path() const { return f_.path(); }
-  /// Number of layers (metadata n_layers).
+  /// Number of layers (from the tensors; equals metadata n_layers when present).
   std::size_t n_layers() const { return n_layers_; }
-  /// Number of tokens, all sequences together (metadata n_tokens).
+  /// Number of tokens, all sequences together (from the tensors' shapes).
   std::size_t n_tokens() const { return n_tokens_; }
-  /// Components per head (metadata head_dim).
+  /// Components per head (from the tensors' shapes).
   std::size_t head_dim() const { return head_dim_; }
   /// True when the activations were captured after RoPE.
   bool post_rope() const { return post_rope_; }
@@ -343,8 +395,8 @@ class ActivationReader {
     return f_.tensors()[index_[layer * 3 + std::size_t(kind)]];
   }
 
-  /// Parses "layers.{L}.{q|k|v}" with L canonical decimal < n_layers.
-  bool parse_name(std::string_view name, std::size_t& layer, Kind& kind) const {
+  /// Parses "layers.{L}.{q|k|v}" with L canonical decimal < max_layer.
+  static bool parse_name(std::string_view name, std::size_t max_layer, std::size_t& layer, Kind& kind) {
     constexpr std::string_view prefix = "layers.";
     if (name.substr(0, prefix.size()) != prefix) return false;
     name.remove_prefix(prefix.size());
@@ -352,7 +404,7 @@ class ActivationReader {
     if (dot == std::string_view::npos) return false;
     const std::string_view l = name.substr(0, dot), k = name.substr(dot + 1);
     std::uint64_t v = 0;
-    if (!detail::parse_decimal(l, n_layers_ - 1, v) || (l.size() > 1 && l[0] == '0')) return false;
+    if (!detail::parse_decimal(l, max_layer - 1, v) || (l.size() > 1 && l[0] == '0')) return false;
     if (k != "q" && k != "k" && k != "v") return false;
     layer = std::size_t(v);
     kind = parse_kind(k);

@@ -16,6 +16,7 @@
 #include "headrecon/head_moments.hpp"
 #include "headrecon/head_stream.hpp"
 #include "headrecon/kv_store.hpp"
+#include "headrecon/limits.hpp"
 #include "headrecon/moments.hpp"
 #include "headrecon/parallel.hpp"
 #include "headrecon/plan.hpp"

@@ -4,12 +4,14 @@
 /// and, for every rebuilt (target) head, its references and its linear map.
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "headrecon/error.hpp"
+#include "headrecon/limits.hpp"
 
 namespace headrecon {
 
@@ -101,15 +103,17 @@ struct Plan {
     return p;
   }
 
-  /// Checks internal consistency (indices in range, no target is a reference,
-  /// no duplicates, weight/bias sizes, finite values); throws Error naming the
-  /// first offending head.
+  /// Checks internal consistency (counts within limits.hpp, indices in range,
+  /// no target is a reference, no duplicates, weight/bias sizes, finite
+  /// weights, biases and R²); throws Error naming the first offending head.
   void validate() const;
 };
 
 inline void Plan::validate() const {
-  if (head_dim <= 0) detail::fail("plan: head_dim must be positive, got ", head_dim);
-  if (n_layers <= 0) detail::fail("plan: n_layers must be positive, got ", n_layers);
+  if (head_dim <= 0 || std::uint64_t(head_dim) > limits::max_head_dim)
+    detail::fail("plan: head_dim must be in [1, ", limits::max_head_dim, "], got ", head_dim);
+  if (n_layers <= 0 || std::uint64_t(n_layers) > limits::max_layers)
+    detail::fail("plan: n_layers must be in [1, ", limits::max_layers, "], got ", n_layers);
   if (sink_tokens < 0) detail::fail("plan: sink_tokens must be >= 0, got ", sink_tokens);
   const std::size_t d = std::size_t(head_dim);
   for (std::size_t i = 0; i < kinds.size(); ++i) {
@@ -117,7 +121,8 @@ inline void Plan::validate() const {
     const auto kn = kind_name(kp.kind);
     for (std::size_t j = 0; j < i; ++j)
       if (kinds[j].kind == kp.kind) detail::fail("plan: kind ", kn, " appears twice");
-    if (kp.n_heads <= 0) detail::fail("plan: kind ", kn, ": n_heads must be positive");
+    if (kp.n_heads <= 0 || std::uint64_t(kp.n_heads) > limits::max_heads)
+      detail::fail("plan: kind ", kn, ": n_heads must be in [1, ", limits::max_heads, "], got ", kp.n_heads);
     if (kp.layers.size() != std::size_t(n_layers))
       detail::fail("plan: kind ", kn, " has ", kp.layers.size(), " layers, expected ", n_layers);
     for (std::size_t l = 0; l < kp.layers.size(); ++l) {
@@ -147,10 +152,14 @@ inline void Plan::validate() const {
                        " elements, expected ", t.refs.size() * d * d);
         if (t.bias.size() != d)
           detail::fail("plan: target ", where(), ": bias has ", t.bias.size(), " elements, expected ", d);
-        for (float w : t.weight)
-          if (!(w == w) || w - w != 0.f) detail::fail("plan: target ", where(), ": non-finite weight");
-        for (float b : t.bias)
-          if (!(b == b) || b - b != 0.f) detail::fail("plan: target ", where(), ": non-finite bias");
+        for (std::size_t i = 0; i < t.weight.size(); ++i)
+          if (!std::isfinite(t.weight[i]))
+            detail::fail("plan: target ", where(), ": non-finite weight ", t.weight[i], " at element ", i);
+        for (std::size_t i = 0; i < t.bias.size(); ++i)
+          if (!std::isfinite(t.bias[i]))
+            detail::fail("plan: target ", where(), ": non-finite bias ", t.bias[i], " at element ", i);
+        if (!std::isfinite(t.r2_heldout))
+          detail::fail("plan: target ", where(), ": non-finite held-out R2 ", t.r2_heldout);
       }
       for (std::size_t a = 0; a < kp.layers[l].size(); ++a)
         for (std::size_t b = 0; b < a; ++b)

@@ -1,6 +1,7 @@
 // Tests of the example engine that need no downloaded model: the GGUF reader
 // on crafted files and on a fixture of every quantization type, a tiny random
-// qwen2 model against the NumPy reference, and the text selection.
+// qwen2 model against the NumPy reference, the text selection, and the
+// tokenizer on crafted byte-level vocabularies.
 
 #include <catch2/catch.hpp>
 
@@ -8,6 +9,8 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
+#include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -15,6 +18,7 @@
 #include "engine_test_util.hpp"
 #include "gguf.hpp"
 #include "llama.hpp"
+#include "tokenizer.hpp"
 
 using namespace headrecon_engine_test;
 using headrecon_test::write_file;
@@ -112,8 +116,8 @@ TEST_CASE("gguf: malformed headers, metadata and tensor infos are rejected with 
   {
     Craft c = valid_craft();
     Bytes nest;
-    nest.str("k.deep");
-    for (int i = 0; i < 12; ++i) nest.u32(9).u32(9).u64(1);  // arrays of arrays ...
+    nest.str("k.deep").u32(9);
+    for (int i = 0; i < 12; ++i) nest.u32(9).u64(1);  // arrays of arrays ... (items carry no type tag)
     c.kv.push_back(nest.s);
     expect_reject(c.build(), {"metadata key 'k.deep'", "nested deeper"});
   }
@@ -184,6 +188,55 @@ TEST_CASE("gguf: malformed headers, metadata and tensor infos are rejected with 
     std::string b = c.build();
     b.resize(b.size() - 100);
     expect_reject(b, {"tensor 'w.q8'", "extends past the end of the file"});
+  }
+}
+
+TEST_CASE("gguf: array counts are capped before anything is allocated") {
+  // Issue 13: nested arrays cost ~200 bytes of memory per 16 bytes of file and
+  // were allocated up front at every level: a 16 MiB file peaked at 2.2 GB.
+  {
+    Craft c = valid_craft();
+    Bytes deep;
+    deep.str("k.deep").u32(9).u32(9).u64(1u << 20);  // claims 2^20 arrays (16 MiB of file would fit them)
+    for (int i = 0; i < 8; ++i) deep.u32(9).u64(1u << 20);
+    deep.s.resize(deep.s.size() + (std::size_t(16) << 20));
+    c.kv.push_back(deep.s);
+    expect_reject(c.build(), {"metadata key 'k.deep'", "array of 1048576 arrays", "more than the maximum of 65536"});
+  }
+  {
+    Craft c = valid_craft();
+    Bytes ok;  // 2^16 nested (empty) arrays are fine, in 1 MiB
+    ok.str("k.nested").u32(9).u32(9).u64(1u << 16);
+    for (int i = 0; i < (1 << 16); ++i) ok.u32(0).u64(0);
+    c.kv.push_back(ok.s);
+    TempDir d;
+    const std::string p = d.file("nested.gguf");
+    spit(p, c.build());
+    he::GgufFile f(p);
+    CHECK(f.get("k.nested").items.size() == (1u << 16));
+    // The encoding of gguf-py's writer: [[1, 2], [3]] as INT32 items without type tags.
+    Craft small = valid_craft();
+    small.kv.push_back(Bytes().str("k.ints").u32(9).u32(9).u64(2).u32(5).u64(2).i32(1).i32(2).u32(5).u64(1).i32(3).s);
+    spit(p, small.build());
+    he::GgufFile g(p);
+    const he::GgufValue& v = g.get("k.ints");
+    REQUIRE(v.items.size() == 2);
+    CHECK(v.items[0].ints == std::vector<std::int64_t>{1, 2});
+    CHECK(v.items[1].ints == std::vector<std::int64_t>{3});
+    CHECK(g.get_string("general.architecture") == "llama");  // what follows is read in step
+    Craft more = c;
+    Bytes one;  // one more nested array anywhere in the file is one too many
+    one.str("k.more").u32(9).u32(9).u64(1).u32(0).u64(0);
+    more.kv.push_back(one.s);
+    expect_reject(more.build(), {"metadata key 'k.more'", "more than the maximum of 65536"});
+  }
+  {
+    Craft c = valid_craft();
+    Bytes big;  // 2^24 + 1 UINT8: fits the file, exceeds the element cap
+    big.str("k.big").u32(9).u32(0).u64((1u << 24) + 1);
+    big.s.resize(big.s.size() + (1u << 24) + 1);
+    c.kv.push_back(big.s);
+    expect_reject(c.build(), {"metadata key 'k.big'", "array of 16777217 UINT8", "exceeds the maximum of 16777216"});
   }
 }
 
@@ -324,4 +377,117 @@ TEST_CASE("llama: models with missing or misshapen tensors are rejected naming t
     he::GgufFile f(p);
     CHECK_THROWS_WITH(he::LlamaModel(f), Catch::Contains("architecture 'mamba' is not supported"));
   }
+}
+
+namespace {
+
+/// The tokenizer of a crafted byte-level vocabulary (see gguf_craft.hpp).
+struct CraftedTokenizer {
+  TempDir dir;
+  std::unique_ptr<he::GgufFile> file;
+  std::unique_ptr<he::Tokenizer> tok;
+  explicit CraftedTokenizer(const VocabSpec& v) {
+    const std::string p = dir.file("vocab.gguf");
+    spit(p, vocab_craft(v).build());
+    file = std::make_unique<he::GgufFile>(p);
+    tok = std::make_unique<he::Tokenizer>(*file);
+  }
+};
+
+/// Random byte strings: ASCII text, UTF-8 of every length, and arbitrary bytes.
+std::vector<std::string> random_byte_strings(std::size_t n, std::uint32_t seed) {
+  std::mt19937 rng(seed);
+  const std::vector<std::string> atoms = {"the", " the", "  ", "\n", "\t", "'s", "42", "\xC3\xA9", "\xE6\x9D\xB1",
+                                          "\xF0\x9F\x98\x80", "<|im_start|>", "\xE2\x82", "\xFF", "\x80"};
+  std::vector<std::string> out;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::string s;
+    const std::size_t len = rng() % 48;
+    for (std::size_t k = 0; k < len; ++k) {
+      if (rng() % 3 == 0)
+        s += atoms[rng() % atoms.size()];
+      else
+        s += char(rng() % 256);
+    }
+    out.push_back(s);
+  }
+  return out;
+}
+
+std::string without(const std::string& s, const std::vector<std::uint8_t>& drop) {
+  std::string out;
+  for (char c : s)
+    if (std::find(drop.begin(), drop.end(), std::uint8_t(c)) == drop.end()) out += c;
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("tokenizer: a complete byte-level vocabulary encodes every byte and round-trips any byte string") {
+  VocabSpec v;
+  v.merges = english_merges();
+  CraftedTokenizer c(v);
+  const he::Tokenizer& tok = *c.tok;
+  CHECK(tok.missing_bytes().empty());
+  for (int b = 0; b < 256; ++b) {
+    const std::string s(1, char(b));
+    const auto ids = tok.encode(s);
+    INFO("byte " << b);
+    REQUIRE(ids.size() == 1);
+    CHECK(tok.token(ids[0]) == byte_level_char(std::uint8_t(b)));
+    CHECK(tok.decode(ids) == s);
+  }
+  CHECK(tok.encode(" the") == std::vector<std::int32_t>{tok.find("\xC4\xA0the")});  // merges apply
+  for (const std::string& s : random_byte_strings(3000, 7)) {
+    INFO("input of " << s.size() << " bytes");
+    const auto ids = tok.encode(s);
+    REQUIRE(tok.decode(ids) == s);
+    for (auto id : ids) REQUIRE(tok.type(id) == he::TokenType::normal);  // no control token from plain text
+  }
+  CHECK(tok.unknown_bytes() == 0);
+}
+
+TEST_CASE("tokenizer: bytes missing from the vocabulary are dropped and counted, never a control token") {
+  VocabSpec v;
+  v.merges = english_merges();
+  v.merges.push_back("! !");
+  v.missing = {0x04, 0xFF};
+  CraftedTokenizer c(v);  // unknown_token_id defaults to 0 = <|endoftext|>, a control token
+  const he::Tokenizer& tok = *c.tok;
+  CHECK(tok.missing_bytes() == std::vector<std::uint8_t>{0x04, 0xFF});
+  CHECK_FALSE(tok.maps_missing_bytes_to_unknown());
+  const auto ids = tok.encode("a\x04" "b");
+  CHECK(ids == std::vector<std::int32_t>{tok.find("a"), tok.find("b")});
+  CHECK(tok.unknown_bytes() == 1);
+  CHECK(tok.encode("a\x04" "b") == ids);  // from the cache: counted again
+  CHECK(tok.unknown_bytes() == 2);
+  CHECK(tok.encode("\x04\x04\xFF").empty());
+  CHECK(tok.unknown_bytes() == 5);
+  // One pre-token "!\x04!": the missing byte is not merged over.
+  CHECK(tok.encode("!!") == std::vector<std::int32_t>{tok.find("!!")});
+  CHECK(tok.encode("!\x04!") == std::vector<std::int32_t>{tok.find("!"), tok.find("!")});
+  std::size_t unknown = tok.unknown_bytes();
+  for (const std::string& s : random_byte_strings(2000, 11)) {
+    const auto got = tok.encode(s);
+    INFO("input of " << s.size() << " bytes");
+    REQUIRE(tok.decode(got) == without(s, v.missing));
+    const std::size_t n_missing = s.size() - without(s, v.missing).size();
+    REQUIRE(tok.unknown_bytes() == unknown + n_missing);
+    unknown = tok.unknown_bytes();
+    for (auto id : got) REQUIRE(tok.type(id) == he::TokenType::normal);
+  }
+}
+
+TEST_CASE("tokenizer: with an UNKNOWN-type token, missing bytes become it") {
+  VocabSpec v;
+  v.missing = {0x04};
+  v.unk = "<unk>";
+  CraftedTokenizer c(v);
+  const he::Tokenizer& tok = *c.tok;
+  CHECK(tok.maps_missing_bytes_to_unknown());
+  const std::int32_t unk = tok.find("<unk>");
+  CHECK(tok.encode("a\x04" "b") == std::vector<std::int32_t>{tok.find("a"), unk, tok.find("b")});
+  CHECK(tok.unknown_bytes() == 1);
+  CHECK(tok.decode(tok.encode("a\x04" "b")) == "a<unk>b");
+  CHECK(tok.decode(tok.encode("a\x04" "b"), true) == "ab");
 }

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -23,22 +24,23 @@
 #include "corpus.hpp"
 #include "gguf.hpp"
 #include "headrecon/activations_io.hpp"
-#include "headrecon/detail/json.hpp"
 #include "engine_test_util.hpp"
 #include "io_test_util.hpp"
 #include "llama.hpp"
 #include "model_fixture.hpp"
 #include "tokenizer.hpp"
 
+#include <nlohmann/json.hpp>
+
 namespace he = headrecon_engine;
-namespace json = headrecon::detail::json;
+using json = nlohmann::json;
 using headrecon_test::TempDir;
 
 namespace {
 
 using namespace headrecon_model_test;
 
-json::Value read_json(const std::string& name) { return json::parse(slurp(test_dir + "/" + name)); }
+json read_json(const std::string& name) { return json::parse(slurp(test_dir + "/" + name)); }
 
 }  // namespace
 
@@ -115,41 +117,41 @@ TEST_CASE("model: logits match the NumPy float64 reference") {
   // a real bug: the NumPy pass with the RoPE pair layout wrong differs by up
   // to 13.8 and agrees on 7 of 16 argmaxes.
   const Loaded& l = loaded();
-  const json::Value ref = read_json("reference_logits.json");
+  const json ref = read_json("reference_logits.json");
   std::vector<std::int32_t> ids;
-  for (const auto& v : ref.find("tokens")->as_array()) ids.push_back(std::int32_t(v.as_int64()));
+  for (const auto& v : ref.at("tokens")) ids.push_back(v.get<std::int32_t>());
   REQUIRE(ids.size() == 16);
   he::LlamaEngine eng(l.model);
   he::KvCache cache(l.model.attention_shape(), ids.size());
   std::vector<float> logits;
   eng.forward(ids.data(), ids.size(), cache, he::LogitsMode::all, &logits);
   const std::size_t V = l.model.config().n_vocab;
-  const auto& top = ref.find("top")->as_array();
+  const auto& top = ref.at("top");
   REQUIRE(top.size() == ids.size());
   double max_diff = 0;
   for (std::size_t t = 0; t < ids.size(); ++t) {
-    const auto& tid = top[t].find("ids")->as_array();
-    const auto& tv = top[t].find("logits")->as_array();
+    const auto& tid = top[t].at("ids");
+    const auto& tv = top[t].at("logits");
     for (std::size_t k = 0; k < tid.size(); ++k) {
-      const double want = tv[k].as_double();
-      const double got = logits[t * V + std::size_t(tid[k].as_int64())];
+      const double want = tv[k].get<double>();
+      const double got = logits[t * V + tid[k].get<std::size_t>()];
       max_diff = std::max(max_diff, std::fabs(got - want));
     }
     const float* row = logits.data() + t * V;
     const auto argmax = std::max_element(row, row + V) - row;
     INFO("position " << t);
-    CHECK(argmax == tid[0].as_int64());
+    CHECK(argmax == tid[0].get<std::int64_t>());
   }
   INFO("max |logit diff| over the reference top-5: " << max_diff);
   CHECK(max_diff < 2e-3);
 
   // Perplexity of one 135-token sequence (the KJV excerpt) against NumPy's.
-  const json::Value& p = *ref.find("ppl");
+  const json& p = ref.at("ppl");
   std::vector<std::int32_t> pid;
-  for (const auto& v : p.find("tokens")->as_array()) pid.push_back(std::int32_t(v.as_int64()));
+  for (const auto& v : p.at("tokens")) pid.push_back(v.get<std::int32_t>());
   const he::PerplexityStats st = he::perplexity(l.model, pid, pid.size());
   CHECK(st.predicted == pid.size() - 1);
-  CHECK(st.ppl() == Approx(p.find("perplexity")->as_double()).epsilon(1e-4));
+  CHECK(st.ppl() == Approx(p.at("perplexity").get<double>()).epsilon(1e-4));
 }
 
 TEST_CASE("model: incremental decode with the KV cache equals one batched pass") {
@@ -181,12 +183,12 @@ TEST_CASE("tokenizer: ids match the tokenizers library and decode round-trips") 
   // pre-tokenizer (Digits(individual) + ByteLevel), built from the same GGUF
   // vocabulary and merges by reference_forward.py.
   const Loaded& l = loaded();
-  const json::Value ref = read_json("reference_tokens.json");
+  const json ref = read_json("reference_tokens.json");
   std::size_t n = 0;
-  for (const auto& c : ref.find("cases")->as_array()) {
-    const std::string& text = c.find("text")->as_string();
+  for (const auto& c : ref.at("cases")) {
+    const std::string text = c.at("text").get<std::string>();
     std::vector<std::int32_t> want;
-    for (const auto& v : c.find("ids")->as_array()) want.push_back(std::int32_t(v.as_int64()));
+    for (const auto& v : c.at("ids")) want.push_back(v.get<std::int32_t>());
     INFO("text: " << text);
     CHECK(l.tok.encode(text) == want);
     CHECK(l.tok.decode(want) == text);
@@ -211,12 +213,57 @@ TEST_CASE("tokenizer: ids match the tokenizers library and decode round-trips") 
   CHECK(l.tok.encode("<|im_start|>").size() > 1);
   CHECK(l.tok.decode(sp) == "<|im_start|>user\nhi<|im_end|>");
   CHECK(l.tok.decode(sp, true) == "user\nhi");
-  // Invalid UTF-8 still round-trips byte for byte where the vocabulary has the bytes.
+  // Invalid UTF-8 round-trips byte for byte, except 0xFF, which SmolLM2 has no token for.
   const std::string odd = "ab\xE2\x82 z\xFF";
   const std::size_t unknown_before = l.tok.unknown_bytes();
   const auto oid = l.tok.encode(odd);
-  CHECK_FALSE(oid.empty());
-  if (l.tok.unknown_bytes() == unknown_before) CHECK(l.tok.decode(oid) == odd);
+  CHECK(l.tok.decode(oid) == "ab\xE2\x82 z");
+  CHECK(l.tok.unknown_bytes() == unknown_before + 1);
+}
+
+TEST_CASE("tokenizer: every byte of the SmolLM2 vocabulary encodes alone; the 21 it lacks are dropped, not EOS") {
+  // Issue 13: 21 byte values tokenized to <|endoftext|>, so "a\x04b" became
+  // [a, EOS, b]. SmolLM2's vocabulary has no token for them at all (not even
+  // inside a longer token): they cannot be encoded, so they are dropped and
+  // counted (see tokenizer.hpp).
+  const Loaded& l = loaded();
+  const he::Tokenizer& tok = l.tok;
+  std::vector<std::uint8_t> absent;  // bytes whose byte-level character is no token
+  for (int b = 0; b < 256; ++b)
+    if (tok.find(byte_level_char(std::uint8_t(b))) < 0) absent.push_back(std::uint8_t(b));
+  CHECK(absent == std::vector<std::uint8_t>{0x04, 0x06, 0x13, 0x14, 0x16, 0x1d, 0xc0, 0xc1, 0xf1, 0xf2, 0xf5,
+                                            0xf6, 0xf7, 0xf8, 0xf9, 0xfa, 0xfb, 0xfc, 0xfd, 0xfe, 0xff});
+  CHECK(tok.missing_bytes() == absent);
+  CHECK_FALSE(tok.maps_missing_bytes_to_unknown());  // unknown_token_id 0 is <|endoftext|>, a control token
+  for (int b = 0; b < 256; ++b) {
+    const std::string s(1, char(b));
+    const std::size_t before = tok.unknown_bytes();
+    const auto ids = tok.encode(s);
+    INFO("byte " << b);
+    if (std::find(absent.begin(), absent.end(), std::uint8_t(b)) != absent.end()) {
+      CHECK(ids.empty());
+      CHECK(tok.unknown_bytes() == before + 1);
+    } else {
+      REQUIRE(ids.size() == 1);
+      CHECK(tok.decode(ids) == s);
+      CHECK(tok.unknown_bytes() == before);
+    }
+  }
+  CHECK(tok.encode("a\x04" "b") == std::vector<std::int32_t>{tok.find("a"), tok.find("b")});
+  // Random byte strings round-trip, less the bytes the vocabulary lacks.
+  std::mt19937 rng(13);
+  for (int i = 0; i < 2000; ++i) {
+    std::string s(rng() % 40, '\0'), kept;
+    for (char& c : s) c = char(rng() % 4 == 0 ? rng() % 256 : 32 + rng() % 95);
+    for (char c : s)
+      if (std::find(absent.begin(), absent.end(), std::uint8_t(c)) == absent.end()) kept += c;
+    const std::size_t before = tok.unknown_bytes();
+    const auto ids = tok.encode(s);
+    INFO("input " << i << " of " << s.size() << " bytes");
+    REQUIRE(tok.decode(ids) == kept);
+    REQUIRE(tok.unknown_bytes() == before + (s.size() - kept.size()));
+    for (auto id : ids) REQUIRE(tok.type(id) == he::TokenType::normal);
+  }
 }
 
 TEST_CASE("tokenizer: decode(encode(text)) == text on the Linux documentation") {
@@ -243,11 +290,11 @@ TEST_CASE("tokenizer: decode(encode(text)) == text on the Linux documentation") 
 
 TEST_CASE("capture: 256 tokens written by the engine read back with ActivationReader") {
   const Loaded& l = loaded();
-  const json::Value ref = read_json("reference_tokens.json");
+  const json ref = read_json("reference_tokens.json");
   std::vector<std::int32_t> ids;
   while (ids.size() < 256)
-    for (const auto& cs : ref.find("cases")->as_array())
-      for (const auto& v : cs.find("ids")->as_array()) ids.push_back(std::int32_t(v.as_int64()));
+    for (const auto& cs : ref.at("cases"))
+      for (const auto& v : cs.at("ids")) ids.push_back(v.get<std::int32_t>());
   ids.resize(256);
   TempDir d;
   const std::string out = d.file("acts.safetensors");

@@ -34,7 +34,7 @@ if python3 - "$port/vcpkg.json" "$version" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 deps = {x if isinstance(x, str) else x["name"] for x in d["dependencies"]}
-need = {"xtensor", "xtensor-blas", "openblas", "lapack", "highway", "vcpkg-cmake", "vcpkg-cmake-config"}
+need = {"xtensor", "xtensor-blas", "openblas", "lapack", "highway", "nlohmann-json", "vcpkg-cmake", "vcpkg-cmake-config"}
 assert d["name"] == "headrecon", d["name"]
 assert d["version"] == sys.argv[2], f"vcpkg.json version {d['version']} != version.hpp {sys.argv[2]}"
 assert need <= deps, f"missing dependencies: {sorted(need - deps)}"
