@@ -54,13 +54,14 @@ grep -q "60 of 180 K/V heads rebuilt" "$tmp/fit.txt" || fail "fit: $(tail -3 "$t
 grep -q "^full " "$tmp/eval.txt" || fail "eval: no full-cache row: $(cat "$tmp/eval.txt")"
 [ "$(wc -l < "$tmp/eval.csv")" = 4 ] || fail "eval.csv should hold a header and 3 rows: $(cat "$tmp/eval.csv")"
 # Every row: allocated bytes = the layout's; measured ppl = simulated ppl; finite.
-awk -F, 'NR > 1 {
-  if ($15 != $16) { print "row " NR ": allocated " $15 " != layout " $16; bad = 1 }
-  if ($10 + 0 <= 1 || $10 + 0 > 1e6) { print "row " NR ": ppl " $10; bad = 1 }
-  d = $10 - $21; if (d < 0) d = -d; if (d > 1e-3 * $10) { print "row " NR ": ppl " $10 " vs simulated " $21; bad = 1 }
+awk -F, 'NR == 1 { for (i = 1; i <= NF; ++i) col[$i] = i; next } {
+  al = $col["kv_bytes_allocated"]; la = $col["kv_bytes_layout"]; p = $col["ppl"]; sp = $col["simulated_ppl"]
+  if (al != la) { print "row " NR ": allocated " al " != layout " la; bad = 1 }
+  if (p + 0 <= 1 || p + 0 > 1e6) { print "row " NR ": ppl " p; bad = 1 }
+  d = p - sp; if (d < 0) d = -d; if (sp == "" || d > 1e-3 * p) { print "row " NR ": ppl " p " vs simulated " sp; bad = 1 }
 } END { exit bad }' "$tmp/eval.csv" || fail "eval.csv checks"
 # K+V with 1 of 3 KV heads rebuilt: 4 sinks x 180 heads + 28 x 120 heads, 64 floats each.
-grep -q "^p,K+V,4,30,30,90,.*,$(( (4 * 180 + 28 * 120) * 64 * 4 )),$(( (4 * 180 + 28 * 120) * 64 * 4 )),$(( 32 * 180 * 64 * 4 ))," \
+grep -q "^p,f32,K+V,4,30,30,90,.*,$(( (4 * 180 + 28 * 120) * 64 * 4 )),$(( (4 * 180 + 28 * 120) * 64 * 4 )),$(( 32 * 180 * 64 * 4 ))," \
   "$tmp/eval.csv" || fail "eval.csv K+V bytes: $(cat "$tmp/eval.csv")"
 grep -q '"kv_bytes_layout"' "$tmp/eval.json" || fail "eval.json"
 if "$engine" eval --model "$model" --ids "1 2 3 4" --seqs 1 --seq-len 4 --plan "$tmp/kv.safetensors" 2> "$tmp/err.txt"; then
