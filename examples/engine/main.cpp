@@ -42,8 +42,13 @@ Commands:
   ppl       --model GGUF TEXT --tokens N [--seq-len 512] [--ids-out FILE]
                                                perplexity and tokens/s
   capture   --model GGUF TEXT --tokens N --out ACTS.safetensors [--pre-rope]
-            [--seq-len 512] [--kinds q,k,v] [--dtype f32|f16|bf16]
-                                               write a headrecon activations file
+            [--seq-len 512] [--kinds q,k,v] [--dtype f32|f16|bf16] [--spread]
+            [--projections PROJ.safetensors]
+                                               write a headrecon activations file;
+                                               --spread: each sequence from the start
+                                               of a different file of --text-dir;
+                                               --projections: also the output
+                                               projections (headrecon fit --wo)
   generate  --model GGUF (--prompt S | --ids "I I ...") [--n 32] [--chat]
                                                greedy decoding; prefill and decode tokens/s
   bench     --model GGUF [--seq-len 512] [--decode 64]
@@ -343,7 +348,19 @@ int cmd_capture(const Args& a) {
     (kind == headrecon::Kind::q ? opt.q : kind == headrecon::Kind::k ? opt.k : opt.v) = true;
   }
   std::string source;
-  const he::TokenStream s = text_tokens(a, tok, n, source, "calib");
+  he::TokenStream s;
+  if (a.has("--spread")) {
+    if (!a.has("--text-dir")) fail("--spread needs --text-dir");
+    const he::Split split = he::parse_split(a.str("--split", "calib"));
+    const std::string suffix = a.str("--suffix", ".txt");
+    const std::size_t seqs = (n + opt.seq_len - 1) / opt.seq_len;
+    s = he::spread_sequences(tok, he::list_text_files(a.str("--text-dir"), suffix, split), seqs, opt.seq_len);
+    source = "dir: " + a.str("--text-dir") + " suffix " + suffix + " split " + he::split_name(split) +
+             ", the first " + std::to_string(opt.seq_len) + " tokens of " + std::to_string(s.files.size()) +
+             " files spread over the split";
+  } else {
+    s = text_tokens(a, tok, n, source, "calib");
+  }
   opt.metadata["model"] = m.path().substr(m.path().find_last_of('/') + 1);
   if (m.randomized()) opt.metadata["random_init"] = a.str("--random-init");
   opt.metadata["text_source"] = source;
@@ -353,7 +370,15 @@ int cmd_capture(const Args& a) {
     opt.metadata["text_last_file"] = s.files.back();
   }
   const std::string out = a.required("--out");
+  if (a.has("--projections"))  // checked before the capture runs
+    if (a.str("--projections") == out) fail("--projections and --out name the same file");
   const he::CaptureStats st = he::capture_activations(m, s.tokens, out, opt);
+  if (a.has("--projections")) {
+    headrecon::save_output_projections(he::output_projections(m), a.str("--projections"),
+                                       {{"model", opt.metadata["model"]}});
+    std::cout << "wrote " << a.str("--projections") << ": output projections of " << m.config().n_layer
+              << " layers\n";
+  }
   std::cout << "text: " << source << " (" << s.files.size() << " files used)\n"
             << "wrote " << out << ": " << st.tokens << " tokens in " << st.sequences << " sequences of <= "
             << opt.seq_len << ", " << m.config().n_layer << " layers, kinds " << kinds << ", "
@@ -603,8 +628,8 @@ int main(int argc, char** argv) {
     if (cmd == "capture")
       return cmd_capture(Args(argc, argv,
                               with(text_options, {"--model", "--tokens", "--seq-len", "--out", "--kinds",
-                                                  "--dtype", "--threads", "--random-init"}),
-                              {"--pre-rope"}));
+                                                  "--dtype", "--threads", "--random-init", "--projections"}),
+                              {"--pre-rope", "--spread"}));
     if (cmd == "generate")
       return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads", "--random-init"}, {"--chat"}));
     if (cmd == "demo")
