@@ -42,9 +42,15 @@ inline void run_synth(const SynthConfig& c, std::ostream& os) {
   os << "wrote " << c.out << ": " << L << " layers, " << c.tokens << " tokens (sequences of " << c.seq_len
      << "), q/k/v heads " << heads.q << "/" << heads.k << "/" << heads.v << ", head_dim " << d << ", "
      << dtype_name(c.dtype) << "\n";
-  os << "planted: in every layer and kind, heads " << model.n_base(Kind::k) << ".." << heads.k - 1
-     << " (K/V) are linear maps of two of heads 0.." << model.n_base(Kind::k) - 1 << " plus noise "
-     << c.spec.noise << "\n";
+  const std::int32_t base = model.n_base(Kind::k);
+  if (base < std::int32_t(heads.k))
+    os << "planted: in every layer and kind, " << (std::int32_t(heads.k) - base == 1 ? "head " : "heads ") << base
+       << (std::int32_t(heads.k) - base == 1 ? "" : ".." + std::to_string(heads.k - 1))
+       << " (K/V) " << (std::int32_t(heads.k) - base == 1 ? "is a linear map" : "are linear maps")
+       << " of two of heads 0.." << base - 1 << " plus noise " << c.spec.noise << "\n";
+  else
+    os << "planted: none for K/V - with " << heads.k << (heads.k == 1 ? " head" : " heads")
+       << " per layer every head is an independent base head (derived heads need at least 3)\n";
 }
 
 }  // namespace headrecon::cli

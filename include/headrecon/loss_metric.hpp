@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "headrecon/error.hpp"
+#include "headrecon/head_moments.hpp"
 #include "headrecon/moments.hpp"
 #include "headrecon/plan.hpp"
 #include "headrecon/view.hpp"
@@ -244,6 +245,34 @@ std::vector<double> residual_query_weights(const std::vector<OutputProjection>& 
       c[l * std::size_t(hq) + std::size_t(h)] = s;
     }
   return c;
+}
+
+/// The key and value metrics in one currency (squared error added to the
+/// residual stream per token, see the file comment): value_metric(wo), and
+/// key_metric weighted by c(l, h) = tr(W_o,hᵀW_o,h Σ_v) with Σ_v the training
+/// covariance of the group's values from `values` (same layers and KV heads).
+struct ResidualMetrics {
+  HeadMetrics key, value;
+};
+inline ResidualMetrics residual_metrics(const QueryMoments& queries, const std::vector<OutputProjection>& wo,
+                                        const HeadMoments& values) {
+  const std::int32_t H = values.n_heads(), d = values.head_dim();
+  if (std::size_t(values.n_layers()) != wo.size() || queries.n_layers() != values.n_layers())
+    detail::fail("residual_metrics: ", queries.n_layers(), " query layers, ", wo.size(), " projections, ",
+                 values.n_layers(), " value layers");
+  if (queries.head_dim() != d || (!wo.empty() && std::int32_t(wo[0].head_dim) != d))
+    detail::fail("residual_metrics: head_dim differs between queries, projections and values");
+  auto cov = [&](std::int32_t l, std::int32_t g) {
+    const Moments& m = values.group({l, g}).train;
+    const std::size_t c0 = values.column({l, g}), ud = std::size_t(d);
+    std::vector<double> c(ud * ud, 0.0);
+    if (m.count() == 0) return c;
+    for (std::size_t i = 0; i < ud; ++i)
+      for (std::size_t j = 0; j < ud; ++j) c[i * ud + j] = m.comoment(c0 + i, c0 + j) / double(m.count());
+    return c;
+  };
+  const std::vector<double> w = residual_query_weights(wo, H, cov);
+  return {key_metric(queries, H, &w), value_metric(wo, H)};
 }
 
 }  // namespace headrecon

@@ -93,6 +93,7 @@ inline std::pair<std::size_t, std::size_t> count_streams(const std::vector<Selec
 inline BudgetResult select_under_budget(const std::vector<KindCosts>& kinds, const BudgetLimits& lim,
                                         const BudgetOptions& opt = {}) {
   if (kinds.empty()) detail::fail("select_under_budget: no kinds");
+  const ScopedBlasThreads one_thread(1);  // many small LAPACK calls (blas_threads.hpp)
   const std::int32_t L = kinds[0].stats->n_layers(), H = kinds[0].stats->n_heads();
   for (const KindCosts& kc : kinds) {
     if (!kc.stats) detail::fail("select_under_budget: kind ", kind_name(kc.kind), " has no statistics");
