@@ -22,6 +22,7 @@
 #include "gguf.hpp"
 #include "headrecon/plan_io.hpp"
 #include "llama.hpp"
+#include "probe.hpp"
 #include "tokenizer.hpp"
 
 namespace he = headrecon_engine;
@@ -73,6 +74,13 @@ Commands:
                                                written into a full cache; --spread
                                                takes each sequence from the start
                                                of a different file of --text-dir
+
+  probe     --model GGUF --plan PLAN --text-dir DIR [--split calib] [--suffix .txt]
+            [--seqs 4] [--seq-len 256] --out PROBE.csv
+                                               the direct probe: each (kind, layer) of
+                                               the plan rebuilt alone (simulated in a
+                                               full cache); KL to the full model and
+                                               NLL change per token (headrecon fit --probe)
 
 TEXT is one of
   --text FILE                      one text file (may be repeated; used in order)
@@ -554,6 +562,27 @@ int cmd_eval(const Args& a) {
   return 0;
 }
 
+int cmd_probe(const Args& a) {
+  apply_threads(a);
+  const he::GgufFile f(model_path(a));
+  const he::Tokenizer tok(f);
+  const he::LlamaModel m = load_model(a, f);
+  const headrecon::Plan plan = headrecon::load_plan(a.required("--plan"));
+  const std::string out = a.required("--out");
+  const std::size_t seq_len = std::size_t(a.integer("--seq-len", 256, 2, 1L << 20));
+  const std::size_t seqs = std::size_t(a.integer("--seqs", 4, 1, 1L << 20));
+  if (!a.has("--text-dir")) fail("probe needs --text-dir (calibration text: --split calib, the default)");
+  const he::Split split = he::parse_split(a.str("--split", "calib"));
+  const he::TokenStream s = he::spread_sequences(
+      tok, he::list_text_files(a.str("--text-dir"), a.str("--suffix", ".txt"), split), seqs, seq_len);
+  std::cout << "probe: " << seqs << " sequences of " << seq_len << " tokens (split " << he::split_name(split)
+            << "), each (kind, layer) of " << a.str("--plan") << " rebuilt alone\n";
+  const auto rows = he::probe_plan(m, s.tokens, seq_len, plan, std::cout);
+  he::write_probe_csv(rows, out);
+  std::cout << "wrote " << out << "\n";
+  return 0;
+}
+
 int cmd_demo(const Args& a) {
   he::DemoOptions o;
   o.dir = a.str("--dir", o.dir);
@@ -644,6 +673,11 @@ int main(int argc, char** argv) {
                                                "--cache-dtype", "--chunk", "--csv", "--json", "--md", "--threads",
                                                "--random-init"}),
                            {"--simulate", "--spread"}));
+    if (cmd == "probe")
+      return cmd_probe(Args(argc, argv,
+                            {"--model", "--plan", "--out", "--text-dir", "--split", "--suffix", "--seqs", "--seq-len",
+                             "--threads", "--random-init"},
+                            {}));
     if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {}));
     std::cerr << "headrecon-engine: unknown command '" << cmd << "'\n\n" << usage_text;
     return 2;

@@ -27,8 +27,8 @@ commands:
   inspect PLAN
         print what a plan holds
   synth --out FILE [--layers N] [--heads N] [--q-per-kv N] [--dim D] [--tokens N]
-      [--seq-len N] [--noise F] [--seed N] [--dtype f32|f16|bf16]
-        write activations with planted linear structure
+      [--seq-len N] [--noise F] [--seed N] [--dtype f32|f16|bf16] [--projections FILE]
+        write activations with planted linear structure (and random output projections)
   demo [--dir DIR]
         synth + fit (K and V) + inspect on a built-in synthetic model
   bench [--quick] [--json FILE]
@@ -100,10 +100,12 @@ int cmd_fit(int argc, char** argv) {
 int cmd_synth(int argc, char** argv) {
   Args a(argc, argv, 2,
          {"--out", "--layers", "--heads", "--q-per-kv", "--dim", "--tokens", "--seq-len", "--noise", "--seed",
-          "--dtype"},
+          "--dtype", "--projections"},
          {});
   SynthConfig c;
   c.out = a.required("--out");
+  c.projections = a.str("--projections", "");
+  if (c.projections == c.out) detail::fail("--projections and --out name the same file");
   c.spec.n_layers = std::int32_t(a.integer("--layers", 4, 1, 1024));
   c.spec.n_heads = std::int32_t(a.integer("--heads", 4, 1, 1024));
   c.spec.q_per_kv = std::int32_t(a.integer("--q-per-kv", 2, 1, 64));

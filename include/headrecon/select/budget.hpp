@@ -39,6 +39,9 @@ struct KindCosts {
   const HeadMoments* stats = nullptr;
   const HeadMetrics* metric = nullptr;  ///< null: cost = 1 − held-out mean R²
   double weight = 1.0;                  ///< multiplies every cost of this kind
+  /// Cost relative to rebuilding the head from nothing (loss / loss of its
+  /// mean): scale-free per head, so only the metric's shape matters.
+  bool relative = false;
   std::vector<double> layer_weight;     ///< per-layer multipliers (empty: 1)
   std::vector<std::int32_t> max_targets;  ///< per-layer cap on targets (empty: no cap but min_cached)
 };
@@ -129,27 +132,50 @@ inline BudgetResult select_under_budget(const std::vector<KindCosts>& kinds, con
   std::vector<std::int32_t> n_targets(K * std::size_t(L), 0);
   std::map<std::pair<std::size_t, std::size_t>, Choice> what_if;  // (target, removed head) -> re-chosen
 
+  std::size_t read_now = 0;  // streams read now (kept current for choose())
+  // Heads of kind k that layer l already reads: its cached heads and its targets' references.
+  auto streamed = [&](std::size_t k, std::int32_t l, HeadId r) {
+    if (r.layer == l) return !target[idx(k, r)];
+    for (std::int32_t h = 0; h < H; ++h) {
+      const std::size_t j = idx(k, {l, h});
+      if (target[j] && std::find(tgt[j].refs.begin(), tgt[j].refs.end(), r) != tgt[j].refs.end()) return true;
+    }
+    return false;
+  };
   // Best references of head i (kind k) among cached heads other than `skip`, and its cost.
+  // Under a read bound, references that add streams to the target's layer
+  // are used only while the bound leaves room for them.
   auto choose = [&](std::size_t i, std::size_t skip) {
     const std::size_t k = i / per;
     const KindCosts& kc = kinds[k];
     const HeadId t = head_of(i);
-    std::vector<HeadId> cands;
+    std::vector<HeadId> cands, free_cands;
     for (std::int32_t l = 0; l <= t.layer; ++l)
       for (std::int32_t h = 0; h < H; ++h) {
         const HeadId r{l, h};
         const std::size_t j = idx(k, r);
-        if (j != i && j != skip && !target[j] && kc.stats->allowed(t, r)) cands.push_back(r);
+        if (j != i && j != skip && !target[j] && kc.stats->allowed(t, r)) {
+          cands.push_back(r);
+          if (streamed(k, t.layer, r)) free_cands.push_back(r);
+        }
       }
     Choice c;
     c.valid = true;
     if (cands.empty()) return c;
     const double* g = kc.metric ? kc.metric->at(t) : nullptr;
     c.refs = forward_references(*kc.stats, t, cands, opt.max_refs, g);
+    if (lim.max_streams != std::numeric_limits<std::size_t>::max()) {
+      std::size_t added = 0;
+      for (HeadId r : c.refs) added += !streamed(k, t.layer, r);
+      // Rebuilding t frees its own stream; more new streams than the room left: stay within what is read.
+      const std::size_t room = lim.max_streams + 1 > read_now ? lim.max_streams + 1 - read_now : 0;
+      if (added > room && !free_cands.empty()) c.refs = forward_references(*kc.stats, t, free_cands, opt.max_refs, g);
+    }
     if (c.refs.empty()) c.refs.push_back(cands.front());  // nothing lowers the loss: any reference, cost as is
     const Evaluation ev = kc.stats->evaluate(t, c.refs, opt.fit, g);
     const double lw = kc.layer_weight.empty() ? 1.0 : kc.layer_weight[std::size_t(t.layer)];
-    c.cost = kc.weight * lw * (g ? ev.loss : 1.0 - ev.score());
+    const double raw = g ? (kc.relative ? ev.loss / std::max(ev.loss_base, 1e-300) : ev.loss) : 1.0 - ev.score();
+    c.cost = kc.weight * lw * raw;
     c.r2 = ev.score();
     return c;
   };
@@ -165,6 +191,7 @@ inline BudgetResult select_under_budget(const std::vector<KindCosts>& kinds, con
 
   BudgetResult res;
   auto [cached, streams] = detail::count_streams(selections(), L, H);
+  read_now = streams;
   while (cached > lim.max_cached || streams > lim.max_streams) {
     const bool by_reads = cached <= lim.max_cached;
     for (std::size_t i = 0; i < N; ++i)
@@ -241,6 +268,10 @@ inline BudgetResult select_under_budget(const std::vector<KindCosts>& kinds, con
       it = uses ? std::next(it) : what_if.erase(it);
     }
     std::tie(cached, streams) = detail::count_streams(selections(), L, H);
+    // Near the read bound, candidates chosen with more room must choose again.
+    if (lim.max_streams != std::numeric_limits<std::size_t>::max() && streams + 1 >= lim.max_streams)
+      for (std::size_t i = 0; i < N; ++i) cand[i].valid = false;
+    read_now = streams;
   }
   res.selections = selections();
   for (auto& s : res.selections)
