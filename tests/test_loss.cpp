@@ -206,6 +206,24 @@ TEST_CASE("key and value losses equal brute-force sums (GQA groups, residual uni
     parts += cw[std::size_t(6 + h)] * ks.evaluate(t, refs, FitOptions{}, gh.at(t)).loss;
   }
   REQUIRE(wk == Approx(parts).epsilon(1e-9));
+
+  // residual_metrics: the same key metric and the value metric, each layer
+  // divided by its attention output variance Σ_h c(l, h).
+  HeadMoments vsame(2, 3, 8, RefScope::same_layer);
+  vsame.add(v.views(), 0, no_holdout);
+  const ResidualMetrics raw = residual_metrics(qm, wo, vsame, false), rel = residual_metrics(qm, wo, vsame);
+  for (std::int32_t l = 0; l < 2; ++l) {
+    double scale = 0.0;
+    for (std::size_t h = 0; h < 6; ++h) scale += cw[std::size_t(l) * 6 + h];
+    REQUIRE(rel.layer_scale[std::size_t(l)] == Approx(scale).epsilon(1e-9));
+    for (std::int32_t g = 0; g < 3; ++g)
+      for (std::size_t i = 0; i < d * d; ++i) {
+        REQUIRE(raw.key.at({l, g})[i] == Approx(gk_res.at({l, g})[i]).epsilon(1e-9).margin(1e-12));
+        REQUIRE(raw.value.at({l, g})[i] == Approx(gv.at({l, g})[i]).epsilon(1e-9).margin(1e-12));
+        REQUIRE(rel.value.at({l, g})[i] == Approx(gv.at({l, g})[i] / scale).epsilon(1e-9).margin(1e-12));
+        REQUIRE(rel.key.at({l, g})[i] == Approx(gk_res.at({l, g})[i] / scale).epsilon(1e-9).margin(1e-12));
+      }
+  }
 }
 
 TEST_CASE("loss-aware selection follows the query covariance; R² does not", "[loss][select]") {

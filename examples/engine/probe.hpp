@@ -26,6 +26,7 @@ struct ProbeRow {
   headrecon::Kind kind = headrecon::Kind::k;
   int layer = 0;
   std::vector<headrecon::HeadId> targets;
+  std::vector<std::vector<headrecon::HeadId>> refs;  // each target's references
   double kl = 0.0;    // mean KL(full || rebuilt) per scored token (nats)
   double dnll = 0.0;  // mean NLL change per scored token (nats)
 };
@@ -84,7 +85,7 @@ inline std::vector<ProbeRow> probe_plan(const LlamaModel& model, const std::vect
       ProbeRow r;
       r.kind = kp.kind;
       r.layer = int(l);
-      for (const auto& t : kp.layers[l]) r.targets.push_back(t.target);
+      for (const auto& t : kp.layers[l]) r.targets.push_back(t.target), r.refs.push_back(t.refs);
       std::size_t scored = 0;
       for (std::size_t t0 = 0; t0 < tokens.size(); t0 += seq_len) {
         const std::size_t n = std::min(seq_len, tokens.size() - t0);
@@ -102,21 +103,25 @@ inline std::vector<ProbeRow> probe_plan(const LlamaModel& model, const std::vect
       r.kl /= double(scored);
       r.dnll /= double(scored);
       progress << "  probe " << headrecon::kind_name(r.kind) << " layer " << l << " (" << r.targets.size()
-               << " targets): KL " << fmtd("%.5f", r.kl) << ", dNLL " << fmtd("%+.5f", r.dnll) << " nats/token\n";
+               << " targets): KL " << fmtd("%.5f", r.kl) << ", dNLL " << fmtd("%+.5f", r.dnll) << " nats/token" << std::endl;
       rows.push_back(r);
     }
   }
   return rows;
 }
 
-/// CSV: kind,layer,targets,kl,dnll (targets as "L.H L.H").
+/// CSV: kind,layer,targets,kl,dnll; targets as "L.H<L.H+L.H L.H<..." (each
+/// target and its references, space-separated), as headrecon fit --probe reads it.
 inline void write_probe_csv(const std::vector<ProbeRow>& rows, const std::string& path) {
   std::ofstream os(path);
   os << "kind,layer,targets,kl,dnll\n";
   for (const auto& r : rows) {
     os << headrecon::kind_name(r.kind) << "," << r.layer << ",";
-    for (std::size_t i = 0; i < r.targets.size(); ++i)
-      os << (i ? " " : "") << r.targets[i].layer << "." << r.targets[i].head;
+    for (std::size_t i = 0; i < r.targets.size(); ++i) {
+      os << (i ? " " : "") << r.targets[i].layer << "." << r.targets[i].head << "<";
+      for (std::size_t j = 0; j < r.refs[i].size(); ++j)
+        os << (j ? "+" : "") << r.refs[i][j].layer << "." << r.refs[i][j].head;
+    }
     os << "," << fmtd("%.8g", r.kl) << "," << fmtd("%.8g", r.dnll) << "\n";
   }
   if (!os) fail(path, ": cannot write");

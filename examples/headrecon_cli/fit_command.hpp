@@ -3,7 +3,11 @@
 // a person can read (per layer x head held-out R², references, KV bytes
 // stored and read).
 
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <cmath>
 #include <cstdio>
 #include <limits>
@@ -22,6 +26,8 @@
 #include "headrecon/projections_io.hpp"
 #include "headrecon/select.hpp"
 #include "headrecon/select/model.hpp"
+#include "headrecon/select/probe_weights.hpp"
+#include "headrecon/thread_pool.hpp"
 
 namespace headrecon::cli {
 
@@ -33,7 +39,7 @@ struct FitConfig {
   SelectionOptions select;
   AccumulateOptions accumulate;
   int graph_min_refs = 4, graph_max_refs = 6;
-  int threads = 1;  ///< BLAS threads for the statistics (selection and maps always run on one)
+  int threads = 1;  ///< BLAS threads for the statistics; worker threads of greedy/loss selection (one BLAS thread each)
   /// Whole-model budget (instead of the per-layer select.budget): a fraction
   /// of the KV bytes kept, or bytes per token; optionally a bound on reads.
   double kv_budget = std::numeric_limits<double>::quiet_NaN();
@@ -41,6 +47,7 @@ struct FitConfig {
   double read_budget = std::numeric_limits<double>::quiet_NaN();
   DType cache_dtype = DType::f32;  ///< element type the byte budget and report count in
   std::string wo;                  ///< output projections file (strategy loss)
+  std::string probe;               ///< direct probe CSV (headrecon-engine probe): per-layer weights of strategy loss
 
   bool whole_model() const { return !std::isnan(kv_budget) || kv_bytes > 0 || !std::isnan(read_budget); }
 };
@@ -69,6 +76,64 @@ inline FitOptions parse_ridge(const std::string& s) {
   return o;
 }
 
+/// Reads a probe CSV (kind,layer,targets,kl,dnll; targets "L.H<L.H+L.H ..."):
+/// the KL column is the measured loss. Throws Error naming the file and line.
+inline std::vector<ProbedGroup> read_probe_csv(const std::string& path) {
+  std::ifstream is(path);
+  if (!is) detail::fail(path, ": cannot open");
+  std::string line;
+  std::getline(is, line);
+  if (line.rfind("kind,layer,targets,kl", 0) != 0)
+    detail::fail(path, ": not a probe file (expected the header kind,layer,targets,kl,dnll)");
+  std::vector<ProbedGroup> out;
+  for (std::size_t no = 2; std::getline(is, line); ++no) {
+    if (line.empty()) continue;
+    std::vector<std::string> f;
+    std::istringstream ls(line);
+    for (std::string x; std::getline(ls, x, ',');) f.push_back(x);
+    auto bad = [&](const std::string& why) { detail::fail(path, ":", no, ": ", why, " in '", line, "'"); };
+    if (f.size() < 4) bad("expected at least 4 fields");
+    ProbedGroup g;
+    try {
+      g.kind = parse_kind(f[0]);
+    } catch (const Error&) {
+      bad("unknown kind");
+    }
+    auto number = [&](const std::string& s, const char* what) {
+      char* end = nullptr;
+      errno = 0;
+      const double v = std::strtod(s.c_str(), &end);
+      if (s.empty() || *end || errno == ERANGE || !std::isfinite(v)) bad(std::string("bad ") + what);
+      return v;
+    };
+    const double layer = number(f[1], "layer");
+    if (layer < 0 || layer > 1e6 || layer != std::floor(layer)) bad("bad layer");
+    g.layer = std::int32_t(layer);
+    g.loss = number(f[3], "kl");
+    std::istringstream ts(f[2]);
+    auto head = [&](const std::string& s) {
+      const auto dot = s.find('.');
+      if (dot == std::string::npos) bad("bad head '" + s + "'");
+      const double a = number(s.substr(0, dot), "head"), b = number(s.substr(dot + 1), "head");
+      if (a < 0 || b < 0 || a > 1e6 || b > 1e6) bad("bad head '" + s + "'");
+      return HeadId{std::int32_t(a), std::int32_t(b)};
+    };
+    for (std::string t; ts >> t;) {
+      const auto lt = t.find('<');
+      if (lt == std::string::npos) bad("target '" + t + "' without references (L.H<L.H+L.H)");
+      TargetChoice tc;
+      tc.target = head(t.substr(0, lt));
+      std::istringstream rs(t.substr(lt + 1));
+      for (std::string r; std::getline(rs, r, '+');) tc.refs.push_back(head(r));
+      if (tc.refs.empty()) bad("target '" + t + "' without references");
+      g.targets.push_back(tc);
+    }
+    out.push_back(std::move(g));
+  }
+  if (out.empty()) detail::fail(path, ": no probed groups");
+  return out;
+}
+
 /// Checks what can be checked before any statistics are computed.
 inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts) {
   if (!cfg.out.empty() && cfg.out == cfg.acts)
@@ -88,6 +153,7 @@ inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts)
     for (Kind k : cfg.kinds)
       if (k == Kind::q) detail::fail("strategy loss rebuilds k and v (queries are not cached)");
   }
+  if (!cfg.probe.empty() && cfg.strategy != "loss") detail::fail("--probe calibrates strategy loss only");
   if (cfg.strategy == "loss") {
     if (cfg.wo.empty())
       detail::fail("strategy loss needs --wo FILE: the model's output projections (headrecon-engine capture "
@@ -127,7 +193,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
      << " tokens, head_dim " << acts.head_dim() << ", " << (acts.post_rope() ? "post-RoPE" : "pre-RoPE") << ")\n";
   os << "held-out split: " << fmt("%g", cfg.accumulate.split.fraction) << " of "
      << cfg.accumulate.split.describe() << "; BLAS threads: " << cfg.threads
-     << " for the statistics, 1 for selection and maps\n";
+     << " for the statistics, 1 for selection and maps (" << cfg.threads << " selection workers)\n";
 
   // Statistics of every kind first (a whole-model budget selects them together).
   std::vector<HeadMoments> stats;
@@ -148,14 +214,18 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
     const ScopedBlasThreads threads(cfg.threads);
     const QueryMoments qm = accumulate_queries(acts, cfg.accumulate);
     // The key metric weighs each query head by the spread of the values it reads.
-    HeadMoments vstats = [&] {
-      for (std::size_t i = 0; i < cfg.kinds.size(); ++i)
-        if (cfg.kinds[i] == Kind::v && stats[i].scope() == RefScope::same_layer) return stats[i];
+    const HeadMoments* vstats = nullptr;
+    std::unique_ptr<HeadMoments> own;
+    for (std::size_t i = 0; i < cfg.kinds.size(); ++i)
+      if (cfg.kinds[i] == Kind::v) vstats = &stats[i];
+    if (!vstats) {
+      if (!acts.has(Kind::v)) detail::fail(acts.path(), ": strategy loss needs the values (capture with v)");
       AccumulateOptions a = cfg.accumulate;
       a.scope = RefScope::same_layer;
-      return accumulate(acts, Kind::v, a);
-    }();
-    metrics = residual_metrics(qm, wo.layers, vstats);
+      own = std::make_unique<HeadMoments>(accumulate(acts, Kind::v, a));
+      vstats = own.get();
+    }
+    metrics = residual_metrics(qm, wo.layers, *vstats);
     t_metrics = secs(t0);
   }
 
@@ -175,6 +245,10 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
     const HeadMetrics* m = cfg.strategy != "loss" ? nullptr : cfg.kinds[i] == Kind::k ? &metrics.key : &metrics.value;
     costs.emplace_back(cfg.kinds[i], &stats[i], m);
   }
+  if (!cfg.probe.empty()) {
+    const std::size_t used = apply_probe_weights(costs, read_probe_csv(cfg.probe));
+    os << "probe " << cfg.probe << ": " << used << " (kind, layer) groups calibrate the costs\n";
+  }
   if (cfg.whole_model()) {
     budget.max_cached = all_streams;
     if (!std::isnan(cfg.kv_budget)) budget.max_cached = ModelBudget::streams_for_fraction(cfg.kv_budget, all_streams);
@@ -185,7 +259,8 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
     std::size_t fixed = 0;
     for (Kind k : {Kind::k, Kind::v})
       if (std::find(cfg.kinds.begin(), cfg.kinds.end(), k) == cfg.kinds.end()) fixed += acts.n_layers() * std::size_t(n_kv);
-    sels = select_model(cfg.strategy, costs, budget, fixed, sel_opt, &graph_params);
+    ThreadPool pool(std::size_t(cfg.threads));
+    sels = select_model(cfg.strategy, costs, budget, fixed, sel_opt, &graph_params, pool.parallel_for());
   } else if (cfg.strategy == "loss") {
     // Per-layer budget, loss-aware within each layer: exactly H − keep targets per layer and kind.
     BudgetLimits lim;
@@ -198,6 +273,8 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
     BudgetOptions bo;
     bo.max_refs = cfg.select.max_refs > 0 ? cfg.select.max_refs : 5;
     bo.fit = sel_opt.fit;
+    ThreadPool pool(std::size_t(cfg.threads));
+    bo.parallel = pool.parallel_for();
     const BudgetResult r = select_under_budget(costs, lim, bo);
     if (!r.met) detail::fail("strategy loss: the per-layer budget cannot be met (too few heads can be rebuilt)");
     sels = r.selections;

@@ -19,7 +19,7 @@ const char* usage = R"(usage: headrecon COMMAND [options]
 commands:
   fit --acts FILE --out PLAN [--kind k|v|q ...] [--strategy greedy|loss|shared|graph|fixed|random]
       [--budget F | --kv-budget F | --kv-bytes N] [--read-budget F] [--cache-dtype f32|f16|bf16]
-      [--wo PROJECTIONS] [--refs N] [--holdout F] [--holdout-block N] [--ridge auto|LAMBDA]
+      [--wo PROJECTIONS] [--probe PROBE.csv] [--refs N] [--holdout F] [--holdout-block N] [--ridge auto|LAMBDA]
       [--sink S] [--same-layer] [--fixed SPEC] [--seed N] [--min-refs N] [--max-refs N]
       [--batch N] [--max-tokens N] [--threads N]
         fit a plan on captured activations and print held-out R2 per layer x head,
@@ -42,14 +42,16 @@ strategy loss: rebuilds what costs the model least (key errors through the queri
   value errors through the output projection, --wo from headrecon-engine capture
   --projections); greedy: best held-out R2 first.
 held-out split: whole sequences by default (--holdout-block N: runs of N tokens).
---threads N: BLAS threads for the statistics (default 1); selection uses one.
+--probe FILE: per-layer weights of strategy loss from headrecon-engine probe.
+--threads N: BLAS threads for the statistics (default 1); N selection workers
+  (each on one BLAS thread: selection makes many small LAPACK calls).
 )";
 
 int cmd_fit(int argc, char** argv) {
   Args a(argc, argv, 2,
          {"--acts", "--out", "--kind", "--strategy", "--budget", "--refs", "--holdout", "--holdout-block", "--ridge",
           "--sink", "--fixed", "--seed", "--min-refs", "--max-refs", "--batch", "--max-tokens", "--threads",
-          "--kv-budget", "--kv-bytes", "--read-budget", "--cache-dtype", "--wo"},
+          "--kv-budget", "--kv-bytes", "--read-budget", "--cache-dtype", "--wo", "--probe"},
          {"--same-layer"});
   FitConfig c;
   c.acts = a.required("--acts");
@@ -92,6 +94,7 @@ int cmd_fit(int argc, char** argv) {
     c.cache_dtype = dt == "f32" ? DType::f32 : dt == "f16" ? DType::f16 : DType::bf16;
   }
   c.wo = a.str("--wo", "");
+  c.probe = a.str("--probe", "");
   if (!a.positional().empty()) detail::fail("fit: unexpected argument '", a.positional()[0], "'");
   run_fit(c, std::cout);
   return 0;

@@ -108,8 +108,10 @@ class HeadMoments {
 
   /// Fits `target` on `refs` (training split) and scores it on both splits;
   /// with `metric` (d×d row-major, symmetric PSD) also its loss.
+  /// `in_sample` false skips the training-split scores (in_sample, loss_in_sample)
+  /// when a held-out split exists: selection needs only the held-out side.
   Evaluation evaluate(HeadId target, const std::vector<HeadId>& refs, const FitOptions& opt,
-                      const double* metric = nullptr) const {
+                      const double* metric = nullptr, bool in_sample = true) const {
     check(target, "target");
     if (refs.empty()) detail::fail("evaluate: target (", target.layer, ", ", target.head, ") has no references");
     for (HeadId r : refs) {
@@ -125,14 +127,16 @@ class HeadMoments {
     const auto y = head_columns({block_of(target)}, std::size_t(dim_));
     Evaluation ev;
     ev.map = fit_ridge(g.train, x, y, opt);
-    ev.in_sample = score_r2(g.train, x, y, ev.map);
     ev.has_heldout = g.heldout.count() >= 2;
+    const bool train_side = in_sample || !ev.has_heldout;
+    if (train_side) ev.in_sample = score_r2(g.train, x, y, ev.map);
     if (ev.has_heldout) ev.heldout = score_r2(g.heldout, x, y, ev.map);
     if (metric) {
       const std::size_t d = std::size_t(dim_);
       const std::vector<double> gm(metric, metric + d * d);
       const Moments& side = ev.has_heldout ? g.heldout : g.train;
-      ev.loss_in_sample = metric_trace(gm, residual_comoment(g.train, x, y, ev.map), double(g.train.count()));
+      if (train_side)
+        ev.loss_in_sample = metric_trace(gm, residual_comoment(g.train, x, y, ev.map), double(g.train.count()));
       ev.loss = ev.has_heldout ? metric_trace(gm, residual_comoment(side, x, y, ev.map), double(side.count()))
                                : ev.loss_in_sample;
       const auto& m2 = side.comoment();

@@ -19,7 +19,8 @@
 ///   the same factor Σ_t a_t², so with c_h = tr(W_o,hᵀW_o,h Σ_v) (the spread of
 ///   the group's values, seen through the output projection) the key metric
 ///   is in the value metric's units: squared error added to the residual
-///   stream per token.
+///   stream per token. residual_metrics() divides both by the layer's own
+///   attention output variance (see there).
 ///
 /// GQA: query head h reads KV head h / (n_q_heads / n_kv_heads) (consecutive
 /// groups, as llama.cpp and Hugging Face order them).
@@ -247,15 +248,25 @@ std::vector<double> residual_query_weights(const std::vector<OutputProjection>& 
   return c;
 }
 
-/// The key and value metrics in one currency (squared error added to the
-/// residual stream per token, see the file comment): value_metric(wo), and
+/// The key and value metrics in one currency: value_metric(wo), and
 /// key_metric weighted by c(l, h) = tr(W_o,hᵀW_o,h Σ_v) with Σ_v the training
-/// covariance of the group's values from `values` (same layers and KV heads).
+/// covariance of the group's values from `values` (same layers and KV heads):
+/// squared error added to the residual stream per token. With
+/// `per_layer` (the default) each layer's metrics are divided by that layer's
+/// own attention output variance Σ_h c(l, h), so a cost is the error relative
+/// to what the layer's attention writes: the residual stream grows by orders
+/// of magnitude over the layers (10⁴× on SmolLM2), and an absolute error in an
+/// early layer, small as it is, is carried and amplified by every later one.
+/// Measured on SmolLM2-135M, this relative cost tracks the KL divergence a
+/// rebuilt layer causes (log-correlation 0.64 over 42 probed layer groups)
+/// far better than the absolute one (0.03 for keys) or 1 − R² (0.46), and
+/// puts K and V on one scale (median KL per unit cost 0.012 for K, 0.019 for V).
 struct ResidualMetrics {
   HeadMetrics key, value;
+  std::vector<double> layer_scale;  ///< Σ_h c(l, h): each layer's attention output variance (before normalizing)
 };
 inline ResidualMetrics residual_metrics(const QueryMoments& queries, const std::vector<OutputProjection>& wo,
-                                        const HeadMoments& values) {
+                                        const HeadMoments& values, bool per_layer = true) {
   const std::int32_t H = values.n_heads(), d = values.head_dim();
   if (std::size_t(values.n_layers()) != wo.size() || queries.n_layers() != values.n_layers())
     detail::fail("residual_metrics: ", queries.n_layers(), " query layers, ", wo.size(), " projections, ",
@@ -272,7 +283,17 @@ inline ResidualMetrics residual_metrics(const QueryMoments& queries, const std::
     return c;
   };
   const std::vector<double> w = residual_query_weights(wo, H, cov);
-  return {key_metric(queries, H, &w), value_metric(wo, H)};
+  ResidualMetrics out{key_metric(queries, H, &w), value_metric(wo, H), {}};
+  const std::size_t hq = wo.empty() ? 0 : wo[0].n_q_heads;
+  out.layer_scale.assign(wo.size(), 0.0);
+  for (std::size_t l = 0; l < wo.size(); ++l) {
+    for (std::size_t h = 0; h < hq; ++h) out.layer_scale[l] += w[l * hq + h];
+    if (per_layer && out.layer_scale[l] > 0.0) {
+      out.key.scale_layer(std::int32_t(l), 1.0 / out.layer_scale[l]);
+      out.value.scale_layer(std::int32_t(l), 1.0 / out.layer_scale[l]);
+    }
+  }
+  return out;
 }
 
 }  // namespace headrecon

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "headrecon/loss_metric.hpp"
+#include "headrecon/parallel.hpp"
 #include "headrecon/select.hpp"
 #include "headrecon/select/forward.hpp"
 
@@ -57,6 +58,8 @@ struct BudgetLimits {
 
 struct BudgetOptions {
   int max_refs = 5;
+  /// Runs independent candidate fits on several threads (default: serial).
+  ParallelFor parallel;
   /// Fit used to cost a candidate (near-OLS; the plan's maps are fitted later).
   FitOptions fit{RidgeMode::fixed, 1e-6, 1e-6};
 };
@@ -172,7 +175,7 @@ inline BudgetResult select_under_budget(const std::vector<KindCosts>& kinds, con
       if (added > room && !free_cands.empty()) c.refs = forward_references(*kc.stats, t, free_cands, opt.max_refs, g);
     }
     if (c.refs.empty()) c.refs.push_back(cands.front());  // nothing lowers the loss: any reference, cost as is
-    const Evaluation ev = kc.stats->evaluate(t, c.refs, opt.fit, g);
+    const Evaluation ev = kc.stats->evaluate(t, c.refs, opt.fit, g, false);
     const double lw = kc.layer_weight.empty() ? 1.0 : kc.layer_weight[std::size_t(t.layer)];
     const double raw = g ? (kc.relative ? ev.loss / std::max(ev.loss_base, 1e-300) : ev.loss) : 1.0 - ev.score();
     c.cost = kc.weight * lw * raw;
@@ -194,8 +197,10 @@ inline BudgetResult select_under_budget(const std::vector<KindCosts>& kinds, con
   read_now = streams;
   while (cached > lim.max_cached || streams > lim.max_streams) {
     const bool by_reads = cached <= lim.max_cached;
+    std::vector<std::size_t> todo;
     for (std::size_t i = 0; i < N; ++i)
-      if (!target[i] && !cand[i].valid) cand[i] = choose(i, N);
+      if (!target[i] && !cand[i].valid) todo.push_back(i);
+    opt.parallel(todo.size(), [&](std::size_t j, std::size_t) { cand[todo[j]] = choose(todo[j], N); });
     std::vector<std::size_t> order;
     for (std::size_t i = 0; i < N; ++i) {
       const std::size_t k = i / per;
@@ -210,14 +215,19 @@ inline BudgetResult select_under_budget(const std::vector<KindCosts>& kinds, con
       if (!by_reads && cand[i].cost >= best_score) break;  // penalties are (nearly) never negative
       double penalty = 0.0;
       bool feasible = true;
-      for (std::size_t t = 0; t < N && feasible; ++t) {
-        if (!target[t] || std::find(tgt[t].refs.begin(), tgt[t].refs.end(), head_of(i)) == tgt[t].refs.end() ||
-            t / per != i / per)
-          continue;
-        auto it = what_if.find({t, i});
-        if (it == what_if.end()) it = what_if.emplace(std::make_pair(t, i), choose(t, i)).first;
-        if (it->second.refs.empty()) feasible = false;
-        else penalty += it->second.cost - tgt[t].cost;
+      std::vector<std::size_t> users, missing;
+      for (std::size_t t = i / per * per; t < (i / per + 1) * per; ++t)
+        if (target[t] && std::find(tgt[t].refs.begin(), tgt[t].refs.end(), head_of(i)) != tgt[t].refs.end()) {
+          users.push_back(t);
+          if (!what_if.count({t, i})) missing.push_back(t);
+        }
+      std::vector<Choice> fresh(missing.size());
+      opt.parallel(missing.size(), [&](std::size_t j, std::size_t) { fresh[j] = choose(missing[j], i); });
+      for (std::size_t j = 0; j < missing.size(); ++j) what_if.emplace(std::make_pair(missing[j], i), fresh[j]);
+      for (std::size_t t : users) {
+        const Choice& w = what_if.at({t, i});
+        if (w.refs.empty()) feasible = false;
+        else penalty += w.cost - tgt[t].cost;
       }
       if (!feasible) continue;
       double score = cand[i].cost + penalty;

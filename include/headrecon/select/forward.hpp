@@ -62,17 +62,19 @@ inline std::vector<double> r2_metric(const HeadMoments& stats, HeadId target) {
 /// `candidates` (each must be allowed by the statistics' scope), ranked by
 /// the training-split loss under `metric` (d×d row-major; null: the R²
 /// metric). Returns the references in order of choice; stops early when no
-/// candidate lowers the loss.
+/// candidate lowers the loss. Every candidate's conditional blocks A_c, B_c
+/// are kept and updated when a reference is added (one gather, gemm and
+/// triangular solve over all candidates per step, then d×d work each).
 inline std::vector<HeadId> forward_references(const HeadMoments& stats, HeadId target,
                                               const std::vector<HeadId>& candidates, int k,
                                               const double* metric = nullptr, double lambda = 1e-6) {
   const Moments& m = stats.group(target).train;
   const int d = stats.head_dim();
-  const std::size_t p = m.dim(), ud = std::size_t(d);
+  const std::size_t p = m.dim(), ud = std::size_t(d), dd = ud * ud, nc = candidates.size();
   const auto& c2 = m.comoment();  // symmetric: row-major = column-major
   const std::size_t y0 = stats.column(target);
   std::vector<double> g;
-  if (metric) g.assign(metric, metric + ud * ud);
+  if (metric) g.assign(metric, metric + dd);
   else g = r2_metric(stats, target);
   for (HeadId c : candidates)
     if (!stats.allowed(target, c))
@@ -83,78 +85,68 @@ inline std::vector<HeadId> forward_references(const HeadMoments& stats, HeadId t
     const double v = c2[i * p + i];
     return v > 0.0 ? v * (1.0 + lambda) : 1.0;
   };
-  std::vector<std::size_t> s_cols;           // columns of the chosen references
-  std::vector<double> lf;                    // Cholesky factor of C_SS (nS×nS, column-major)
-  std::vector<double> zy;                    // L⁻¹ C_Sy (nS×d, column-major)
-  std::vector<HeadId> chosen;
-  std::vector<bool> used(candidates.size(), false);
-  std::vector<double> zc, a, b, xtx, best_zc, best_x, best_la;
-  constexpr double redundant = 1e-5;  // relative conditional variance below which a candidate is redundant
-  double total = 0.0;                 // tr(G C_yy): gains below a 1e-9 fraction of it are rounding
+  std::vector<std::size_t> col(nc);
+  for (std::size_t c = 0; c < nc; ++c) col[c] = stats.column(candidates[c]);
+  // Conditional blocks given the chosen set S, column-major d×d per candidate:
+  // A_c = C_cc|S (with the ridge), B_c = C_cy|S.
+  std::vector<double> a(nc * dd), b(nc * dd), own(nc, 0.0);
+  for (std::size_t c = 0; c < nc; ++c)
+    for (std::size_t j = 0; j < ud; ++j)
+      for (std::size_t i = 0; i < ud; ++i) {
+        a[c * dd + i + j * ud] = i == j ? diag(col[c] + i) : c2[(col[c] + i) * p + col[c] + j];
+        b[c * dd + i + j * ud] = c2[(col[c] + i) * p + y0 + j];
+        if (i == j) own[c] += a[c * dd + i + j * ud];
+      }
+  double total = 0.0;  // tr(G C_yy): gains below a 1e-9 fraction of it are rounding
   for (std::size_t i = 0; i < ud; ++i)
     for (std::size_t j = 0; j < ud; ++j) total += g[i * ud + j] * c2[(y0 + i) * p + y0 + j];
+  constexpr double redundant = 1e-5;  // relative conditional variance below which a candidate is redundant
+  std::vector<std::vector<double>> rows;  // per chosen step: L⁻¹-rows of every candidate, d × (nc·d)
+  std::vector<std::size_t> chosen_idx;
+  std::vector<HeadId> chosen;
+  std::vector<char> used(nc, 0);
+  std::vector<double> la(dd), x(dd), xtx(dd), best_la, best_x;
+  const int ncd = int(nc * ud);
   while (int(chosen.size()) < k) {
-    const int ns = int(s_cols.size());
     double best_gain = 1e-9 * total;
-    std::size_t best = candidates.size();
-    for (std::size_t ci = 0; ci < candidates.size(); ++ci) {
-      if (used[ci]) continue;
-      const std::size_t c0 = stats.column(candidates[ci]);
-      zc.assign(std::size_t(ns) * ud, 0.0);  // C_Sc (nS×d)
-      for (int j = 0; j < d; ++j)
-        for (int i = 0; i < ns; ++i) zc[std::size_t(i) + std::size_t(j) * std::size_t(ns)] = c2[s_cols[std::size_t(i)] * p + c0 + std::size_t(j)];
-      detail::lower_solve(lf, ns, zc, d);
-      detail::cross_product(zc, zc, ns, d, a);  // Zcᵀ Zc
-      detail::cross_product(zc, zy, ns, d, b);  // Zcᵀ Zy
-      for (int j = 0; j < d; ++j)
-        for (int i = 0; i < d; ++i) {
-          const std::size_t ij = std::size_t(i) + std::size_t(j) * ud;
-          a[ij] = (i == j ? diag(c0 + std::size_t(i)) : c2[(c0 + std::size_t(i)) * p + c0 + std::size_t(j)]) - a[ij];
-          b[ij] = c2[(c0 + std::size_t(i)) * p + y0 + std::size_t(j)] - b[ij];
-        }
-      // A candidate (nearly) in the span of the chosen ones adds nothing the
-      // float statistics can resolve: skip it (as fit_ridge truncates it).
-      double cond_var = 0.0, own_var = 0.0;
-      for (int i = 0; i < d; ++i) {
-        cond_var += a[std::size_t(i) * (ud + 1)];
-        own_var += diag(c0 + std::size_t(i));
-      }
-      if (!(cond_var > redundant * own_var)) continue;
-      if (!detail::cholesky_lower(a, d)) continue;
-      detail::lower_solve(a, d, b, d);  // X = La⁻¹ B
-      detail::cross_product(b, b, d, d, xtx);
+    std::size_t best = nc;
+    for (std::size_t c = 0; c < nc; ++c) {
+      if (used[c]) continue;
+      double cond = 0.0;
+      for (std::size_t i = 0; i < ud; ++i) cond += a[c * dd + i * (ud + 1)];
+      // (Nearly) in the span of the chosen references: nothing the float statistics can resolve.
+      if (!(cond > redundant * own[c])) continue;
+      la.assign(a.begin() + std::ptrdiff_t(c * dd), a.begin() + std::ptrdiff_t((c + 1) * dd));
+      if (!detail::cholesky_lower(la, d)) continue;
+      x.assign(b.begin() + std::ptrdiff_t(c * dd), b.begin() + std::ptrdiff_t((c + 1) * dd));
+      detail::lower_solve(la, d, x, d);  // X = La⁻¹ B: the gain is tr(G XᵀX)
+      detail::cross_product(x, x, d, d, xtx);
       double gain = 0.0;
-      for (std::size_t i = 0; i < ud * ud; ++i) gain += g[i] * xtx[i];
-      if (gain > best_gain) {
-        best_gain = gain;
-        best = ci;
-        best_zc = zc;
-        best_x = b;
-        best_la = a;
-      }
+      for (std::size_t i = 0; i < dd; ++i) gain += g[i] * xtx[i];
+      if (gain > best_gain) best_gain = gain, best = c, best_la = la, best_x = x;
     }
-    if (best == candidates.size()) break;
-    // Extend the factor: L' = [[L, 0], [Zcᵀ, La]], Zy' = [Zy; X].
-    const int n2 = ns + d;
-    std::vector<double> l2(std::size_t(n2) * std::size_t(n2), 0.0), zy2(std::size_t(n2) * ud, 0.0);
-    for (int j = 0; j < ns; ++j)
-      for (int i = 0; i < ns; ++i) l2[std::size_t(i) + std::size_t(j) * std::size_t(n2)] = lf[std::size_t(i) + std::size_t(j) * std::size_t(ns)];
-    for (int j = 0; j < ns; ++j)
-      for (int i = 0; i < d; ++i)  // row ns+i, column j: Zcᵀ(i, j) = Zc(j, i)
-        l2[std::size_t(ns + i) + std::size_t(j) * std::size_t(n2)] = best_zc[std::size_t(j) + std::size_t(i) * std::size_t(ns)];
-    for (int j = 0; j < d; ++j)
-      for (int i = 0; i < d; ++i)
-        l2[std::size_t(ns + i) + std::size_t(ns + j) * std::size_t(n2)] = best_la[std::size_t(i) + std::size_t(j) * ud];
-    for (int j = 0; j < d; ++j) {
-      for (int i = 0; i < ns; ++i) zy2[std::size_t(i) + std::size_t(j) * std::size_t(n2)] = zy[std::size_t(i) + std::size_t(j) * std::size_t(ns)];
-      for (int i = 0; i < d; ++i) zy2[std::size_t(ns + i) + std::size_t(j) * std::size_t(n2)] = best_x[std::size_t(i) + std::size_t(j) * ud];
-    }
-    lf.swap(l2);
-    zy.swap(zy2);
-    const std::size_t c0 = stats.column(candidates[best]);
-    for (int i = 0; i < d; ++i) s_cols.push_back(c0 + std::size_t(i));
+    if (best == nc) break;
+    used[best] = 1;
     chosen.push_back(candidates[best]);
-    used[best] = true;
+    chosen_idx.push_back(best);
+    if (int(chosen.size()) == k) break;
+    // New rows of every candidate: T = La_b⁻¹ (C_{b,all} − Σ_s R_s[:, b]ᵀ R_s).
+    std::vector<double> t(ud * nc * ud);
+    for (std::size_t c = 0; c < nc; ++c)
+      for (std::size_t j = 0; j < ud; ++j)
+        for (std::size_t i = 0; i < ud; ++i) t[i + (c * ud + j) * ud] = c2[(col[best] + i) * p + col[c] + j];
+    const double one = 1.0, minus = -1.0;
+    for (const auto& r : rows)
+      dgemm_("T", "N", &d, &ncd, &d, &minus, r.data() + best * dd, &d, r.data(), &d, &one, t.data(), &d);
+    dtrsm_("L", "L", "N", "N", &d, &ncd, &one, best_la.data(), &d, t.data(), &d);
+    // A_c −= T_cᵀ T_c, B_c −= T_cᵀ X_b.
+    for (std::size_t c = 0; c < nc; ++c) {
+      if (used[c]) continue;
+      const double* tc = t.data() + c * dd;
+      dgemm_("T", "N", &d, &d, &d, &minus, tc, &d, tc, &d, &one, a.data() + c * dd, &d);
+      dgemm_("T", "N", &d, &d, &d, &minus, tc, &d, best_x.data(), &d, &one, b.data() + c * dd, &d);
+    }
+    rows.push_back(std::move(t));
   }
   return chosen;
 }

@@ -65,10 +65,12 @@ struct ModelBudget {
 /// Per-kind selections of `strategy` (greedy, loss, shared, graph, random)
 /// under `budget`. `kinds` holds the statistics (and, for loss, the metrics)
 /// of the kinds fitted; kinds not fitted stay cached and count as
-/// `fixed_cached` streams. `graph` tunes the graph strategy.
+/// `fixed_cached` streams. `graph` tunes the graph strategy; `parallel` runs
+/// the candidate fits of greedy and loss on several threads.
 inline std::vector<Selection> select_model(const std::string& strategy, const std::vector<KindCosts>& kinds,
                                            const ModelBudget& budget, std::size_t fixed_cached,
-                                           const SelectionOptions& opt, const GraphSelection* graph = nullptr) {
+                                           const SelectionOptions& opt, const GraphSelection* graph = nullptr,
+                                           const ParallelFor& parallel = {}) {
   if (kinds.empty()) detail::fail("select_model: no kinds");
   const std::int32_t L = kinds[0].stats->n_layers(), H = kinds[0].stats->n_heads();
   const std::size_t total = kinds.size() * std::size_t(L) * std::size_t(H);
@@ -93,6 +95,7 @@ inline std::vector<Selection> select_model(const std::string& strategy, const st
     BudgetOptions bo;
     bo.max_refs = opt.max_refs > 0 ? opt.max_refs : 5;
     bo.fit = opt.fit;
+    bo.parallel = parallel;
     const BudgetResult r = select_under_budget(kc, lim, bo);
     if (!r.met)
       detail::fail("strategy ", strategy, ": the budget (", keep, " stored, ", lim.max_streams == std::numeric_limits<std::size_t>::max() ? std::string("any") : std::to_string(lim.max_streams),
