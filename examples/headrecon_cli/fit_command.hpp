@@ -271,7 +271,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
       lim.max_cached += acts.n_layers() * std::size_t(cached_count(H, cfg.select.budget));
     }
     BudgetOptions bo;
-    bo.max_refs = cfg.select.max_refs > 0 ? cfg.select.max_refs : 5;
+    bo.max_refs = cfg.select.max_refs > 0 ? cfg.select.max_refs : 8;
     bo.fit = sel_opt.fit;
     ThreadPool pool(std::size_t(cfg.threads));
     bo.parallel = pool.parallel_for();

@@ -7,7 +7,9 @@
 /// layer to the first (within a layer, the highest sum of its best max_refs
 /// edges above τ first); a
 /// head becomes a target when it is not already a reference of a chosen
-/// target, its layer has fewer than H − round(budget·H) targets, and it has at
+/// target, its layer has fewer than H − round(budget·H) targets (with a
+/// whole-model count, SelectionOptions::targets_per_layer, only the total
+/// counts: the paper has no per-layer cap), and it has at
 /// least min_refs incoming edges with R² ≥ τ from heads that are not targets;
 /// it keeps the best max_refs of them (max_refs = --refs when given, else 6),
 /// which can no longer become targets. τ is the largest edge score (on a grid

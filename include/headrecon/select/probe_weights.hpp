@@ -28,7 +28,8 @@ struct ProbedGroup {
   double loss = 0.0;
 };
 
-/// Sets kinds[i].layer_weight from `groups`; returns how many groups were used.
+/// Sets kinds[i].layer_weight from `groups` (groups of the same kind and layer
+/// pool: Σ loss / Σ cost); returns how many groups were used.
 /// Throws Error naming a group whose kind is not in `kinds`, whose targets or
 /// references are out of range, or whose loss is negative or not finite.
 inline std::size_t apply_probe_weights(std::vector<KindCosts>& kinds, const std::vector<ProbedGroup>& groups,
@@ -36,7 +37,7 @@ inline std::size_t apply_probe_weights(std::vector<KindCosts>& kinds, const std:
   std::size_t used = 0;
   for (KindCosts& kc : kinds) {
     const std::int32_t L = kc.stats->n_layers();
-    std::vector<double> w(std::size_t(L), std::numeric_limits<double>::quiet_NaN());
+    std::vector<double> loss(std::size_t(L), 0.0), costs(std::size_t(L), 0.0);
     for (const ProbedGroup& g : groups) {
       if (g.kind != kc.kind) continue;
       if (g.layer < 0 || g.layer >= L) detail::fail("probe: layer ", g.layer, " is outside ", L, " layers");
@@ -51,8 +52,12 @@ inline std::size_t apply_probe_weights(std::vector<KindCosts>& kinds, const std:
             kc.stats->evaluate(t.target, t.refs, fit, kc.metric ? kc.metric->at(t.target) : nullptr, false);
         cost += kc.metric ? (kc.relative ? ev.loss / std::max(ev.loss_base, 1e-300) : ev.loss) : 1.0 - ev.score();
       }
-      if (cost > 0.0) w[std::size_t(g.layer)] = g.loss / cost, ++used;
+      if (cost > 0.0) loss[std::size_t(g.layer)] += g.loss, costs[std::size_t(g.layer)] += cost, ++used;
     }
+    // Several groups of one (kind, layer) (probes of several plans) pool.
+    std::vector<double> w(std::size_t(L), std::numeric_limits<double>::quiet_NaN());
+    for (std::size_t l = 0; l < w.size(); ++l)
+      if (costs[l] > 0.0) w[l] = loss[l] / costs[l];
     std::vector<double> known;
     for (double x : w)
       if (!std::isnan(x)) known.push_back(x);
