@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "headrecon/blas_threads.hpp"
 #include "headrecon/calibrate.hpp"
 #include "headrecon/select.hpp"
 #include "headrecon/synthetic.hpp"
@@ -25,10 +26,15 @@ std::vector<float> random_batch(std::size_t n, std::size_t p) {
   return x;
 }
 
-// Moments::add_batch on [n, p] batches; the baseline is the syrk alone on the
-// same (already centered) data, timed in the same run.
+// Moments::add_batch on [n, p] batches with `threads` BLAS threads; the
+// baseline is the syrk alone on the same (already centered) data, timed in
+// the same run with the same threads. Large batches (what accumulate() feeds
+// it: 2048 tokens of L·H·d = 5760 columns for SmolLM2 cross-layer) are where
+// threads pay; selection and maps use one (blas_threads.hpp).
 void BM_Accumulate(benchmark::State& state) {
   const std::size_t n = std::size_t(state.range(0)), p = std::size_t(state.range(1));
+  const int threads = int(state.range(2));
+  const ScopedBlasThreads blas(threads);
   const auto x = random_batch(n, p);
   Moments m(p);
   for (auto _ : state) {
@@ -37,16 +43,23 @@ void BM_Accumulate(benchmark::State& state) {
   }
   const double flops = m.batch_flops(n) * double(state.iterations());
   std::vector<float> g(p * p);
-  const int reps = 5;
+  const int reps = 3;
   const auto t0 = std::chrono::steady_clock::now();
   for (int r = 0; r < reps; ++r) detail::syrk_upper_rm(int(p), int(n), x.data(), int(p), g.data());
   const double t_syrk = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / reps;
   state.counters["GFLOPs"] = benchmark::Counter(flops / 1e9, benchmark::Counter::kIsRate);
   state.counters["syrk_GFLOPs"] = m.batch_flops(n) / t_syrk / 1e9;
   state.counters["tokens/s"] = benchmark::Counter(double(n) * double(state.iterations()), benchmark::Counter::kIsRate);
-  state.SetLabel("p=" + std::to_string(p));
+  state.counters["peak_frac_per_thread"] =
+      benchmark::Counter(flops / 1e9 / kSgemmPeakGflops / double(threads), benchmark::Counter::kIsRate);
+  state.SetLabel("p=" + std::to_string(p) + " threads=" + std::to_string(threads) +
+                 (blas_threads() ? "" : " (not OpenBLAS: threads ignored)"));
 }
-BENCHMARK(BM_Accumulate)->Args({2048, 256})->Args({2048, 512})->Args({2048, 1024})->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_Accumulate)
+    ->ArgsProduct({{2048}, {256, 1024}, {1, 2}})
+    ->ArgsProduct({{2048, 4096}, {2880, 5760}, {1, 2}})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime();
 
 // Whole calibration of one Llama-3-8B-sized layer: statistics over 100k
 // tokens, greedy selection of 5 references for 4 of 8 heads, GCV maps.

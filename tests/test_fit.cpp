@@ -222,16 +222,14 @@ TEST_CASE("fixed ridge equals the closed form and GCV regularizes small noisy pr
   o.ridge = RidgeMode::fixed;
   o.lambda = 0.3;
   const LinearMap map = fit_ridge(m, d.xc, d.yc, o);
-  // Closed form with xtensor-blas: (Cxx + λ·mean diag I)⁻¹ Cxy.
+  // Closed form with xtensor-blas: (Cxx + λ·diag(Cxx))⁻¹ Cxy (ridge on standardized references).
   const std::size_t k = d.kx;
   xt::xtensor<double, 2> cxx = xt::zeros<double>({k, k}), cxy = xt::zeros<double>({k, d.dy});
-  double scale = 0;
   for (std::size_t i = 0; i < k; ++i) {
     for (std::size_t j = 0; j < k; ++j) cxx(i, j) = m.comoment(i, j);
     for (std::size_t j = 0; j < d.dy; ++j) cxy(i, j) = m.comoment(i, k + j);
-    scale += cxx(i, i) / double(k);
   }
-  for (std::size_t i = 0; i < k; ++i) cxx(i, i) += 0.3 * scale;
+  for (std::size_t i = 0; i < k; ++i) cxx(i, i) *= 1.3;
   const auto w = xt::linalg::solve(cxx, cxy);
   for (std::size_t i = 0; i < k; ++i)
     for (std::size_t j = 0; j < d.dy; ++j) REQUIRE(map.weight[i * d.dy + j] == Approx(w(i, j)).margin(1e-9));
@@ -266,4 +264,58 @@ TEST_CASE("fit rejects bad arguments with a clear error", "[fit]") {
   m.add_batch(rows, 1, 4);
   REQUIRE_THROWS_WITH(fit_ridge(m, {0}, {1}, o), Catch::Contains("lambda"));
   REQUIRE_THROWS_WITH(score_r2(Moments(4), {0}, {1}, fit_ridge(m, {0}, {1})), Catch::Contains("no tokens"));
+}
+
+TEST_CASE("rescaling a reference changes its weights, not the fit (issue 13)", "[fit][hard]") {
+  // One reference head scaled by 1000 carries the same information: every
+  // solve path (OLS, fixed ridge, GCV, the truncated eigen solve) gives the
+  // same R² and predictions.
+  Data d = planted(3000, 8, 4, 0.3, 8);
+  Data scaled = d;
+  const std::size_t p = d.kx + d.dy;
+  for (std::size_t t = 0; t < d.n; ++t)
+    for (std::size_t i = 0; i < 4; ++i) scaled.rows[t * p + i] *= 1000.0f;
+  const Moments a = moments_of(d, 0, 2000), b = moments_of(scaled, 0, 2000);
+  const Moments ta = moments_of(d, 2000, 3000), tb = moments_of(scaled, 2000, 3000);
+  FitOptions ols, ridge, gcv, tight;
+  ols.ridge = RidgeMode::fixed;
+  ridge.ridge = RidgeMode::fixed;
+  ridge.lambda = 0.1;
+  tight.ridge = RidgeMode::fixed;
+  tight.min_rcond = 0.5;  // forces the truncated eigen solve
+  for (const FitOptions& o : {ols, ridge, gcv, tight}) {
+    const LinearMap ma = fit_ridge(a, d.xc, d.yc, o), mb = fit_ridge(b, d.xc, d.yc, o);
+    REQUIRE(ma.method == mb.method);
+    REQUIRE(ma.rank == mb.rank);
+    REQUIRE(score_r2(ta, d.xc, d.yc, ma).mean == Approx(score_r2(tb, d.xc, d.yc, mb).mean).epsilon(1e-6));
+    for (std::size_t i = 0; i < d.kx; ++i)
+      for (std::size_t j = 0; j < d.dy; ++j)
+        REQUIRE(ma.weight[i * d.dy + j] ==
+                Approx(mb.weight[i * d.dy + j] * (i < 4 ? 1000.0 : 1.0)).epsilon(1e-5).margin(1e-9));
+  }
+  REQUIRE(score_r2(ta, d.xc, d.yc, fit_ridge(a, d.xc, d.yc, ols)).mean > 0.9);
+}
+
+TEST_CASE("values near the float limit are fitted, not overflowed (issue 13)", "[fit][hard]") {
+  // The same data times 1e20, 1e30 and 1e-30 (finite floats): the statistics
+  // scale each column by a power of two before the float syrk, so the fit and
+  // its R² are those of the unscaled data.
+  const Data d = planted(2000, 6, 3, 0.2, 9);
+  const Moments m = moments_of(d, 0, 1500), t = moments_of(d, 1500, 2000);
+  const LinearMap base = fit_ridge(m, d.xc, d.yc);
+  const double r2 = score_r2(t, d.xc, d.yc, base).mean;
+  for (double s : {1e20, 1e30, 1e-30}) {
+    Data big = d;
+    for (auto& v : big.rows) v = float(double(v) * s);
+    const Moments mb = moments_of(big, 0, 1500), tb = moments_of(big, 1500, 2000);
+    for (std::size_t i = 0; i < mb.dim(); ++i) REQUIRE(std::isfinite(mb.comoment(i, i)));
+    const LinearMap map = fit_ridge(mb, d.xc, d.yc);
+    REQUIRE(score_r2(tb, d.xc, d.yc, map).mean == Approx(r2).epsilon(1e-5));
+  }
+  // Mixed scales in one batch: a column at 3e38 next to one at 1e-3.
+  Moments mix(2);
+  const float rows[] = {3e38f, 1e-3f, -3e38f, 2e-3f, 1e38f, 4e-3f};
+  mix.add_batch(rows, 3, 2);
+  REQUIRE(std::isfinite(mix.comoment(0, 0)));
+  REQUIRE(mix.comoment(1, 1) == Approx(4.66666667e-6).epsilon(1e-6));
 }

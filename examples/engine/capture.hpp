@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "headrecon/activations_io.hpp"
+#include "headrecon/projections_io.hpp"
 #include "llama.hpp"
 
 namespace headrecon_engine {
@@ -95,6 +96,23 @@ inline CaptureStats capture_activations(const LlamaModel& model, const std::vect
   st.seconds = std::chrono::duration<double>(clock::now() - start).count();
   st.forward_seconds = st.seconds - hook_seconds;
   return st;
+}
+
+/// The model's attention output projections (W_o of every layer, [n_embd,
+/// n_head·head_dim] as applied), for headrecon's value metric.
+inline headrecon::OutputProjections output_projections(const LlamaModel& model) {
+  const LlamaConfig& c = model.config();
+  headrecon::OutputProjections p;
+  p.n_kv_heads = std::int32_t(c.n_head_kv);
+  for (std::size_t l = 0; l < c.n_layer; ++l) {
+    headrecon::OutputProjection o;
+    o.n_embd = c.n_embd;
+    o.n_q_heads = c.n_head;
+    o.head_dim = c.head_dim;
+    o.weight = model.layer(l).wo;  // row-major [n_embd][q_dim]
+    p.layers.push_back(std::move(o));
+  }
+  return p;
 }
 
 struct PerplexityStats {

@@ -22,6 +22,7 @@
 #include "gguf.hpp"
 #include "headrecon/plan_io.hpp"
 #include "llama.hpp"
+#include "probe.hpp"
 #include "tokenizer.hpp"
 
 namespace he = headrecon_engine;
@@ -42,8 +43,13 @@ Commands:
   ppl       --model GGUF TEXT --tokens N [--seq-len 512] [--ids-out FILE]
                                                perplexity and tokens/s
   capture   --model GGUF TEXT --tokens N --out ACTS.safetensors [--pre-rope]
-            [--seq-len 512] [--kinds q,k,v] [--dtype f32|f16|bf16]
-                                               write a headrecon activations file
+            [--seq-len 512] [--kinds q,k,v] [--dtype f32|f16|bf16] [--spread]
+            [--projections PROJ.safetensors]
+                                               write a headrecon activations file;
+                                               --spread: each sequence from the start
+                                               of a different file of --text-dir;
+                                               --projections: also the output
+                                               projections (headrecon fit --wo)
   generate  --model GGUF (--prompt S | --ids "I I ...") [--n 32] [--chat]
                                                greedy decoding; prefill and decode tokens/s
   bench     --model GGUF [--seq-len 512] [--decode 64]
@@ -68,6 +74,13 @@ Commands:
                                                written into a full cache; --spread
                                                takes each sequence from the start
                                                of a different file of --text-dir
+
+  probe     --model GGUF --plan PLAN --text-dir DIR [--split calib] [--suffix .txt]
+            [--seqs 4] [--seq-len 256] --out PROBE.csv
+                                               the direct probe: each (kind, layer) of
+                                               the plan rebuilt alone (simulated in a
+                                               full cache); KL to the full model and
+                                               NLL change per token (headrecon fit --probe)
 
 TEXT is one of
   --text FILE                      one text file (may be repeated; used in order)
@@ -343,7 +356,19 @@ int cmd_capture(const Args& a) {
     (kind == headrecon::Kind::q ? opt.q : kind == headrecon::Kind::k ? opt.k : opt.v) = true;
   }
   std::string source;
-  const he::TokenStream s = text_tokens(a, tok, n, source, "calib");
+  he::TokenStream s;
+  if (a.has("--spread")) {
+    if (!a.has("--text-dir")) fail("--spread needs --text-dir");
+    const he::Split split = he::parse_split(a.str("--split", "calib"));
+    const std::string suffix = a.str("--suffix", ".txt");
+    const std::size_t seqs = (n + opt.seq_len - 1) / opt.seq_len;
+    s = he::spread_sequences(tok, he::list_text_files(a.str("--text-dir"), suffix, split), seqs, opt.seq_len);
+    source = "dir: " + a.str("--text-dir") + " suffix " + suffix + " split " + he::split_name(split) +
+             ", the first " + std::to_string(opt.seq_len) + " tokens of " + std::to_string(s.files.size()) +
+             " files spread over the split";
+  } else {
+    s = text_tokens(a, tok, n, source, "calib");
+  }
   opt.metadata["model"] = m.path().substr(m.path().find_last_of('/') + 1);
   if (m.randomized()) opt.metadata["random_init"] = a.str("--random-init");
   opt.metadata["text_source"] = source;
@@ -353,7 +378,15 @@ int cmd_capture(const Args& a) {
     opt.metadata["text_last_file"] = s.files.back();
   }
   const std::string out = a.required("--out");
+  if (a.has("--projections"))  // checked before the capture runs
+    if (a.str("--projections") == out) fail("--projections and --out name the same file");
   const he::CaptureStats st = he::capture_activations(m, s.tokens, out, opt);
+  if (a.has("--projections")) {
+    headrecon::save_output_projections(he::output_projections(m), a.str("--projections"),
+                                       {{"model", opt.metadata["model"]}});
+    std::cout << "wrote " << a.str("--projections") << ": output projections of " << m.config().n_layer
+              << " layers\n";
+  }
   std::cout << "text: " << source << " (" << s.files.size() << " files used)\n"
             << "wrote " << out << ": " << st.tokens << " tokens in " << st.sequences << " sequences of <= "
             << opt.seq_len << ", " << m.config().n_layer << " layers, kinds " << kinds << ", "
@@ -534,6 +567,27 @@ int cmd_eval(const Args& a) {
   return 0;
 }
 
+int cmd_probe(const Args& a) {
+  apply_threads(a);
+  const he::GgufFile f(model_path(a));
+  const he::Tokenizer tok(f);
+  const he::LlamaModel m = load_model(a, f);
+  const headrecon::Plan plan = headrecon::load_plan(a.required("--plan"));
+  const std::string out = a.required("--out");
+  const std::size_t seq_len = std::size_t(a.integer("--seq-len", 256, 2, 1L << 20));
+  const std::size_t seqs = std::size_t(a.integer("--seqs", 4, 1, 1L << 20));
+  if (!a.has("--text-dir")) fail("probe needs --text-dir (calibration text: --split calib, the default)");
+  const he::Split split = he::parse_split(a.str("--split", "calib"));
+  const he::TokenStream s = he::spread_sequences(
+      tok, he::list_text_files(a.str("--text-dir"), a.str("--suffix", ".txt"), split), seqs, seq_len);
+  std::cout << "probe: " << seqs << " sequences of " << seq_len << " tokens (split " << he::split_name(split)
+            << "), each (kind, layer) of " << a.str("--plan") << " rebuilt alone\n";
+  const auto rows = he::probe_plan(m, s.tokens, seq_len, plan, std::cout);
+  he::write_probe_csv(rows, out);
+  std::cout << "wrote " << out << "\n";
+  return 0;
+}
+
 int cmd_demo(const Args& a) {
   he::DemoOptions o;
   o.dir = a.str("--dir", o.dir);
@@ -606,8 +660,8 @@ int main(int argc, char** argv) {
     if (cmd == "capture")
       return cmd_capture(Args(argc, argv,
                               with(text_options, {"--model", "--tokens", "--seq-len", "--out", "--kinds",
-                                                  "--dtype", "--threads", "--random-init"}),
-                              {"--pre-rope"}));
+                                                  "--dtype", "--threads", "--random-init", "--projections"}),
+                              {"--pre-rope", "--spread"}));
     if (cmd == "generate")
       return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads", "--random-init"}, {"--chat"}));
     if (cmd == "demo")
@@ -622,6 +676,11 @@ int main(int argc, char** argv) {
                                                "--cache-dtype", "--chunk", "--csv", "--json", "--md", "--threads", "--ids-out",
                                                "--random-init"}),
                            {"--simulate", "--spread"}));
+    if (cmd == "probe")
+      return cmd_probe(Args(argc, argv,
+                            {"--model", "--plan", "--out", "--text-dir", "--split", "--suffix", "--seqs", "--seq-len",
+                             "--threads", "--random-init"},
+                            {}));
     if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {}));
     std::cerr << "headrecon-engine: unknown command '" << cmd << "'\n\n" << usage_text;
     return 2;

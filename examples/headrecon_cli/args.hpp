@@ -2,6 +2,7 @@
 // Minimal command-line parsing for the headrecon tool: --flag VALUE options
 // (some repeatable), --switches and positionals; every misuse is an Error.
 
+#include <cerrno>
 #include <cstdlib>
 #include <map>
 #include <set>
@@ -56,9 +57,11 @@ class Args {
     if (!values_.count(f)) return def;
     const std::string s = str(f, "");
     char* end = nullptr;
+    errno = 0;
     const long v = std::strtol(s.c_str(), &end, 10);
     if (s.empty() || *end != '\0') detail::fail("option ", f, ": '", s, "' is not an integer");
-    if (v < lo || v > hi) detail::fail("option ", f, ": ", v, " is outside [", lo, ", ", hi, "]");
+    // Out of range (strtol clamps to LONG_MIN/MAX on overflow): name the value as given.
+    if (errno == ERANGE || v < lo || v > hi) detail::fail("option ", f, ": ", s, " is outside [", lo, ", ", hi, "]");
     return v;
   }
   static double parse_double(const std::string& f, const std::string& s) {

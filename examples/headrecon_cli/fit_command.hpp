@@ -1,19 +1,33 @@
 #pragma once
 // `headrecon fit`: statistics -> selection -> maps -> plan file, with a report
-// a person can read (per layer x head held-out R², references, KV saved).
+// a person can read (per layer x head held-out R², references, KV bytes
+// stored and read).
 
+#include <cerrno>
 #include <chrono>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <cmath>
 #include <cstdio>
+#include <limits>
 #include <map>
+#include <memory>
 #include <ostream>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "args.hpp"
 #include "headrecon/accumulate.hpp"
+#include "headrecon/blas_threads.hpp"
 #include "headrecon/calibrate.hpp"
 #include "headrecon/plan_io.hpp"
+#include "headrecon/projections_io.hpp"
 #include "headrecon/select.hpp"
+#include "headrecon/select/model.hpp"
+#include "headrecon/select/probe_weights.hpp"
+#include "headrecon/thread_pool.hpp"
 
 namespace headrecon::cli {
 
@@ -25,12 +39,24 @@ struct FitConfig {
   SelectionOptions select;
   AccumulateOptions accumulate;
   int graph_min_refs = 4, graph_max_refs = 6;
+  int threads = 1;  ///< BLAS threads for the statistics; worker threads of greedy/loss selection (one BLAS thread each)
+  /// Whole-model budget (instead of the per-layer select.budget): a fraction
+  /// of the KV bytes kept, or bytes per token; optionally a bound on reads.
+  double kv_budget = std::numeric_limits<double>::quiet_NaN();
+  std::size_t kv_bytes = 0;
+  double read_budget = std::numeric_limits<double>::quiet_NaN();
+  DType cache_dtype = DType::f32;  ///< element type the byte budget and report count in
+  std::string wo;                  ///< output projections file (strategy loss)
+  std::string probe;               ///< direct probe CSV (headrecon-engine probe): per-layer weights of strategy loss
+
+  bool whole_model() const { return !std::isnan(kv_budget) || kv_bytes > 0 || !std::isnan(read_budget); }
 };
 
 struct KindSummary {
   Kind kind;
   std::size_t rebuilt = 0, heads = 0;
   double mean_r2 = 0.0;
+  bool heldout = true;
 };
 
 inline std::string head_name(HeadId h) { return std::to_string(h.layer) + "." + std::to_string(h.head); }
@@ -46,8 +72,100 @@ inline FitOptions parse_ridge(const std::string& s) {
   if (s == "auto") return o;
   o.ridge = RidgeMode::fixed;
   o.lambda = Args::parse_double("--ridge", s);
-  if (o.lambda < 0) detail::fail("--ridge must be 'auto' or a number >= 0, got ", s);
+  if (o.lambda < 0 || !std::isfinite(o.lambda)) detail::fail("--ridge must be 'auto' or a finite number >= 0, got ", s);
   return o;
+}
+
+/// Reads a probe CSV (kind,layer,targets,kl,dnll; targets "L.H<L.H+L.H ..."):
+/// the KL column is the measured loss. Throws Error naming the file and line.
+inline std::vector<ProbedGroup> read_probe_csv(const std::string& path) {
+  std::ifstream is(path);
+  if (!is) detail::fail(path, ": cannot open");
+  std::string line;
+  std::getline(is, line);
+  if (line.rfind("kind,layer,targets,kl", 0) != 0)
+    detail::fail(path, ": not a probe file (expected the header kind,layer,targets,kl,dnll)");
+  std::vector<ProbedGroup> out;
+  for (std::size_t no = 2; std::getline(is, line); ++no) {
+    if (line.empty()) continue;
+    std::vector<std::string> f;
+    std::istringstream ls(line);
+    for (std::string x; std::getline(ls, x, ',');) f.push_back(x);
+    auto bad = [&](const std::string& why) { detail::fail(path, ":", no, ": ", why, " in '", line, "'"); };
+    if (f.size() < 4) bad("expected at least 4 fields");
+    ProbedGroup g;
+    try {
+      g.kind = parse_kind(f[0]);
+    } catch (const Error&) {
+      bad("unknown kind");
+    }
+    auto number = [&](const std::string& s, const char* what) {
+      char* end = nullptr;
+      errno = 0;
+      const double v = std::strtod(s.c_str(), &end);
+      if (s.empty() || *end || errno == ERANGE || !std::isfinite(v)) bad(std::string("bad ") + what);
+      return v;
+    };
+    const double layer = number(f[1], "layer");
+    if (layer < 0 || layer > 1e6 || layer != std::floor(layer)) bad("bad layer");
+    g.layer = std::int32_t(layer);
+    g.loss = number(f[3], "kl");
+    std::istringstream ts(f[2]);
+    auto head = [&](const std::string& s) {
+      const auto dot = s.find('.');
+      if (dot == std::string::npos) bad("bad head '" + s + "'");
+      const double a = number(s.substr(0, dot), "head"), b = number(s.substr(dot + 1), "head");
+      if (a < 0 || b < 0 || a > 1e6 || b > 1e6) bad("bad head '" + s + "'");
+      return HeadId{std::int32_t(a), std::int32_t(b)};
+    };
+    for (std::string t; ts >> t;) {
+      const auto lt = t.find('<');
+      if (lt == std::string::npos) bad("target '" + t + "' without references (L.H<L.H+L.H)");
+      TargetChoice tc;
+      tc.target = head(t.substr(0, lt));
+      std::istringstream rs(t.substr(lt + 1));
+      for (std::string r; std::getline(rs, r, '+');) tc.refs.push_back(head(r));
+      if (tc.refs.empty()) bad("target '" + t + "' without references");
+      g.targets.push_back(tc);
+    }
+    out.push_back(std::move(g));
+  }
+  if (out.empty()) detail::fail(path, ": no probed groups");
+  return out;
+}
+
+/// Checks what can be checked before any statistics are computed.
+inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts) {
+  if (!cfg.out.empty() && cfg.out == cfg.acts)
+    detail::fail("--out ", cfg.out, " names the activations file: it would be overwritten");
+  std::set<Kind> seen;
+  for (Kind k : cfg.kinds) {
+    if (!seen.insert(k).second) detail::fail("--kind ", kind_name(k), " is given twice");
+    if (!acts.has(k)) detail::fail(acts.path(), ": no '", kind_name(k), "' activations in this file");
+  }
+  if (cfg.whole_model()) {
+    if (!std::isnan(cfg.kv_budget) && cfg.kv_bytes > 0) detail::fail("give --kv-budget or --kv-bytes, not both");
+    for (Kind k : cfg.kinds)
+      if (k == Kind::q) detail::fail("a KV budget (--kv-budget, --kv-bytes, --read-budget) applies to k and v only");
+    if (!acts.has(Kind::k) && !acts.has(Kind::v)) detail::fail(acts.path(), ": no k or v activations");
+    if (cfg.strategy == "fixed") detail::fail("strategy fixed ignores budgets: drop --kv-budget");
+  } else if (cfg.strategy == "loss" && cfg.kinds.size() > 0) {
+    for (Kind k : cfg.kinds)
+      if (k == Kind::q) detail::fail("strategy loss rebuilds k and v (queries are not cached)");
+  }
+  if (!cfg.probe.empty() && cfg.strategy != "loss") detail::fail("--probe calibrates strategy loss only");
+  if (cfg.strategy == "loss") {
+    if (cfg.wo.empty())
+      detail::fail("strategy loss needs --wo FILE: the model's output projections (headrecon-engine capture "
+                   "--projections FILE writes them)");
+    if (!acts.has(Kind::q))
+      detail::fail(acts.path(), ": strategy loss needs the queries (capture with q) for the key metric");
+  }
+  const auto [usable, max_pos] = usable_tokens(acts, cfg.accumulate);
+  if (usable < 2)
+    detail::fail(acts.path(), ": only ", usable, " of ", acts.n_tokens(), " tokens are at positions >= --sink ",
+                 cfg.accumulate.sink_tokens, " (the largest position is ", max_pos,
+                 "); lower --sink or capture longer sequences");
 }
 
 /// Runs the fit and writes the plan; returns one summary per kind.
@@ -55,7 +173,17 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   using clock = std::chrono::steady_clock;
   auto secs = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
   const ActivationReader acts(cfg.acts);
+  check_fit_config(cfg, acts);
   const FitOptions fit = parse_ridge(cfg.ridge);
+  OutputProjections wo;
+  if (!cfg.wo.empty()) {
+    wo = load_output_projections(cfg.wo);
+    if (wo.layers.size() != acts.n_layers() || wo.layers[0].head_dim != acts.head_dim() ||
+        (acts.has(Kind::q) && wo.layers[0].n_q_heads != acts.n_heads(Kind::q)) ||
+        (acts.has(Kind::k) && std::size_t(wo.n_kv_heads) != acts.n_heads(Kind::k)))
+      detail::fail(cfg.wo, ": ", wo.layers.size(), " layers, ", wo.layers[0].n_q_heads, " query heads, ", wo.n_kv_heads,
+                   " KV heads, head_dim ", wo.layers[0].head_dim, " do not match ", cfg.acts);
+  }
   Plan plan;
   plan.head_dim = std::int32_t(acts.head_dim());
   plan.n_layers = std::int32_t(acts.n_layers());
@@ -63,46 +191,146 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   plan.sink_tokens = cfg.accumulate.sink_tokens;
   os << "headrecon fit: " << cfg.acts << " (" << acts.n_layers() << " layers, " << acts.n_tokens()
      << " tokens, head_dim " << acts.head_dim() << ", " << (acts.post_rope() ? "post-RoPE" : "pre-RoPE") << ")\n";
+  os << "held-out split: " << fmt("%g", cfg.accumulate.split.fraction) << " of "
+     << cfg.accumulate.split.describe() << "; BLAS threads: " << cfg.threads
+     << " for the statistics, 1 for selection and maps (" << cfg.threads << " selection workers)\n";
+
+  // Statistics of every kind first (a whole-model budget selects them together).
+  std::vector<HeadMoments> stats;
+  std::vector<double> t_stats;
+  for (Kind kind : cfg.kinds) {
+    const auto t0 = clock::now();
+    const ScopedBlasThreads threads(cfg.threads);
+    stats.push_back(accumulate(acts, kind, cfg.accumulate));
+    t_stats.push_back(secs(t0));
+    if (stats.back().train_count() < 2)
+      detail::fail(cfg.acts, ": ", stats.back().train_count(), " training tokens after the held-out split (",
+                   stats.back().heldout_count(), " held out); lower --holdout or give more tokens");
+  }
+  ResidualMetrics metrics;
+  double t_metrics = 0.0;
+  if (cfg.strategy == "loss") {
+    const auto t0 = clock::now();
+    const ScopedBlasThreads threads(cfg.threads);
+    const QueryMoments qm = accumulate_queries(acts, cfg.accumulate);
+    // The key metric weighs each query head by the spread of the values it reads.
+    const HeadMoments* vstats = nullptr;
+    std::unique_ptr<HeadMoments> own;
+    for (std::size_t i = 0; i < cfg.kinds.size(); ++i)
+      if (cfg.kinds[i] == Kind::v) vstats = &stats[i];
+    if (!vstats) {
+      if (!acts.has(Kind::v)) detail::fail(acts.path(), ": strategy loss needs the values (capture with v)");
+      AccumulateOptions a = cfg.accumulate;
+      a.scope = RefScope::same_layer;
+      own = std::make_unique<HeadMoments>(accumulate(acts, Kind::v, a));
+      vstats = own.get();
+    }
+    metrics = residual_metrics(qm, wo.layers, *vstats);
+    t_metrics = secs(t0);
+  }
+
+  std::vector<Selection> sels;
+  std::vector<std::unique_ptr<SelectionStrategy>> strategies;
+  SelectionOptions sel_opt = cfg.select;
+  if (fit.ridge == RidgeMode::fixed) sel_opt.fit = fit;  // score candidates with the user's λ
+  GraphSelection graph_params;
+  graph_params.min_refs = cfg.graph_min_refs;
+  graph_params.max_refs = cfg.graph_max_refs;
+  const std::int32_t n_kv = std::int32_t(acts.has(Kind::k) ? acts.n_heads(Kind::k) : acts.n_heads(Kind::v));
+  const std::size_t all_streams = 2 * acts.n_layers() * std::size_t(n_kv);
+  ModelBudget budget;
+  auto t0 = clock::now();
+  std::vector<KindCosts> costs;
+  for (std::size_t i = 0; i < cfg.kinds.size(); ++i) {
+    const HeadMetrics* m = cfg.strategy != "loss" ? nullptr : cfg.kinds[i] == Kind::k ? &metrics.key : &metrics.value;
+    costs.emplace_back(cfg.kinds[i], &stats[i], m);
+  }
+  if (!cfg.probe.empty()) {
+    const std::size_t used = apply_probe_weights(costs, read_probe_csv(cfg.probe));
+    os << "probe " << cfg.probe << ": " << used << " (kind, layer) groups calibrate the costs\n";
+  }
+  if (cfg.whole_model()) {
+    budget.max_cached = all_streams;
+    if (!std::isnan(cfg.kv_budget)) budget.max_cached = ModelBudget::streams_for_fraction(cfg.kv_budget, all_streams);
+    if (cfg.kv_bytes > 0)
+      budget.max_cached = ModelBudget::streams_for_bytes(cfg.kv_bytes, plan.head_dim, cfg.cache_dtype);
+    if (!std::isnan(cfg.read_budget))
+      budget.max_streams = ModelBudget::streams_for_fraction(cfg.read_budget, all_streams, "--read-budget");
+    std::size_t fixed = 0;
+    for (Kind k : {Kind::k, Kind::v})
+      if (std::find(cfg.kinds.begin(), cfg.kinds.end(), k) == cfg.kinds.end()) fixed += acts.n_layers() * std::size_t(n_kv);
+    ThreadPool pool(std::size_t(cfg.threads));
+    sels = select_model(cfg.strategy, costs, budget, fixed, sel_opt, &graph_params, pool.parallel_for());
+  } else if (cfg.strategy == "loss") {
+    // Per-layer budget, loss-aware within each layer: exactly H − keep targets per layer and kind.
+    BudgetLimits lim;
+    lim.max_cached = 0;
+    for (auto& c : costs) {
+      const std::int32_t H = c.stats->n_heads();
+      c.max_targets.assign(acts.n_layers(), H - cached_count(H, cfg.select.budget));
+      lim.max_cached += acts.n_layers() * std::size_t(cached_count(H, cfg.select.budget));
+    }
+    BudgetOptions bo;
+    bo.max_refs = cfg.select.max_refs > 0 ? cfg.select.max_refs : 8;
+    bo.fit = sel_opt.fit;
+    ThreadPool pool(std::size_t(cfg.threads));
+    bo.parallel = pool.parallel_for();
+    const BudgetResult r = select_under_budget(costs, lim, bo);
+    if (!r.met) detail::fail("strategy loss: the per-layer budget cannot be met (too few heads can be rebuilt)");
+    sels = r.selections;
+  } else {
+    for (std::size_t i = 0; i < cfg.kinds.size(); ++i) {
+      strategies.push_back(make_strategy(cfg.strategy, cfg.fixed_spec));
+      if (auto* g = dynamic_cast<GraphSelection*>(strategies.back().get())) {
+        g->min_refs = cfg.graph_min_refs;
+        g->max_refs = cfg.graph_max_refs;
+      }
+      sels.push_back(strategies.back()->select(stats[i], sel_opt));
+    }
+  }
+  const double t_select = secs(t0);
 
   std::vector<KindSummary> out;
   std::vector<std::string> mean_lines;
-  for (Kind kind : cfg.kinds) {
+  for (std::size_t ki = 0; ki < cfg.kinds.size(); ++ki) {
+    const Kind kind = cfg.kinds[ki];
+    const HeadMoments& st = stats[ki];
     const auto kn = std::string(kind_name(kind));
-    auto t0 = clock::now();
-    const HeadMoments stats = accumulate(acts, kind, cfg.accumulate);
-    const double t_stats = secs(t0);
-    auto strategy = make_strategy(cfg.strategy, cfg.fixed_spec);
-    if (auto* g = dynamic_cast<GraphSelection*>(strategy.get())) {
-      g->min_refs = cfg.graph_min_refs;
-      g->max_refs = cfg.graph_max_refs;
-    }
-    SelectionOptions sel_opt = cfg.select;
-    if (fit.ridge == RidgeMode::fixed) sel_opt.fit = fit;  // score candidates with the user's λ
-    t0 = clock::now();
-    const Selection sel = strategy->select(stats, sel_opt);
-    const double t_select = secs(t0);
     t0 = clock::now();
     std::vector<TargetReport> report;
-    plan.kinds.push_back(build_kind_plan(stats, sel, kind, fit, &report));
+    plan.kinds.push_back(build_kind_plan(st, sels[ki], kind, fit, &report));
     const double t_fit = secs(t0);
+    const bool heldout = st.heldout_count() >= 2;
+    const std::string r2_label = heldout ? "held-out R2" : "in-sample R2";
 
-    const std::int32_t H = stats.n_heads(), keep = cached_count(H, cfg.select.budget);
-    os << "\n== " << kn << ": " << acts.n_layers() << " layers x " << H << " heads; strategy " << strategy->name()
-       << ", budget " << fmt("%.2f", cfg.select.budget) << " (keep " << keep << ", rebuild " << H - keep
-       << " per layer), refs <= " << (cfg.select.max_refs ? std::to_string(cfg.select.max_refs) : "default") << ", "
-       << (stats.scope() == RefScope::same_layer ? "same-layer" : "cross-layer") << ", ridge " << cfg.ridge << "\n";
-    if (auto* g = dynamic_cast<GraphSelection*>(strategy.get()))
-      os << "   graph: edge threshold " << fmt("%.3f", g->threshold) << ", " << g->min_refs << ".." << g->max_refs
+    const std::int32_t H = st.n_heads();
+    std::size_t rebuilt = 0;
+    for (const auto& l : sels[ki].layers) rebuilt += l.size();
+    os << "\n== " << kn << ": " << acts.n_layers() << " layers x " << H << " heads; strategy " << cfg.strategy << ", ";
+    if (cfg.whole_model())
+      os << "whole-model KV budget (" << rebuilt << " of " << std::size_t(H) * acts.n_layers() << " rebuilt)";
+    else
+      os << "budget " << fmt("%.2f", cfg.select.budget) << " (keep " << cached_count(H, cfg.select.budget)
+         << ", rebuild " << H - cached_count(H, cfg.select.budget) << " per layer)";
+    os << ", refs <= " << (cfg.select.max_refs ? std::to_string(cfg.select.max_refs) : "default") << ", "
+       << (st.scope() == RefScope::same_layer ? "same-layer" : "cross-layer") << ", ridge " << cfg.ridge << "\n";
+    if (cfg.strategy == "graph" && !strategies.empty())
+      if (auto* g = dynamic_cast<GraphSelection*>(strategies[ki].get()))
+        os << "   graph: edge threshold " << fmt("%.3f", g->threshold) << ", " << g->min_refs << ".." << g->max_refs
+           << " references per target\n";
+    if (cfg.strategy == "graph" && strategies.empty())
+      os << "   graph: edge threshold chosen per kind, " << cfg.graph_min_refs << ".." << cfg.graph_max_refs
          << " references per target\n";
-    os << "   tokens: " << stats.train_count() << " train, " << stats.heldout_count() << " held-out"
-       << (cfg.accumulate.sink_tokens ? ", sink tokens skipped" : "") << "\n";
-    os << "   time: statistics " << fmt("%.2f", t_stats) << " s, selection " << fmt("%.2f", t_select) << " s, fit "
-       << fmt("%.2f", t_fit) << " s\n";
-    if (stats.heldout_count() < 2) os << "   (no held-out tokens: R2 below is in-sample)\n";
+    os << "   tokens: " << st.train_count() << " train, " << st.heldout_count() << " held-out"
+       << (cfg.accumulate.sink_tokens ? ", positions < " + std::to_string(cfg.accumulate.sink_tokens) + " (sink) skipped" : "")
+       << "\n";
+    os << "   time: statistics " << fmt("%.2f", t_stats[ki]) << " s" << (ki == 0 && t_metrics > 0 ? ", loss metrics " + fmt("%.2f", t_metrics) + " s" : "")
+       << (ki == 0 ? ", selection " + fmt("%.2f", t_select) + " s" : "") << ", maps " << fmt("%.2f", t_fit) << " s\n";
+    if (!heldout) os << "   (no held-out tokens: every R2 below is in-sample)\n";
 
     std::map<std::pair<int, int>, const TargetReport*> by_head;
     for (const auto& r : report) by_head[{r.target.layer, r.target.head}] = &r;
-    os << "held-out R2 per layer x head (-- = cached):\nlayer";
+    os << r2_label << " per layer x head (-- = cached):\nlayer";
     for (std::int32_t h = 0; h < H; ++h) {
       const std::string name = "h" + std::to_string(h);
       os << std::string(8 - std::min<std::size_t>(name.size(), 7), ' ') << name;
@@ -121,30 +349,63 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
     for (const auto& r : report) {
       std::string refs;
       for (HeadId h : r.refs) refs += " " + head_name(h);
-      os << "  " << kn << " " << head_name(r.target) << " <-" << refs << "   R2 held-out " << fmt("%.4f", r.r2_heldout)
-         << ", in-sample " << fmt("%.4f", r.r2_in_sample) << ", weighted " << fmt("%.4f", r.r2_weighted)
-         << ", lambda " << fmt("%.1e", r.lambda) <<  " " << solve_method_name(r.method)
+      os << "  " << kn << " " << head_name(r.target) << " <-" << refs;
+      if (heldout)
+        os << "   R2 held-out " << fmt("%.4f", r.r2_heldout) << ", in-sample " << fmt("%.4f", r.r2_in_sample)
+           << ", weighted " << fmt("%.4f", r.r2_weighted);
+      else
+        os << "   R2 in-sample " << fmt("%.4f", r.r2_in_sample) << ", weighted " << fmt("%.4f", r.r2_weighted);
+      os << ", lambda " << fmt("%.1e", r.lambda) << " " << solve_method_name(r.method)
          << (r.rank < r.in_dim ? " rank " + std::to_string(r.rank) + "/" + std::to_string(r.in_dim) : "") << "\n";
       sum += r.r2_heldout;
     }
-    KindSummary ks{kind, report.size(), std::size_t(H) * acts.n_layers(), report.empty() ? 0.0 : sum / double(report.size())};
+    KindSummary ks{kind, report.size(), std::size_t(H) * acts.n_layers(),
+                   report.empty() ? 0.0 : sum / double(report.size()), heldout};
     out.push_back(ks);
-    mean_lines.push_back("mean held-out R2 (" + kn + "): " +
+    mean_lines.push_back("mean " + r2_label + " (" + kn + "): " +
                          (report.empty() ? std::string("n/a (no head rebuilt)") : fmt("%.4f", ks.mean_r2)));
   }
 
-  // KV cache saved: rebuilt K and V heads over all K and V heads.
-  std::size_t kv_rebuilt = 0, kv_heads = 2 * acts.n_heads(Kind::k) * acts.n_layers();
+  // KV cache: rebuilt K and V heads, bytes stored and read (as the cache allocates and reads them).
+  std::size_t kv_rebuilt = 0;
   for (const auto& s : out)
     if (s.kind != Kind::q) kv_rebuilt += s.rebuilt;
-  os << "\nKV cache saved: " << kv_rebuilt << " of " << kv_heads << " K/V heads rebuilt = "
-     << fmt("%.1f", kv_heads ? 100.0 * double(kv_rebuilt) / double(kv_heads) : 0.0)
+  os << "\nKV cache saved: " << kv_rebuilt << " of " << all_streams << " K/V heads rebuilt = "
+     << fmt("%.1f", all_streams ? 100.0 * double(kv_rebuilt) / double(all_streams) : 0.0)
      << "% of the KV cache (per token after the " << cfg.accumulate.sink_tokens << " sink tokens)\n";
+  if (acts.has(Kind::k) || acts.has(Kind::v)) {
+    Plan kv = plan;
+    kv.kinds.erase(std::remove_if(kv.kinds.begin(), kv.kinds.end(), [](const KindPlan& k) { return k.kind == Kind::q; }),
+                   kv.kinds.end());
+    const KvBytes b = plan_kv_bytes(kv, n_kv, cfg.cache_dtype);
+    os << "KV bytes per token (" << dtype_name(cfg.cache_dtype) << ", after the sink tokens): stored " << b.stored
+       << " of " << b.full << " (" << fmt("%.1f", 100.0 * double(b.stored) / double(b.full))
+       << "%), read per decode step " << b.read << " (" << fmt("%.1f", 100.0 * double(b.read) / double(b.full))
+       << "%; a cross-layer reference is stored once and read by every layer that uses it)\n";
+    if (cfg.whole_model())
+      os << "budget: " << budget.max_cached << " stored head streams ("
+         << budget.max_cached * std::size_t(plan.head_dim) * dtype_size(cfg.cache_dtype) << " bytes)"
+         << (budget.max_streams != std::numeric_limits<std::size_t>::max()
+                 ? ", " + std::to_string(budget.max_streams) + " read streams"
+                 : std::string())
+         << "\n";
+  }
   if (!cfg.out.empty()) {
-    const std::map<std::string, std::string> meta = {
-        {"strategy", cfg.strategy}, {"budget", fmt("%g", cfg.select.budget)},
-        {"ridge", cfg.ridge},       {"holdout", fmt("%g", cfg.accumulate.split.fraction)},
+    bool heldout = true;
+    for (const auto& s : out) heldout = heldout && s.heldout;
+    std::map<std::string, std::string> meta = {
+        {"strategy", cfg.strategy},
+        {"ridge", cfg.ridge},
+        {"holdout", fmt("%g", cfg.accumulate.split.fraction) + " of " + cfg.accumulate.split.describe()},
+        {"r2", heldout ? "held-out" : "in-sample (no held-out tokens)"},
         {"source", cfg.acts}};
+    if (cfg.whole_model()) {
+      meta["kv_budget_streams"] = std::to_string(budget.max_cached);
+      if (budget.max_streams != std::numeric_limits<std::size_t>::max())
+        meta["read_budget_streams"] = std::to_string(budget.max_streams);
+    } else {
+      meta["budget"] = fmt("%g", cfg.select.budget);
+    }
     save_plan(plan, cfg.out, meta);
     os << "plan written to " << cfg.out << "\n";
   }

@@ -1,4 +1,5 @@
 // headrecon: the command-line tool (fit, inspect, synth, demo).
+#include <cmath>
 #include <filesystem>
 #include <iostream>
 #include <string>
@@ -16,28 +17,41 @@ namespace {
 const char* usage = R"(usage: headrecon COMMAND [options]
 
 commands:
-  fit --acts FILE --out PLAN [--kind k|v|q ...] [--strategy greedy|shared|graph|fixed|random]
-      [--budget F] [--refs N] [--holdout F] [--holdout-block N] [--ridge auto|LAMBDA]
+  fit --acts FILE --out PLAN [--kind k|v|q ...] [--strategy greedy|loss|shared|graph|fixed|random]
+      [--budget F | --kv-budget F | --kv-bytes N] [--read-budget F] [--cache-dtype f32|f16|bf16]
+      [--wo PROJECTIONS] [--probe PROBE.csv] [--refs N] [--holdout F] [--holdout-block N] [--ridge auto|LAMBDA]
       [--sink S] [--same-layer] [--fixed SPEC] [--seed N] [--min-refs N] [--max-refs N]
-      [--batch N] [--max-tokens N]
-        fit a plan on captured activations and print held-out R2 per layer x head
+      [--batch N] [--max-tokens N] [--threads N]
+        fit a plan on captured activations and print held-out R2 per layer x head,
+        the KV bytes stored and read per token
   inspect PLAN
         print what a plan holds
   synth --out FILE [--layers N] [--heads N] [--q-per-kv N] [--dim D] [--tokens N]
-      [--seq-len N] [--noise F] [--seed N] [--dtype f32|f16|bf16]
-        write activations with planted linear structure
+      [--seq-len N] [--noise F] [--seed N] [--dtype f32|f16|bf16] [--projections FILE]
+        write activations with planted linear structure (and random output projections)
   demo [--dir DIR]
         synth + fit (K and V) + inspect on a built-in synthetic model
   bench [--quick] [--json FILE]
         kernel speed as ratios against baselines measured in the same run
 
-budget: fraction of heads per layer whose K/V stay cached (0.4 on 5 heads keeps 2).
+budget: --budget F keeps round(F*H) heads of each layer (0.4 on 5 heads keeps 2);
+  --kv-budget F keeps round(F * all K and V heads) for the whole model (--kv-bytes N:
+  N bytes per token of --cache-dtype), allocated across layers and between K and V
+  by the strategy; --read-budget F also bounds what one decode step reads.
+strategy loss: rebuilds what costs the model least (key errors through the queries,
+  value errors through the output projection, --wo from headrecon-engine capture
+  --projections); greedy: best held-out R2 first.
+held-out split: whole sequences by default (--holdout-block N: runs of N tokens).
+--probe FILE: per-layer weights of strategy loss from headrecon-engine probe.
+--threads N: BLAS threads for the statistics (default 1); N selection workers
+  (each on one BLAS thread: selection makes many small LAPACK calls).
 )";
 
 int cmd_fit(int argc, char** argv) {
   Args a(argc, argv, 2,
          {"--acts", "--out", "--kind", "--strategy", "--budget", "--refs", "--holdout", "--holdout-block", "--ridge",
-          "--sink", "--fixed", "--seed", "--min-refs", "--max-refs", "--batch", "--max-tokens"},
+          "--sink", "--fixed", "--seed", "--min-refs", "--max-refs", "--batch", "--max-tokens", "--threads",
+          "--kv-budget", "--kv-bytes", "--read-budget", "--cache-dtype", "--wo", "--probe"},
          {"--same-layer"});
   FitConfig c;
   c.acts = a.required("--acts");
@@ -55,7 +69,7 @@ int cmd_fit(int argc, char** argv) {
   c.select.seed = std::uint64_t(a.integer("--seed", 0, 0, 1L << 40));
   c.select.validate();
   c.accumulate.split.fraction = a.num("--holdout", 0.25);
-  c.accumulate.split.block = std::uint64_t(a.integer("--holdout-block", 1, 1, 1L << 30));
+  c.accumulate.split.block = std::uint64_t(a.integer("--holdout-block", 0, 0, 1L << 30));
   c.accumulate.split.seed = c.select.seed;
   c.accumulate.split.validate();
   c.accumulate.sink_tokens = std::int32_t(a.integer("--sink", 0, 0, 1L << 20));
@@ -64,6 +78,23 @@ int cmd_fit(int argc, char** argv) {
   c.accumulate.max_tokens = std::size_t(a.integer("--max-tokens", 0, 0, 1L << 40));
   c.graph_min_refs = int(a.integer("--min-refs", 4, 1, 64));
   c.graph_max_refs = int(a.integer("--max-refs", 6, 1, 64));
+  c.threads = int(a.integer("--threads", 1, 1, 1024));
+  if (a.has("--budget") && (a.has("--kv-budget") || a.has("--kv-bytes")))
+    detail::fail("give --budget (per layer) or --kv-budget / --kv-bytes (whole model), not both");
+  if (a.has("--kv-budget")) c.kv_budget = a.num("--kv-budget", 0.0);
+  if (a.has("--kv-bytes")) c.kv_bytes = std::size_t(a.integer("--kv-bytes", 0, 1, 1L << 40));
+  if (a.has("--read-budget")) c.read_budget = a.num("--read-budget", 0.0);
+  if (!std::isnan(c.kv_budget) && !(c.kv_budget > 0 && c.kv_budget <= 1))
+    detail::fail("--kv-budget must be a fraction in (0, 1], got ", a.str("--kv-budget", ""));
+  if (!std::isnan(c.read_budget) && !(c.read_budget > 0 && c.read_budget <= 1))
+    detail::fail("--read-budget must be a fraction in (0, 1], got ", a.str("--read-budget", ""));
+  {
+    const std::string dt = a.str("--cache-dtype", "f32");
+    if (dt != "f32" && dt != "f16" && dt != "bf16") detail::fail("--cache-dtype must be f32, f16 or bf16, got ", dt);
+    c.cache_dtype = dt == "f32" ? DType::f32 : dt == "f16" ? DType::f16 : DType::bf16;
+  }
+  c.wo = a.str("--wo", "");
+  c.probe = a.str("--probe", "");
   if (!a.positional().empty()) detail::fail("fit: unexpected argument '", a.positional()[0], "'");
   run_fit(c, std::cout);
   return 0;
@@ -72,10 +103,12 @@ int cmd_fit(int argc, char** argv) {
 int cmd_synth(int argc, char** argv) {
   Args a(argc, argv, 2,
          {"--out", "--layers", "--heads", "--q-per-kv", "--dim", "--tokens", "--seq-len", "--noise", "--seed",
-          "--dtype"},
+          "--dtype", "--projections"},
          {});
   SynthConfig c;
   c.out = a.required("--out");
+  c.projections = a.str("--projections", "");
+  if (c.projections == c.out) detail::fail("--projections and --out name the same file");
   c.spec.n_layers = std::int32_t(a.integer("--layers", 4, 1, 1024));
   c.spec.n_heads = std::int32_t(a.integer("--heads", 4, 1, 1024));
   c.spec.q_per_kv = std::int32_t(a.integer("--q-per-kv", 2, 1, 64));

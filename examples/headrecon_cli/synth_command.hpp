@@ -5,7 +5,10 @@
 #include <string>
 #include <vector>
 
+#include <random>
+
 #include "headrecon/activations_io.hpp"
+#include "headrecon/projections_io.hpp"
 #include "headrecon/synthetic.hpp"
 
 namespace headrecon::cli {
@@ -15,6 +18,7 @@ struct SynthConfig {
   SyntheticSpec spec;
   std::size_t tokens = 8192, seq_len = 1024;
   DType dtype = DType::f32;
+  std::string projections;  ///< also write random output projections here (for strategy loss)
 };
 
 inline void run_synth(const SynthConfig& c, std::ostream& os) {
@@ -39,12 +43,36 @@ inline void run_synth(const SynthConfig& c, std::ostream& os) {
     w.write_positions(t0, pos.data(), n);
   }
   w.finish();
+  if (!c.projections.empty()) {
+    // N(0, 1/(H·d)) output projections of width 4·d, one per layer (seeded).
+    OutputProjections p;
+    p.n_kv_heads = std::int32_t(heads.k);
+    std::mt19937_64 rng(c.spec.seed * 7919 + 1);
+    std::normal_distribution<float> g(0.f, 1.f / std::sqrt(float(heads.q * d)));
+    for (std::size_t l = 0; l < L; ++l) {
+      OutputProjection o;
+      o.n_embd = 4 * d;
+      o.n_q_heads = heads.q;
+      o.head_dim = d;
+      o.weight.resize(o.n_embd * heads.q * d);
+      for (float& x : o.weight) x = g(rng);
+      p.layers.push_back(std::move(o));
+    }
+    save_output_projections(p, c.projections, {{"generator", "headrecon synth (random)"}});
+    os << "wrote " << c.projections << ": random output projections [" << 4 * d << ", " << heads.q * d << "] per layer\n";
+  }
   os << "wrote " << c.out << ": " << L << " layers, " << c.tokens << " tokens (sequences of " << c.seq_len
      << "), q/k/v heads " << heads.q << "/" << heads.k << "/" << heads.v << ", head_dim " << d << ", "
      << dtype_name(c.dtype) << "\n";
-  os << "planted: in every layer and kind, heads " << model.n_base(Kind::k) << ".." << heads.k - 1
-     << " (K/V) are linear maps of two of heads 0.." << model.n_base(Kind::k) - 1 << " plus noise "
-     << c.spec.noise << "\n";
+  const std::int32_t base = model.n_base(Kind::k);
+  if (base < std::int32_t(heads.k))
+    os << "planted: in every layer and kind, " << (std::int32_t(heads.k) - base == 1 ? "head " : "heads ") << base
+       << (std::int32_t(heads.k) - base == 1 ? "" : ".." + std::to_string(heads.k - 1))
+       << " (K/V) " << (std::int32_t(heads.k) - base == 1 ? "is a linear map" : "are linear maps")
+       << " of two of heads 0.." << base - 1 << " plus noise " << c.spec.noise << "\n";
+  else
+    os << "planted: none for K/V - with " << heads.k << (heads.k == 1 ? " head" : " heads")
+       << " per layer every head is an independent base head (derived heads need at least 3)\n";
 }
 
 }  // namespace headrecon::cli

@@ -8,6 +8,7 @@
 
 #include "headrecon/activations_io.hpp"
 #include "headrecon/head_moments.hpp"
+#include "headrecon/loss_metric.hpp"
 
 namespace headrecon {
 
@@ -43,6 +44,47 @@ inline HeadMoments accumulate(const ActivationReader& acts, Kind kind, const Acc
     }
   }
   return hm;
+}
+
+/// Second moments of every query head in the file (for the key metric), over
+/// the tokens at positions >= opt.sink_tokens (all splits: the metric weighs
+/// errors, it is not scored). Throws Error naming the file when it has no queries.
+inline QueryMoments accumulate_queries(const ActivationReader& acts, const AccumulateOptions& opt) {
+  if (!acts.has(Kind::q))
+    detail::fail(acts.path(), ": no 'q' activations in this file (the key metric needs the queries)");
+  if (opt.batch_tokens == 0) detail::fail("accumulate: batch_tokens must be positive");
+  const std::size_t L = acts.n_layers();
+  QueryMoments qm(std::int32_t(L), std::int32_t(acts.n_heads(Kind::q)), std::int32_t(acts.head_dim()));
+  std::vector<std::byte> buf;
+  const std::size_t total = opt.max_tokens ? std::min(opt.max_tokens, acts.n_tokens()) : acts.n_tokens();
+  for (std::size_t t0 = 0; t0 < total; t0 += opt.batch_tokens) {
+    const std::size_t n = std::min(opt.batch_tokens, total - t0);
+    const std::vector<std::int32_t> pos = acts.positions(t0, n);
+    for (std::size_t l = 0; l < L; ++l) {
+      try {
+        qm.add(std::int32_t(l), acts.read(l, Kind::q, t0, n, buf), pos.data(), opt.sink_tokens);
+      } catch (const Error& e) {
+        detail::fail(acts.path(), ": q activations, tokens ", t0, "..", t0 + n - 1, ": ", e.what());
+      }
+    }
+  }
+  return qm;
+}
+
+/// Tokens of the file (up to opt.max_tokens) at positions >= opt.sink_tokens,
+/// and the largest position seen: what the statistics can use.
+inline std::pair<std::size_t, std::int64_t> usable_tokens(const ActivationReader& acts, const AccumulateOptions& opt) {
+  const std::size_t total = opt.max_tokens ? std::min(opt.max_tokens, acts.n_tokens()) : acts.n_tokens();
+  std::size_t n_ok = 0;
+  std::int64_t max_pos = -1;
+  for (std::size_t t0 = 0; t0 < total; t0 += 65536) {
+    const std::size_t n = std::min<std::size_t>(65536, total - t0);
+    for (std::int32_t p : acts.positions(t0, n)) {
+      n_ok += p >= opt.sink_tokens;
+      max_pos = std::max<std::int64_t>(max_pos, p);
+    }
+  }
+  return {n_ok, max_pos};
 }
 
 }  // namespace headrecon

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
 #include "headrecon/error.hpp"
@@ -24,12 +25,19 @@ enum class RefScope : std::uint8_t {
   cross_layer,   ///< heads of the target's layer or any earlier layer
 };
 
-/// A fit of one target on one reference set, scored in-sample and held-out.
+/// A fit of one target on one reference set, scored in-sample and held-out;
+/// with a metric G (see loss_metric.hpp) also its loss E[eᵀGe] per token.
 struct Evaluation {
   LinearMap map;
   R2Score in_sample;
   R2Score heldout;
   bool has_heldout = false;
+  /// Mean eᵀGe per token of the residual e (NaN without a metric), and the
+  /// same for the target's own deviation from its mean (the loss of rebuilding
+  /// it from nothing), on the held-out split when there is one.
+  double loss = std::numeric_limits<double>::quiet_NaN();
+  double loss_in_sample = std::numeric_limits<double>::quiet_NaN();
+  double loss_base = std::numeric_limits<double>::quiet_NaN();
   /// The selection criterion: held-out mean R² when a held-out split exists.
   double score() const { return has_heldout ? heldout.mean : in_sample.mean; }
 };
@@ -75,7 +83,7 @@ class HeadMoments {
     for (std::size_t t = 0; t < n; ++t) {
       const std::int64_t pos = positions ? positions[t] : std::int64_t(token0 + t);
       if (pos < sink_tokens) continue;
-      (split.is_heldout(token0 + t) ? test_rows : train_rows).push_back(t);
+      (split.is_heldout(token0 + t, std::uint64_t(pos)) ? test_rows : train_rows).push_back(t);
     }
     for (std::size_t g = 0; g < groups_.size(); ++g) {
       gather(layers, g, train_rows, token0);
@@ -98,8 +106,12 @@ class HeadMoments {
     return scope_ == RefScope::same_layer ? ref.layer == target.layer : ref.layer <= target.layer;
   }
 
-  /// Fits `target` on `refs` (training split) and scores it on both splits.
-  Evaluation evaluate(HeadId target, const std::vector<HeadId>& refs, const FitOptions& opt) const {
+  /// Fits `target` on `refs` (training split) and scores it on both splits;
+  /// with `metric` (d×d row-major, symmetric PSD) also its loss.
+  /// `in_sample` false skips the training-split scores (in_sample, loss_in_sample)
+  /// when a held-out split exists: selection needs only the held-out side.
+  Evaluation evaluate(HeadId target, const std::vector<HeadId>& refs, const FitOptions& opt,
+                      const double* metric = nullptr, bool in_sample = true) const {
     check(target, "target");
     if (refs.empty()) detail::fail("evaluate: target (", target.layer, ", ", target.head, ") has no references");
     for (HeadId r : refs) {
@@ -115,11 +127,35 @@ class HeadMoments {
     const auto y = head_columns({block_of(target)}, std::size_t(dim_));
     Evaluation ev;
     ev.map = fit_ridge(g.train, x, y, opt);
-    ev.in_sample = score_r2(g.train, x, y, ev.map);
     ev.has_heldout = g.heldout.count() >= 2;
+    const bool train_side = in_sample || !ev.has_heldout;
+    if (train_side) ev.in_sample = score_r2(g.train, x, y, ev.map);
     if (ev.has_heldout) ev.heldout = score_r2(g.heldout, x, y, ev.map);
+    if (metric) {
+      const std::size_t d = std::size_t(dim_);
+      const std::vector<double> gm(metric, metric + d * d);
+      const Moments& side = ev.has_heldout ? g.heldout : g.train;
+      if (train_side)
+        ev.loss_in_sample = metric_trace(gm, residual_comoment(g.train, x, y, ev.map), double(g.train.count()));
+      ev.loss = ev.has_heldout ? metric_trace(gm, residual_comoment(side, x, y, ev.map), double(side.count()))
+                               : ev.loss_in_sample;
+      const auto& m2 = side.comoment();
+      const std::size_t p = side.dim();
+      double base = 0.0;
+      for (std::size_t i = 0; i < d; ++i)
+        for (std::size_t j = 0; j < d; ++j) base += gm[i * d + j] * m2[y[i] * p + y[j]];
+      ev.loss_base = base / double(side.count());
+    }
     return ev;
   }
+
+  /// Training and held-out statistics of the group that holds `h`, and the
+  /// column index of component 0 of `h` in them.
+  const SplitMoments& group(HeadId h) const {
+    check(h, "head");
+    return groups_[group_of(h)];
+  }
+  std::size_t column(HeadId h) const { return block_of(h) * std::size_t(dim_); }
 
  private:
   std::size_t group_heads() const {

@@ -4,6 +4,7 @@
 /// mean and centered co-moment matrix. They hold everything a least-squares
 /// fit of any subset of the p columns on any other subset needs.
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -35,11 +36,14 @@ class Moments {
 
   /// Adds n rows of a row-major float matrix (row stride ld ≥ p). Throws Error
   /// naming the row and column of the first non-finite value (nothing is
-  /// added then). Not thread-safe on one object; use one per thread and merge.
+  /// added then). Any finite float is accepted: each centered column is scaled
+  /// by a power of two before the float syrk (exact, undone in double), so
+  /// values up to FLT_MAX neither overflow nor, when tiny, underflow.
+  /// Not thread-safe on one object; use one per thread and merge.
   void add_batch(const float* rows, std::size_t n, std::size_t ld) {
     if (n == 0) return;
     if (ld < p_) detail::fail("Moments::add_batch: row stride ", ld, " is smaller than dim ", p_);
-    std::vector<double> mu(p_, 0.0);
+    std::vector<double> mu(p_, 0.0), amax(p_, 0.0);
     for (std::size_t t = 0; t < n; ++t) {
       const float* r = rows + t * ld;
       for (std::size_t i = 0; i < p_; ++i) {
@@ -49,15 +53,27 @@ class Moments {
       }
     }
     for (double& m : mu) m /= double(n);
+    for (std::size_t t = 0; t < n; ++t) {
+      const float* r = rows + t * ld;
+      for (std::size_t i = 0; i < p_; ++i) amax[i] = std::max(amax[i], std::fabs(double(r[i]) - mu[i]));
+    }
+    // Column scale 2^e with |centered| / 2^e <= 1: squares and sums stay in float range.
+    std::vector<int> ex(p_, 0);
+    std::vector<double> inv(p_, 1.0);
+    for (std::size_t i = 0; i < p_; ++i) {
+      if (amax[i] > 0.0) std::frexp(amax[i], &ex[i]);
+      inv[i] = std::ldexp(1.0, -ex[i]);
+    }
     centered_.resize(n * p_);
     for (std::size_t t = 0; t < n; ++t) {
       const float* r = rows + t * ld;
       float* c = centered_.data() + t * p_;
-      for (std::size_t i = 0; i < p_; ++i) c[i] = float(double(r[i]) - mu[i]);
+      for (std::size_t i = 0; i < p_; ++i) c[i] = float((double(r[i]) - mu[i]) * inv[i]);
     }
     gram_.assign(p_ * p_, 0.f);
     detail::syrk_upper_rm(int(p_), int(n), centered_.data(), int(p_), gram_.data());
-    merge_centered(n, mu.data(), [&](std::size_t i, std::size_t j) { return double(gram_[i * p_ + j]); });
+    merge_centered(n, mu.data(),
+                   [&](std::size_t i, std::size_t j) { return std::ldexp(double(gram_[i * p_ + j]), ex[i] + ex[j]); });
   }
 
   /// Adds the statistics of `other` (same dim): the result equals one pass over both.
@@ -96,26 +112,49 @@ class Moments {
   std::vector<float> gram_;      // scratch: its Gram matrix
 };
 
-/// A deterministic train/held-out split of a token stream: token i goes to the
-/// held-out set when a hash of (i / block, seed) falls below `fraction`. It needs
-/// no token count in advance, so it streams; block > 1 keeps runs of
-/// neighbouring tokens together (less leakage between correlated tokens).
+/// A deterministic train/held-out split of a token stream. By default
+/// (block = 0) whole sequences are held out: a token goes with the sequence it
+/// belongs to (sequences longer than `max_unit` tokens are cut into chunks of
+/// that many, so a file without positions - one long sequence - still
+/// splits). Neighbouring tokens of one document are strongly correlated, so
+/// splitting inside a sequence leaks: on SmolLM2, token-level hashing reads
+/// held-out R² 0.03-0.06 higher. block > 0 instead hashes runs of `block`
+/// consecutive tokens of the stream (block = 1: every token on its own). The
+/// unit goes to the held-out side when a hash of (unit, seed) falls below
+/// `fraction`; no token count is needed in advance, so it streams.
 struct HoldoutSplit {
   double fraction = 0.25;
-  std::uint64_t block = 1;
+  std::uint64_t block = 0;  ///< 0 = whole sequences (chunks of max_unit); else runs of `block` tokens
   std::uint64_t seed = 0;
+  std::uint64_t max_unit = 2048;  ///< longest unit when block = 0
 
-  bool is_heldout(std::uint64_t token) const {
-    std::uint64_t z = token / (block ? block : 1) + seed * 0x9e3779b97f4a7c15ull;
+  /// Token `token` of the stream, at `position` in its sequence.
+  bool is_heldout(std::uint64_t token, std::uint64_t position) const {
+    const std::uint64_t unit =
+        block ? token / block : token - (max_unit ? position % max_unit : position);
+    return hash_below(unit);
+  }
+  /// Token `token` of a stream that is one sequence starting at token 0.
+  bool is_heldout(std::uint64_t token) const { return is_heldout(token, token); }
+
+  void validate() const {
+    if (!(fraction >= 0.0 && fraction < 1.0))
+      detail::fail("held-out fraction must be in [0, 1), got ", fraction);
+  }
+  /// "whole sequences" or "blocks of N tokens".
+  std::string describe() const {
+    if (block == 0) return "whole sequences (chunks of up to " + std::to_string(max_unit) + " tokens)";
+    return block == 1 ? std::string("single tokens") : "blocks of " + std::to_string(block) + " tokens";
+  }
+
+ private:
+  bool hash_below(std::uint64_t unit) const {
+    std::uint64_t z = unit + seed * 0x9e3779b97f4a7c15ull;
     z += 0x9e3779b97f4a7c15ull;  // splitmix64 finalizer
     z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     z ^= z >> 31;
     return double(z >> 11) * 0x1.0p-53 < fraction;
-  }
-  void validate() const {
-    if (!(fraction >= 0.0 && fraction < 1.0))
-      detail::fail("held-out fraction must be in [0, 1), got ", fraction);
   }
 };
 

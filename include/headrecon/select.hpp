@@ -11,9 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "headrecon/blas_threads.hpp"
 #include "headrecon/error.hpp"
 #include "headrecon/head_moments.hpp"
 #include "headrecon/plan.hpp"
+#include "headrecon/select/forward.hpp"
 
 namespace headrecon {
 
@@ -27,10 +29,16 @@ struct SelectionOptions {
   /// Fit used to score candidate reference sets.
   FitOptions fit{RidgeMode::fixed, 1e-6, 1e-6};
   std::uint64_t seed = 0;  ///< for the random baseline
+  /// When not empty: the number of targets of each layer, instead of the
+  /// budget fraction (a whole-model budget split over the layers). The graph
+  /// strategy takes only their sum (the paper's procedure has no per-layer cap).
+  std::vector<std::int32_t> targets_per_layer;
 
   void validate() const {
     if (!(budget > 0.0 && budget <= 1.0)) detail::fail("budget must be in (0, 1], got ", budget);
     if (max_refs < 0) detail::fail("--refs must be >= 0, got ", max_refs);
+    for (std::int32_t n : targets_per_layer)
+      if (n < 0) detail::fail("targets per layer must be >= 0, got ", n);
   }
 };
 
@@ -38,6 +46,17 @@ struct SelectionOptions {
 inline std::int32_t cached_count(std::int32_t n_heads, double budget) {
   const auto keep = std::int32_t(std::floor(budget * double(n_heads) + 0.5 + 1e-9));
   return std::clamp(keep, std::int32_t(1), n_heads);
+}
+
+/// Number of targets of `layer` (of `n_heads`) under `opt`: the per-layer
+/// count when given, else the heads the budget fraction does not keep.
+inline std::int32_t target_count(const SelectionOptions& opt, std::int32_t layer, std::int32_t n_heads) {
+  if (!opt.targets_per_layer.empty()) {
+    if (layer < 0 || std::size_t(layer) >= opt.targets_per_layer.size())
+      detail::fail("targets_per_layer has ", opt.targets_per_layer.size(), " layers, layer ", layer, " asked");
+    return std::min(opt.targets_per_layer[std::size_t(layer)], n_heads);
+  }
+  return n_heads - cached_count(n_heads, opt.budget);
 }
 
 /// A rebuilt head and its references.
@@ -89,24 +108,17 @@ inline std::vector<HeadId> candidates_for(const HeadMoments& stats, HeadId targe
 }  // namespace detail
 
 /// Greedy forward selection: adds, one at a time, the candidate that most
-/// raises the target's score, up to k references. Returns the chosen
-/// references (in order of choice) and the final score.
+/// lowers the target's training-split error (in-sample R², fast block updates:
+/// forward.hpp), up to k references or until no candidate helps; the chosen
+/// set is then fitted with `fit` and scored (held-out R² when a held-out split
+/// exists). Returns the references in order of choice and that score.
 inline TargetChoice greedy_references(const HeadMoments& stats, HeadId target, std::vector<HeadId> candidates,
                                       int k, const FitOptions& fit) {
   TargetChoice tc{target, {}, -1.0};
-  while (int(tc.refs.size()) < k && !candidates.empty()) {
-    double best = -2.0;
-    std::size_t best_i = 0;
-    for (std::size_t i = 0; i < candidates.size(); ++i) {
-      std::vector<HeadId> trial = tc.refs;
-      trial.push_back(candidates[i]);
-      const double s = stats.evaluate(target, trial, fit).score();
-      if (s > best) best = s, best_i = i;
-    }
-    tc.refs.push_back(candidates[best_i]);
-    tc.score = best;
-    candidates.erase(candidates.begin() + std::ptrdiff_t(best_i));
-  }
+  if (candidates.empty() || k <= 0) return tc;
+  tc.refs = forward_references(stats, target, candidates, k);
+  if (tc.refs.empty()) tc.refs.push_back(candidates.front());  // nothing helps: any one reference
+  tc.score = stats.evaluate(target, tc.refs, fit).score();
   return tc;
 }
 

@@ -69,6 +69,29 @@ if "$engine" eval --model "$model" --ids "1 2 3 4" --seqs 1 --seq-len 4 --plan "
 fi
 grep -q "error:" "$tmp/err.txt" || fail "eval: bad plan message"
 
+# The loss strategy under a whole-model budget: capture with the output
+# projections, fit at 67% of the KV bytes (round(0.67 x 180) = 121 head
+# streams), eval allocates exactly that; the direct probe of the plan
+# calibrates a second fit.
+"$engine" capture --model "$model" --text "$tmp/docs/c.txt" --text "$tmp/docs/a.txt" --tokens 768 --seq-len 256 \
+  --out "$tmp/qkv.safetensors" --projections "$tmp/wo.safetensors" > "$tmp/capw.txt"
+grep -q "output projections of 30 layers" "$tmp/capw.txt" || fail "capture --projections: $(cat "$tmp/capw.txt")"
+"$headrecon" fit --acts "$tmp/qkv.safetensors" --wo "$tmp/wo.safetensors" --kind k --kind v --strategy loss \
+  --kv-budget 0.67 --refs 2 --sink 4 --out "$tmp/loss.safetensors" > "$tmp/fitl.txt" ||
+  fail "fit --strategy loss: $(tail -3 "$tmp/fitl.txt")"
+grep -q "stored 30976 of 46080 (67.2%)" "$tmp/fitl.txt" || fail "fit loss bytes: $(grep bytes "$tmp/fitl.txt")"
+"$engine" eval --model "$model" --text "$tmp/docs/b.txt" --seqs 1 --seq-len 32 --plan "l=$tmp/loss.safetensors" \
+  --sinks 4 --variants kv --csv "$tmp/evall.csv" > /dev/null || fail "eval of the loss plan"
+grep -q "^l,f32,K+V,4,.*,$(( (4 * 180 + 28 * 121) * 64 * 4 )),$(( (4 * 180 + 28 * 121) * 64 * 4 ))," "$tmp/evall.csv" ||
+  fail "loss plan bytes: $(cat "$tmp/evall.csv")"
+"$engine" probe --model "$model" --plan "$tmp/loss.safetensors" --text-dir "$tmp/docs" --seqs 1 --seq-len 32 \
+  --out "$tmp/probe.csv" > "$tmp/probe.txt" || fail "probe: $(tail -3 "$tmp/probe.txt")"
+[ "$(wc -l < "$tmp/probe.csv")" -gt 2 ] || fail "probe.csv: $(cat "$tmp/probe.csv")"
+"$headrecon" fit --acts "$tmp/qkv.safetensors" --wo "$tmp/wo.safetensors" --kind k --kind v --strategy loss \
+  --kv-budget 0.67 --refs 2 --sink 4 --probe "$tmp/probe.csv" --out "$tmp/loss2.safetensors" > "$tmp/fitp.txt" ||
+  fail "fit --probe: $(tail -3 "$tmp/fitp.txt")"
+grep -q "groups calibrate the costs" "$tmp/fitp.txt" || fail "fit --probe: $(head -5 "$tmp/fitp.txt")"
+
 # Errors are reported, not crashed on.
 if "$engine" capture --model "$model" --ids "1 2 3" --tokens 10 --out "$tmp/x.safetensors" 2> "$tmp/err.txt"; then
   fail "asking for more tokens than given should fail"

@@ -58,6 +58,7 @@ class FixedSelection : public SelectionStrategy {
 
   std::string name() const override { return "fixed"; }
   Selection select(const HeadMoments& stats, const SelectionOptions& opt) const override {
+    const ScopedBlasThreads one_thread(1);  // many small LAPACK calls (blas_threads.hpp)
     Selection sel;
     sel.layers.resize(std::size_t(stats.n_layers()));
     for (const TargetChoice& t : targets_) {

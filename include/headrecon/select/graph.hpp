@@ -7,7 +7,9 @@
 /// layer to the first (within a layer, the highest sum of its best max_refs
 /// edges above τ first); a
 /// head becomes a target when it is not already a reference of a chosen
-/// target, its layer has fewer than H − round(budget·H) targets, and it has at
+/// target, its layer has fewer than H − round(budget·H) targets (with a
+/// whole-model count, SelectionOptions::targets_per_layer, only the total
+/// counts: the paper has no per-layer cap), and it has at
 /// least min_refs incoming edges with R² ≥ τ from heads that are not targets;
 /// it keeps the best max_refs of them (max_refs = --refs when given, else 6),
 /// which can no longer become targets. τ is the largest edge score (on a grid
@@ -29,13 +31,18 @@ class GraphSelection : public SelectionStrategy {
 
   std::string name() const override { return "graph"; }
   Selection select(const HeadMoments& stats, const SelectionOptions& opt) const override {
+    const ScopedBlasThreads one_thread(1);  // many small LAPACK calls (blas_threads.hpp)
     opt.validate();
     const std::int32_t L = stats.n_layers(), H = stats.n_heads();
     const int hi_refs = opt.max_refs > 0 ? opt.max_refs : max_refs;
     const int lo_refs = std::min(min_refs, hi_refs);
     if (lo_refs < 1) detail::fail("graph: min_refs must be >= 1");
-    const std::int32_t cap = H - cached_count(H, opt.budget);
-    const std::size_t desired = std::size_t(cap) * std::size_t(L);
+    // Per-layer budget: every layer at most its share; a whole-model count
+    // (targets_per_layer): only the total, as the paper's procedure.
+    const bool total_only = !opt.targets_per_layer.empty();
+    std::size_t desired = 0;
+    for (std::int32_t l = 0; l < L; ++l) desired += std::size_t(target_count(opt, l, H));
+    const auto cap_of = [&](std::int32_t l) { return total_only ? H : target_count(opt, l, H); };
 
     // In-edges of every head: (source, one-source score), best first.
     std::vector<std::vector<std::pair<HeadId, double>>> in(std::size_t(L * H));
@@ -70,7 +77,7 @@ class GraphSelection : public SelectionStrategy {
       std::size_t total = 0;
       for (HeadId t : order) {
         const std::size_t ti = std::size_t(t.layer * H + t.head);
-        if (total >= desired || pinned[ti] || std::int32_t(sel.layers[std::size_t(t.layer)].size()) >= cap)
+        if (total >= desired || pinned[ti] || std::int32_t(sel.layers[std::size_t(t.layer)].size()) >= cap_of(t.layer))
           continue;
         std::vector<std::pair<HeadId, double>> src;
         for (const auto& e : in[ti])

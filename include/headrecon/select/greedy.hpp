@@ -18,13 +18,14 @@ class GreedySelection : public SelectionStrategy {
  public:
   std::string name() const override { return "greedy"; }
   Selection select(const HeadMoments& stats, const SelectionOptions& opt) const override {
+    const ScopedBlasThreads one_thread(1);  // many small LAPACK calls (blas_threads.hpp)
     opt.validate();
     const int k = opt.max_refs > 0 ? opt.max_refs : 5;
     const std::int32_t H = stats.n_heads();
     Selection sel;
     sel.layers.resize(std::size_t(stats.n_layers()));
     for (std::int32_t l = 0; l < stats.n_layers(); ++l) {
-      const std::int32_t n_targets = H - cached_count(H, opt.budget);
+      const std::int32_t n_targets = target_count(opt, l, H);
       auto& layer = sel.layers[std::size_t(l)];
       for (std::int32_t round = 0; round < n_targets; ++round) {
         const auto cached = sel.cached(H, l);

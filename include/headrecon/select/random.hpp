@@ -15,6 +15,7 @@ class RandomSelection : public SelectionStrategy {
  public:
   std::string name() const override { return "random"; }
   Selection select(const HeadMoments& stats, const SelectionOptions& opt) const override {
+    const ScopedBlasThreads one_thread(1);  // many small LAPACK calls (blas_threads.hpp)
     opt.validate();
     const int k = opt.max_refs > 0 ? opt.max_refs : 5;
     const std::int32_t H = stats.n_heads();
@@ -26,7 +27,7 @@ class RandomSelection : public SelectionStrategy {
       for (std::int32_t h = 0; h < H; ++h) heads[std::size_t(h)] = h;
       std::shuffle(heads.begin(), heads.end(), rng);
       auto& layer = sel.layers[std::size_t(l)];
-      for (std::int32_t i = 0; i < H - cached_count(H, opt.budget); ++i)
+      for (std::int32_t i = 0; i < target_count(opt, l, H); ++i)
         layer.push_back({{l, heads[std::size_t(i)]}, {}, 0.0});
       const auto cached = sel.cached(H, l);
       for (TargetChoice& t : layer) {

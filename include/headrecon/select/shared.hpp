@@ -18,12 +18,15 @@ class SharedSelection : public SelectionStrategy {
  public:
   std::string name() const override { return "shared"; }
   Selection select(const HeadMoments& stats, const SelectionOptions& opt) const override {
+    const ScopedBlasThreads one_thread(1);  // many small LAPACK calls (blas_threads.hpp)
     opt.validate();
     const std::int32_t H = stats.n_heads();
-    const std::int32_t keep = cached_count(H, opt.budget);
     Selection sel;
     sel.layers.resize(std::size_t(stats.n_layers()));
     for (std::int32_t l = 0; l < stats.n_layers(); ++l) {
+      const std::int32_t keep = H - target_count(opt, l, H);
+      if (keep == H) continue;
+      if (keep == 0) detail::fail("shared: layer ", l, " would keep no head to share");
       std::vector<std::int32_t> best_set;
       double best = -3.0;
       auto consider = [&](const std::vector<std::int32_t>& set) {
