@@ -78,7 +78,7 @@ TEXT is one of
   --ids "I I ..."                  token ids directly
 Documents are packed into one token stream, separated by <|endoftext|> (or EOS).
 
-Common options: --threads N (BLAS threads); --random-init SEED replaces every
+Common options: --threads N (engine and BLAS threads; default: all hardware threads); --random-init SEED replaces every
 weight by a random one of matching scale (same architecture). --model defaults to
 $HEADRECON_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf (HEADRECON_CACHE defaults
 to ~/.cache/headrecon); fetch it with examples/engine/fetch_model.sh.
@@ -159,10 +159,12 @@ he::LlamaModel load_model(const Args& a, const he::GgufFile& f) {
   return m;
 }
 
+/// --threads N: the engine pool's size (default: one per hardware thread) and the BLAS threads.
 void apply_threads(const Args& a) {
   if (a.has("--threads")) {
     const long n = a.integer("--threads", 1, 1, 1024);
-    if (!he::set_blas_threads(int(n))) std::cerr << "note: --threads ignored (the BLAS is not OpenBLAS)\n";
+    he::set_engine_threads(std::size_t(n));
+    if (!he::set_blas_threads(int(n))) std::cerr << "note: BLAS threads unchanged (the BLAS is not OpenBLAS)\n";
   }
 }
 
@@ -241,7 +243,8 @@ int cmd_info(const Args& a) {
             << "\nrope: base " << c.rope_base << ", dims " << c.n_rot << ", "
             << (c.rope_neox ? "NEOX (halves)" : "NORM (adjacent pairs)") << "\nrms eps: " << c.rms_eps
             << "\noutput: " << (c.tied_output ? "tied to token_embd" : "output.weight")
-            << "\nparameters: " << m.n_params() << "\nload + dequantize: " << load_s << " s\n";
+            << "\nparameters: " << m.n_params() << "\nweight bytes (read per decoded token): " << m.weight_bytes()
+            << "\nweight kernels: " << he::quant_kernel_target() << "\nload: " << load_s << " s\n";
   const he::Tokenizer tok(f);
   std::cout << "tokenizer: gpt2 (byte-level BPE), pre '" << tok.pre_tokenizer() << "', vocab "
             << tok.vocab_size() << ", bos " << tok.bos_id() << ", eos " << tok.eos_id()
@@ -268,6 +271,7 @@ int cmd_detokenize(const Args& a) {
 }
 
 int cmd_logits(const Args& a) {
+  apply_threads(a);
   const he::GgufFile f(model_path(a));
   const he::Tokenizer tok(f);
   const he::LlamaModel m = load_model(a, f);
@@ -440,7 +444,9 @@ int cmd_bench(const Args& a) {
     for (std::size_t i = 0; i < dec; ++i) eng.forward(&next, 1, cache, he::LogitsMode::last, &logits);
     dec_s = secs(t0, clk::now());
   }
-  std::cout << "prefill " << seq << " tokens, no logits: " << double(seq) / pre_none << " tokens/s\n"
+  std::cout << "threads " << he::engine_pool().size() << ", kernels " << he::quant_kernel_target() << ", weights "
+            << m.weight_bytes() << " bytes\n"
+            << "prefill " << seq << " tokens, no logits: " << double(seq) / pre_none << " tokens/s\n"
             << "prefill " << seq << " tokens, all logits: " << double(seq) / pre_all << " tokens/s\n";
   if (dec)
     std::cout << "decode " << dec << " tokens after " << seq << " (last logits): " << double(dec) / dec_s
