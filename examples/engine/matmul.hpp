@@ -105,6 +105,9 @@ class MatMul {
   std::size_t max_matvec_inputs() const { return max_matvec_; }
   /// Tests force one path or the other with 0 (always sgemm) or a large value.
   void set_max_matvec_inputs(std::size_t n) { max_matvec_ = n; }
+  /// Quantizes the inputs of the kernels to 8 bits per 32-block first
+  /// (llama.cpp's scheme; faster, not exact). Off by default.
+  void set_int8_inputs(bool on) { int8_ = on; }
 
   /// For every output: y (+)= x·Wᵀ, with x n × cols (leading dimension ldx)
   /// and cols the column count of every W.
@@ -161,6 +164,8 @@ class MatMul {
               const Epilogue* epi) {
     std::size_t total = 0;
     for (std::size_t i = 0; i < n_outs; ++i) total += outs[i].w->rows();
+    const std::size_t cols = outs[0].w->cols();
+    if (int8_ && cols % 32 == 0) quantize_inputs(x, n, ldx, cols);
     const std::size_t workers = pf_.workers();
     // About four tasks per worker, multiples of 4 rows, at least 16.
     std::size_t chunk = workers == 1 ? total : (total + 4 * workers - 1) / (4 * workers);
@@ -169,9 +174,10 @@ class MatMul {
     for (std::size_t i = 0; i < (epi ? 1 : n_outs); ++i)
       for (std::size_t r = 0; r < outs[i].w->rows(); r += chunk)
         tasks_.push_back({r, std::min(outs[i].w->rows(), r + chunk), std::uint32_t(i)});
+    const bool q = int8_ && cols % 32 == 0;
     pf_(tasks_.size(), [&](std::size_t k, std::size_t) {
       const Task& tk = tasks_[k];
-      for (std::size_t i = epi ? 0 : tk.out; i < (epi ? n_outs : tk.out + 1); ++i) rows(x, n, ldx, outs[i], tk.r0, tk.r1);
+      for (std::size_t i = epi ? 0 : tk.out; i < (epi ? n_outs : tk.out + 1); ++i) rows(x, n, ldx, outs[i], tk.r0, tk.r1, q);
       if (epi)
         for (std::size_t t = 0; t < n; ++t) {
           const std::size_t o = t * epi->ld + tk.r0;
@@ -182,7 +188,8 @@ class MatMul {
 
   // Rows [r0, r1) of one output, 64 rows per kernel call so that a group of
   // up to 4 inputs finds them in L1 when the kernel sweeps the next group.
-  static void rows(const float* x, std::size_t n, std::size_t ldx, const MatOut& o, std::size_t r0, std::size_t r1) {
+  void rows(const float* x, std::size_t n, std::size_t ldx, const MatOut& o, std::size_t r0, std::size_t r1,
+            bool q) const {
     constexpr std::size_t step = 64;
     for (std::size_t r = r0; r < r1; r += step) {
       QuantMatVecArgs a;
@@ -197,8 +204,22 @@ class MatMul {
       a.y = o.y + r;
       a.ldy = o.ldy;
       a.accumulate = o.accumulate;
+      if (q) {
+        a.xq = xq_.data();
+        a.xd = xd_.data();
+        a.xs = xs_.data();
+        a.ldxq = o.w->cols();
+        a.ldxb = o.w->cols() / 32;
+      }
       quant_matvec(a);
     }
+  }
+
+  void quantize_inputs(const float* x, std::size_t n, std::size_t ldx, std::size_t cols) {
+    xq_.resize(n * cols);
+    xd_.resize(n * cols / 32);
+    xs_.resize(n * cols / 32);
+    quantize_q8_inputs(x, n, ldx, cols, xq_.data(), xd_.data(), xs_.data());
   }
 
   // Many inputs: sgemm on f32 row panels (dequantized on the workers; F32
@@ -238,6 +259,9 @@ class MatMul {
   std::size_t max_matvec_ = default_max_matvec_inputs;
   std::vector<Task> tasks_;
   std::vector<float> panel_;
+  bool int8_ = false;
+  std::vector<std::int16_t> xq_;
+  std::vector<float> xd_, xs_;
 };
 
 }  // namespace headrecon_engine

@@ -94,6 +94,75 @@ HWY_INLINE const int8_t* UnpackBlock(const uint8_t* HWY_RESTRICT b, int8_t* HWY_
   }
 }
 
+#if HWY_TARGET <= HWY_AVX2
+// The same in registers: values 0..15 in lo, 16..31 in hi.
+template <int kType>
+HWY_INLINE void UnpackBlockRegs(const uint8_t* HWY_RESTRICT b, hn::Vec<hn::Full128<int8_t>>& lo_out,
+                                hn::Vec<hn::Full128<int8_t>>& hi_out, float& d, float& m) {
+  const hn::Full128<int8_t> di8;
+  d = quant::f16_to_f32(b);
+  if constexpr (kType == kQ8_0) {
+    m = 0.f;
+    lo_out = hn::LoadU(di8, reinterpret_cast<const int8_t*>(b + 2));
+    hi_out = hn::LoadU(di8, reinterpret_cast<const int8_t*>(b + 18));
+  } else {
+    HWY_ALIGN int8_t tmp[32];
+    UnpackBlock<kType>(b, tmp, d, m);
+    lo_out = hn::Load(di8, tmp);
+    hi_out = hn::Load(di8, tmp + 16);
+  }
+}
+
+// Σ_j q_j·x_j of one block as int32 lanes (q in lo/hi, x as int16).
+template <class D16>
+HWY_INLINE hn::Vec<hn::Repartition<int32_t, D16>> DotI16(D16 d16, hn::Vec<hn::Full128<int8_t>> lo,
+                                                        hn::Vec<hn::Full128<int8_t>> hi, const int16_t* HWY_RESTRICT xb) {
+  const hn::Repartition<int32_t, D16> d32;
+  auto s = hn::Zero(d32), unused = hn::Zero(d32);
+  if constexpr (hn::MaxLanes(D16()) == 16) {
+    s = hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, lo), hn::LoadU(d16, xb), s, unused);
+    return hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, hi), hn::LoadU(d16, xb + 16), s, unused);
+  } else {
+    const hn::Rebind<int8_t, D16> d8;
+    return hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, hn::Combine(d8, hi, lo)), hn::LoadU(d16, xb), s,
+                                         unused);
+  }
+}
+
+// BlockTile with 8-bit activations: integer dot products per block
+// (int16 multiply-add pairs), scaled by d_w·d_x; the min by m_w·s_x.
+template <int kType, size_t NR, size_t NT>
+HWY_INLINE void IntBlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, size_t nblocks,
+                             const QuantMatVecArgs& a, size_t t0, float* HWY_RESTRICT out) {
+  const hn::ScalableTag<int16_t> d16;
+  const hn::Repartition<float, decltype(d16)> df;
+  constexpr size_t N16 = hn::MaxLanes(d16);
+  static_assert(N16 == 16 || N16 == 32, "8-bit activations need 256- or 512-bit vectors");
+  constexpr size_t kBytes = BlockBytes(kType);
+  using VF = hn::Vec<decltype(df)>;
+  VF acc[NR][NT];
+  float accm[NR][NT];
+  for (size_t r = 0; r < NR; ++r)
+    for (size_t t = 0; t < NT; ++t) acc[r][t] = hn::Zero(df), accm[r][t] = 0.f;
+  for (size_t b = 0; b < nblocks; ++b) {
+    for (size_t r = 0; r < NR; ++r) {
+      float d, m;
+      hn::Vec<hn::Full128<int8_t>> lo, hi;
+      UnpackBlockRegs<kType>(w + r * row_bytes + b * kBytes, lo, hi, d, m);
+      for (size_t t = 0; t < NT; ++t) {
+        const int16_t* HWY_RESTRICT xb = a.xq + (t0 + t) * a.ldxq + b * 32;
+        const auto s = DotI16(d16, lo, hi, xb);
+        const size_t xi = (t0 + t) * a.ldxb + b;
+        acc[r][t] = hn::MulAdd(hn::ConvertTo(df, s), hn::Set(df, d * a.xd[xi]), acc[r][t]);
+        if constexpr (HasMin(kType)) accm[r][t] += m * a.xs[xi];
+      }
+    }
+  }
+  for (size_t r = 0; r < NR; ++r)
+    for (size_t t = 0; t < NT; ++t) out[r * NT + t] = hn::GetLane(hn::SumOfLanes(df, acc[r][t])) + accm[r][t];
+}
+#endif
+
 // Lanes [c, c + Lanes) of a row of F32 / F16 / BF16 values as f32.
 template <int kType, class DF>
 HWY_INLINE hn::Vec<DF> LoadRow(DF df, const uint8_t* HWY_RESTRICT row, size_t c) {
@@ -203,9 +272,14 @@ HWY_INLINE void Tile(const QuantMatVecArgs& a, size_t r0, size_t t0) {
   float out[NR * NT];
   const uint8_t* w = a.w + r0 * a.row_bytes;
   const float* x = a.x + t0 * a.ldx;
-  if constexpr (IsBlock(kType))
-    BlockTile<kType, NR, NT>(w, a.row_bytes, a.cols / 32, x, a.ldx, out);
-  else
+  if constexpr (IsBlock(kType)) {
+#if HWY_TARGET <= HWY_AVX2
+    if (a.xq) {
+      IntBlockTile<kType, NR, NT>(w, a.row_bytes, a.cols / 32, a, t0, out);
+    } else
+#endif
+      BlockTile<kType, NR, NT>(w, a.row_bytes, a.cols / 32, x, a.ldx, out);
+  } else
     FloatTile<kType, NR, NT>(w, a.row_bytes, a.cols, x, a.ldx, out);
   for (size_t r = 0; r < NR; ++r)
     for (size_t t = 0; t < NT; ++t) {

@@ -2,7 +2,9 @@
 // Arguments of the engine's quantized matrix kernels (quant_matvec-inl.h) and
 // the scalar helpers they share; no Highway code here.
 
+#include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -26,6 +28,12 @@ struct QuantMatVecArgs {
   float* y = nullptr;
   std::size_t ldy = 0;
   bool accumulate = false;
+  /// Optional 8-bit activations (block types only): input t's block b is
+  /// xq[t·ldxq + 32b ..] (int8 values as int16) times xd[t·ldxb + b], with
+  /// xs[t·ldxb + b] = xd·Σ xq of the block. When set, x is not read.
+  const std::int16_t* xq = nullptr;
+  const float *xd = nullptr, *xs = nullptr;
+  std::size_t ldxq = 0, ldxb = 0;
 };
 
 /// out[r·ldo + c] = W[r][c] for rows r < rows (W as in QuantMatVecArgs).
@@ -36,6 +44,29 @@ struct DequantArgs {
   float* out = nullptr;
   std::size_t ldo = 0;
 };
+
+/// llama.cpp's Q8_1 activations for QuantMatVecArgs::xq: per 32-block of
+/// each of n rows of x (cols a multiple of 32), d = max|x|/127, q = round(x/d)
+/// (xq, n × cols), xd = d and xs = d·Σq (n × cols/32).
+inline void quantize_q8_inputs(const float* x, std::size_t n, std::size_t ldx, std::size_t cols, std::int16_t* xq,
+                               float* xd, float* xs) {
+  const std::size_t nb = cols / 32;
+  for (std::size_t t = 0; t < n; ++t)
+    for (std::size_t b = 0; b < nb; ++b) {
+      const float* xb = x + t * ldx + b * 32;
+      float amax = 0;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+      const float d = amax / 127.f, id = d > 0 ? 1.f / d : 0.f;
+      int sum = 0;
+      for (int j = 0; j < 32; ++j) {
+        const int q = int(std::nearbyint(xb[j] * id));
+        xq[t * cols + b * 32 + std::size_t(j)] = std::int16_t(q);
+        sum += q;
+      }
+      xd[t * nb + b] = d;
+      xs[t * nb + b] = d * float(sum);
+    }
+}
 
 namespace quant {
 

@@ -24,6 +24,7 @@
 #include "gguf.hpp"
 #include "headrecon/activations_io.hpp"
 #include "headrecon/detail/json.hpp"
+#include "headrecon/thread_pool.hpp"
 #include "engine_test_util.hpp"
 #include "io_test_util.hpp"
 #include "llama.hpp"
@@ -174,6 +175,40 @@ TEST_CASE("model: incremental decode with the KV cache equals one batched pass")
   CHECK(max_diff < 1e-3);
   CHECK(inc.size() == ids.size());
   CHECK_THROWS_WITH(eng.forward(ids.data(), 1, inc, he::LogitsMode::none, nullptr), Catch::Contains("capacity"));
+}
+
+TEST_CASE("engine: logits equal on 1..8 threads and on both weight-product paths") {
+  // The weights stay in their GGUF types: a few tokens run the quantized
+  // kernels, many run dequantized panels + sgemm. Both, on any thread count,
+  // must give the serial engine's logits up to f32 summation order.
+  const Loaded& l = loaded();
+  const std::vector<std::int32_t> ids = l.tok.encode("Quantized weights, read once per token on every core.");
+  REQUIRE(ids.size() >= 8);
+  const std::size_t V = l.model.config().n_vocab;
+  std::vector<float> want, got;
+  {
+    he::LlamaEngine serial(l.model, headrecon::ParallelFor{});
+    he::KvCache cache(l.model.config(), ids.size());
+    serial.forward(ids.data(), ids.size(), cache, he::LogitsMode::all, &want);
+  }
+  double worst = 0;
+  for (std::size_t threads : {1u, 2u, 3u, 8u}) {
+    headrecon::ThreadPool pool(threads);
+    for (std::size_t max_matvec : {std::size_t(0), std::size_t(64)}) {
+      he::LlamaEngine eng(l.model, pool.parallel_for());
+      eng.matmul().set_max_matvec_inputs(max_matvec);
+      he::KvCache cache(l.model.config(), ids.size());
+      eng.forward(ids.data(), ids.size(), cache, he::LogitsMode::all, &got);
+      double d = 0;
+      for (std::size_t i = 0; i < ids.size() * V; ++i) d = std::max(d, double(std::fabs(got[i] - want[i])));
+      INFO(threads << " threads, " << (max_matvec ? "quantized kernels" : "panels + sgemm") << ": max |logit diff| "
+                   << d);
+      CHECK(d < 1e-3);
+      worst = std::max(worst, d);
+    }
+  }
+  INFO("worst max |logit diff| " << worst);
+  CHECK(worst > 0.0);  // the two paths do differ in summation order: both really ran
 }
 
 TEST_CASE("tokenizer: ids match the tokenizers library and decode round-trips") {
