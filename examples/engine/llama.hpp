@@ -19,7 +19,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <functional>
 #include <map>
 #include <string>
@@ -243,9 +242,7 @@ class LlamaEngine {
   /// Runs its weight products on `pf` (default: the process-wide engine
   /// pool, engine_pool()).
   explicit LlamaEngine(const LlamaModel& m, headrecon::ParallelFor pf = engine_parallel_for())
-      : m_(m), mm_(std::move(pf)) {
-    if (std::getenv("HEADRECON_INT8_EXPERIMENT")) mm_.set_int8_inputs(true);
-  }
+      : m_(m), mm_(std::move(pf)) {}
 
   /// The weight products (tests choose their path through it).
   MatMul& matmul() { return mm_; }

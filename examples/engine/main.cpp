@@ -78,7 +78,9 @@ TEXT is one of
   --ids "I I ..."                  token ids directly
 Documents are packed into one token stream, separated by <|endoftext|> (or EOS).
 
-Common options: --threads N (engine and BLAS threads; default: all hardware threads); --random-init SEED replaces every
+Common options: --threads N (engine and BLAS threads; default: all hardware threads);
+--int8-inputs quantizes the inputs of decode's weight products to 8 bits per
+32-block (llama.cpp's scheme: faster on AVX2, not exact; default: exact f32); --random-init SEED replaces every
 weight by a random one of matching scale (same architecture). --model defaults to
 $HEADRECON_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf (HEADRECON_CACHE defaults
 to ~/.cache/headrecon); fetch it with examples/engine/fetch_model.sh.
@@ -166,6 +168,7 @@ void apply_threads(const Args& a) {
     he::set_engine_threads(std::size_t(n));
     if (!he::set_blas_threads(int(n))) std::cerr << "note: BLAS threads unchanged (the BLAS is not OpenBLAS)\n";
   }
+  if (a.has("--int8-inputs")) he::set_default_int8_inputs(true);
 }
 
 std::vector<std::int32_t> parse_ids(const std::string& s) {
@@ -444,7 +447,8 @@ int cmd_bench(const Args& a) {
     for (std::size_t i = 0; i < dec; ++i) eng.forward(&next, 1, cache, he::LogitsMode::last, &logits);
     dec_s = secs(t0, clk::now());
   }
-  std::cout << "threads " << he::engine_pool().size() << ", kernels " << he::quant_kernel_target() << ", weights "
+  std::cout << "threads " << he::engine_pool().size() << ", kernels " << he::quant_kernel_target()
+            << (a.has("--int8-inputs") ? " (8-bit inputs)" : " (f32 inputs)") << ", weights "
             << m.weight_bytes() << " bytes\n"
             << "prefill " << seq << " tokens, no logits: " << double(seq) / pre_none << " tokens/s\n"
             << "prefill " << seq << " tokens, all logits: " << double(seq) / pre_all << " tokens/s\n";
@@ -603,16 +607,16 @@ int main(int argc, char** argv) {
     if (cmd == "tokenize") return cmd_tokenize(Args(argc, argv, {"--model", "--text", "--string"}, {"--special"}));
     if (cmd == "detokenize") return cmd_detokenize(Args(argc, argv, {"--model", "--ids"}, {}));
     if (cmd == "logits")
-      return cmd_logits(Args(argc, argv, {"--model", "--ids", "--string", "--out", "--top", "--threads", "--random-init"}, {}));
+      return cmd_logits(Args(argc, argv, {"--model", "--ids", "--string", "--out", "--top", "--threads", "--random-init"}, {"--int8-inputs"}));
     if (cmd == "ppl")
-      return cmd_ppl(Args(argc, argv, with(text_options, {"--model", "--tokens", "--seq-len", "--ids-out", "--threads", "--random-init"}), {}));
+      return cmd_ppl(Args(argc, argv, with(text_options, {"--model", "--tokens", "--seq-len", "--ids-out", "--threads", "--random-init"}), {"--int8-inputs"}));
     if (cmd == "capture")
       return cmd_capture(Args(argc, argv,
                               with(text_options, {"--model", "--tokens", "--seq-len", "--out", "--kinds",
                                                   "--dtype", "--threads", "--random-init"}),
-                              {"--pre-rope"}));
+                              {"--pre-rope", "--int8-inputs"}));
     if (cmd == "generate")
-      return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads", "--random-init"}, {"--chat"}));
+      return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads", "--random-init"}, {"--chat", "--int8-inputs"}));
     if (cmd == "demo")
       return cmd_demo(Args(argc, argv,
                            {"--dir", "--model", "--docs", "--kjv", "--calib-tokens", "--random-tokens", "--seq-len",
@@ -624,8 +628,9 @@ int main(int argc, char** argv) {
                            with(text_options, {"--model", "--seqs", "--seq-len", "--plan", "--variants", "--sinks",
                                                "--cache-dtype", "--chunk", "--csv", "--json", "--md", "--threads",
                                                "--random-init"}),
-                           {"--simulate", "--spread"}));
-    if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {}));
+                           {"--simulate", "--spread", "--int8-inputs"}));
+    if (cmd == "bench")
+      return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {"--int8-inputs"}));
     std::cerr << "headrecon-engine: unknown command '" << cmd << "'\n\n" << usage_text;
     return 2;
   } catch (const std::exception& e) {

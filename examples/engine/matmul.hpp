@@ -83,6 +83,17 @@ inline headrecon::ThreadPool& engine_pool() {
 }
 inline headrecon::ParallelFor engine_parallel_for() { return engine_pool().parallel_for(); }
 
+namespace detail {
+inline bool& default_int8_inputs() {
+  static bool on = false;
+  return on;
+}
+}  // namespace detail
+
+/// Whether MatMuls made from now on quantize their kernel inputs to 8 bits
+/// (MatMul::set_int8_inputs); off unless set (--int8-inputs).
+inline void set_default_int8_inputs(bool on) { detail::default_int8_inputs() = on; }
+
 /// One product of MatMul::run: y (n × w.rows(), leading dimension ldy) =
 /// x·Wᵀ, or += when accumulate.
 struct MatOut {
@@ -99,15 +110,19 @@ class MatMul {
   /// dequantize panels and call sgemm (measured crossover: see README).
   static constexpr std::size_t default_max_matvec_inputs = 8;
 
-  explicit MatMul(headrecon::ParallelFor pf = {}) : pf_(std::move(pf)) {}
+  explicit MatMul(headrecon::ParallelFor pf = {}) : pf_(std::move(pf)), int8_(detail::default_int8_inputs()) {}
 
   const headrecon::ParallelFor& parallel_for() const { return pf_; }
   std::size_t max_matvec_inputs() const { return max_matvec_; }
   /// Tests force one path or the other with 0 (always sgemm) or a large value.
   void set_max_matvec_inputs(std::size_t n) { max_matvec_ = n; }
-  /// Quantizes the inputs of the kernels to 8 bits per 32-block first
-  /// (llama.cpp's scheme; faster, not exact). Off by default.
+  /// Quantizes the inputs of the block kernels to 8 bits per 32-block first
+  /// (llama.cpp's Q8_1 scheme, quantize_q8_inputs) and uses integer dot
+  /// products: about 2x faster on AVX2, equal on AVX3, and NOT exact (the
+  /// perplexity moves by ~0.4% on SmolLM2). Only the quantized kernels
+  /// (decode, short chunks) use it; prefill stays f32.
   void set_int8_inputs(bool on) { int8_ = on; }
+  bool int8_inputs() const { return int8_; }
 
   /// For every output: y (+)= x·Wᵀ, with x n × cols (leading dimension ldx)
   /// and cols the column count of every W.
@@ -256,10 +271,10 @@ class MatMul {
   static constexpr std::size_t max_panel_floats = std::size_t(4) << 20;  // 16 MB of f32
 
   headrecon::ParallelFor pf_;
+  bool int8_;
   std::size_t max_matvec_ = default_max_matvec_inputs;
   std::vector<Task> tasks_;
   std::vector<float> panel_;
-  bool int8_ = false;
   std::vector<std::int16_t> xq_;
   std::vector<float> xd_, xs_;
 };

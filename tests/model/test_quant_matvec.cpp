@@ -173,6 +173,69 @@ TEST_CASE("quant_matvec: every type equals dequantize-then-dot within f32 roundi
         }
 }
 
+TEST_CASE("quant_matvec: 8-bit activations equal the dot with the quantized inputs") {
+  // x quantized per 32-block (quantize_q8_inputs) and the integer kernels
+  // (AVX2/AVX3; other targets fall back to f32 inputs): the result is the dot
+  // with the dequantized inputs xd·xq up to f32 rounding, and differs from
+  // the exact f32 product by at most the quantization error Σ|w|·xd/2.
+  if (!cpu_runs_kernels()) return;
+  std::mt19937 rng(17);
+  for (GgmlType type : {GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_0, GgmlType::Q5_1, GgmlType::Q8_0})
+    for (std::size_t cols : {32u, 576u})
+      for (std::size_t rows : {1u, 5u, 67u})
+        for (std::size_t n : {1u, 2u, 3u, 4u, 6u}) {
+          INFO(he::ggml_type_name(std::uint32_t(type)) << " " << rows << " x " << cols << ", " << n << " inputs");
+          const he::QuantMatrix w = random_matrix(type, rows, cols, rng);
+          std::vector<float> x = random_vec(n * cols, rng);
+          x[0] = 0.f;  // an all-zero block has scale 0
+          if (cols == 32 && n == 1) std::fill(x.begin(), x.end(), 0.f);
+          const std::size_t nb = cols / 32;
+          std::vector<std::int16_t> xq(n * cols);
+          std::vector<float> xd(n * nb), xs(n * nb), xdq(n * cols);
+          he::quantize_q8_inputs(x.data(), n, cols, cols, xq.data(), xd.data(), xs.data());
+          for (std::size_t i = 0; i < n * cols; ++i) {
+            CHECK(std::abs(int(xq[i])) <= 127);
+            xdq[i] = xd[i / 32] * float(xq[i]);
+          }
+          const Reference exact = reference(w, x, n);
+          Reference ref = reference(w, xdq, n);
+          std::vector<float> y(n * rows);
+          he::QuantMatVecArgs a;
+          a.type = std::uint32_t(type);
+          a.w = w.row(0);
+          a.row_bytes = w.row_bytes();
+          a.cols = cols;
+          a.rows = rows;
+          a.x = x.data();
+          a.ldx = cols;
+          a.n = n;
+          a.y = y.data();
+          a.ldy = rows;
+          a.xq = xq.data();
+          a.xd = xd.data();
+          a.xs = xs.data();
+          a.ldxq = cols;
+          a.ldxb = nb;
+          he::quant_matvec(a);
+          if (std::string(he::quant_kernel_target()) == "AVX2" || std::string(he::quant_kernel_target()) == "AVX3") {
+            // The min term m·xd·Σq is summed in f32 per block: one more rounding per block.
+            check_close(y, rows, ref, n, rows);
+          } else {
+            check_close(y, rows, exact, n, rows);
+          }
+          const std::vector<float> wf = w.to_f32();
+          double worst = 0;
+          for (std::size_t t = 0; t < n; ++t)
+            for (std::size_t r = 0; r < rows; ++r) {
+              double bound = exact.tol[t * rows + r];
+              for (std::size_t c = 0; c < cols; ++c) bound += std::fabs(wf[r * cols + c]) * xd[t * nb + c / 32] * 0.5;
+              worst = std::max(worst, std::fabs(y[t * rows + r] - exact.y[t * rows + r]) / bound);
+            }
+          INFO("worst |int8 - exact| / quantization bound: " << worst);
+          CHECK(worst <= 1.0);
+        }
+}
+
 TEST_CASE("quant_matvec: F32, F16 and BF16 rows of any length (vector tails)") {
   if (!cpu_runs_kernels()) return;
   std::mt19937 rng(12);
