@@ -1,10 +1,11 @@
 #pragma once
 // A weight matrix of the example engine kept in its GGUF storage type: rows
 // of ggml blocks (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) or of F16 / BF16 / F32
-// values, row-major [rows][cols] (GGUF ne[0] = cols). The matrix-vector
-// kernels (quant_matvec.hpp) read these types directly; any other GGUF type
-// (the K-quants, F64) is dequantized to F32 at load, so every model this
-// engine reads still runs, just without the bandwidth saving.
+// values, row-major [rows][cols] (GGUF ne[0] = cols). Block rows are stored
+// with their fields gathered by kind (RowLayout in quant_matvec_args.hpp:
+// the same bytes, reordered), which the kernels (quant_matvec.hpp) read
+// directly; any other GGUF type (the K-quants, F64) is dequantized to F32 at
+// load, so every model this engine reads still runs, without the saving.
 
 #include <cstddef>
 #include <cstdint>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "gguf.hpp"
+#include "quant_matvec_args.hpp"
 
 namespace headrecon_engine {
 
@@ -44,6 +46,7 @@ class QuantMatrix {
       m.set_geometry();
       if (m.row_bytes_ * m.rows_ != t.n_bytes) fail(what, ": byte size ", t.n_bytes, " does not match its shape");
       m.bytes_.assign(t.data, t.data + t.n_bytes);
+      m.repack();
     } else {
       m.type_ = GgmlType::F32;
       m.set_geometry();
@@ -66,7 +69,7 @@ class QuantMatrix {
     return m;
   }
 
-  /// A matrix of `type` (a kernel type) from raw row bytes (rows × row_bytes).
+  /// A matrix of `type` (a kernel type) from GGUF row bytes (rows × row_bytes).
   static QuantMatrix from_bytes(GgmlType type, std::size_t rows, std::size_t cols, std::vector<std::uint8_t> bytes) {
     if (!kernel_type(std::uint32_t(type)) || type == GgmlType::F32)
       fail("QuantMatrix::from_bytes: type ", ggml_type_name(std::uint32_t(type)), " is not a block or 16-bit type");
@@ -80,6 +83,7 @@ class QuantMatrix {
     if (bytes.size() != rows * m.row_bytes_)
       fail("QuantMatrix::from_bytes: ", bytes.size(), " bytes for ", rows, " rows of ", m.row_bytes_);
     m.bytes_ = std::move(bytes);
+    m.repack();
     return m;
   }
 
@@ -90,7 +94,7 @@ class QuantMatrix {
   std::size_t row_bytes() const { return row_bytes_; }
   /// Bytes a full matrix-vector product reads.
   std::size_t storage_bytes() const { return rows_ * row_bytes_; }
-  /// Row r in storage (F32: its floats as bytes).
+  /// Row r in storage (block types: RowLayout order; F32: its floats as bytes).
   const std::uint8_t* row(std::size_t r) const {
     return type_ == GgmlType::F32 ? reinterpret_cast<const std::uint8_t*>(f32_.data() + r * cols_)
                                   : bytes_.data() + r * row_bytes_;
@@ -105,7 +109,15 @@ class QuantMatrix {
       std::memcpy(out, f32_.data() + r0 * cols_, n * cols_ * sizeof(float));
       return;
     }
-    dequantize(std::uint32_t(type_), bytes_.data() + r0 * row_bytes_, out, std::uint64_t(n * cols_), "QuantMatrix");
+    if (!repacked_type(std::uint32_t(type_))) {
+      dequantize(std::uint32_t(type_), bytes_.data() + r0 * row_bytes_, out, std::uint64_t(n * cols_), "QuantMatrix");
+      return;
+    }
+    std::vector<std::uint8_t> row(row_bytes_);
+    for (std::size_t r = 0; r < n; ++r) {
+      convert_row(std::uint32_t(type_), cols_, bytes_.data() + (r0 + r) * row_bytes_, row.data(), false);
+      dequantize(std::uint32_t(type_), row.data(), out + r * cols_, std::uint64_t(cols_), "QuantMatrix");
+    }
   }
   std::vector<float> to_f32() const {
     std::vector<float> out(rows_ * cols_);
@@ -114,6 +126,15 @@ class QuantMatrix {
   }
 
  private:
+  void repack() {
+    if (!repacked_type(std::uint32_t(type_))) return;
+    std::vector<std::uint8_t> row(row_bytes_);
+    for (std::size_t r = 0; r < rows_; ++r) {
+      std::uint8_t* p = bytes_.data() + r * row_bytes_;
+      convert_row(std::uint32_t(type_), cols_, p, row.data(), true);
+      std::memcpy(p, row.data(), row_bytes_);
+    }
+  }
   void set_geometry() {
     const GgmlTypeInfo info = ggml_type_info(std::uint32_t(type_));
     row_bytes_ = cols_ / info.block * info.bytes;

@@ -31,33 +31,45 @@ constexpr int kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ
 
 constexpr bool IsBlock(int t) { return t == kQ4_0 || t == kQ4_1 || t == kQ5_0 || t == kQ5_1 || t == kQ8_0; }
 constexpr bool HasMin(int t) { return t == kQ4_1 || t == kQ5_1; }
-constexpr size_t BlockBytes(int t) {
-  return t == kQ4_0 ? 18 : t == kQ4_1 ? 20 : t == kQ5_0 ? 22 : t == kQ5_1 ? 24 : t == kQ8_0 ? 34 : 0;
+
+// Blocks per chunk whose scales are converted at once.
+constexpr size_t kChunk = 32;
+
+// Scales d[i] (and mins m[i] for Q4_1/Q5_1) of blocks b0 + i, i < n <=
+// kChunk, of a row in RowLayout order, as f32: converted a vector at a time
+// from the row's scale array, so the block loop broadcasts them from memory
+// (one f16 conversion and broadcast per block costs shuffle-port uops that
+// the products need).
+template <int kType>
+HWY_INLINE void BlockScales(const uint8_t* HWY_RESTRICT row, const RowLayout& l, size_t b0, size_t n,
+                            float* HWY_RESTRICT d, float* HWY_RESTRICT m) {
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+  const hwy::float16_t* hd = reinterpret_cast<const hwy::float16_t*>(row) + b0;
+  const hwy::float16_t* hm = reinterpret_cast<const hwy::float16_t*>(row + l.m) + b0;
+  size_t i = 0;
+  for (; i + hn::Lanes(df) <= n; i += hn::Lanes(df)) {
+    hn::Store(hn::PromoteTo(df, hn::LoadU(dh, hd + i)), df, d + i);
+    if constexpr (HasMin(kType)) hn::Store(hn::PromoteTo(df, hn::LoadU(dh, hm + i)), df, m + i);
+  }
+  for (; i < n; ++i) {
+    d[i] = quant::f16_to_f32(row + 2 * (b0 + i));
+    if constexpr (HasMin(kType)) m[i] = quant::f16_to_f32(row + l.m + 2 * (b0 + i));
+  }
 }
 
-// One block's 32 quantized values as int8 (q - 8 for Q4_0, q - 16 for Q5_0),
-// its scale d and min m (0 without one). Q8_0 values are read in place; the
+// Block b of a row in RowLayout order: its 32 quantized values as int8
+// (q - 8 for Q4_0, q - 16 for Q5_0). Q8_0 values are read in place; the
 // others are unpacked into tmp.
 template <int kType>
-HWY_INLINE const int8_t* UnpackBlock(const uint8_t* HWY_RESTRICT b, int8_t* HWY_RESTRICT tmp, float& d, float& m) {
-  d = quant::f16_to_f32(b);
+HWY_INLINE const int8_t* UnpackValues(const uint8_t* HWY_RESTRICT row, const RowLayout& l, size_t b,
+                                      int8_t* HWY_RESTRICT tmp) {
+  const uint8_t* qs = row + l.qs + b * l.qs_bytes;
   if constexpr (kType == kQ8_0) {
-    m = 0.f;
-    return reinterpret_cast<const int8_t*>(b + 2);
+    return reinterpret_cast<const int8_t*>(qs);
   } else {
-    const uint8_t* qs = nullptr;
     uint32_t qh = 0;
-    m = HasMin(kType) ? quant::f16_to_f32(b + 2) : 0.f;
-    if constexpr (kType == kQ4_0) qs = b + 2;
-    if constexpr (kType == kQ4_1) qs = b + 4;
-    if constexpr (kType == kQ5_0) {
-      std::memcpy(&qh, b + 2, 4);
-      qs = b + 6;
-    }
-    if constexpr (kType == kQ5_1) {
-      std::memcpy(&qh, b + 4, 4);
-      qs = b + 8;
-    }
+    if constexpr (kType == kQ5_0 || kType == kQ5_1) std::memcpy(&qh, row + l.qh + 4 * b, 4);
     constexpr int kOffset = kType == kQ4_0 ? 8 : kType == kQ5_0 ? 16 : 0;
 #if HWY_TARGET == HWY_SCALAR
     for (int j = 0; j < 16; ++j) {
@@ -97,17 +109,16 @@ HWY_INLINE const int8_t* UnpackBlock(const uint8_t* HWY_RESTRICT b, int8_t* HWY_
 #if HWY_TARGET <= HWY_AVX2
 // The same in registers: values 0..15 in lo, 16..31 in hi.
 template <int kType>
-HWY_INLINE void UnpackBlockRegs(const uint8_t* HWY_RESTRICT b, hn::Vec<hn::Full128<int8_t>>& lo_out,
-                                hn::Vec<hn::Full128<int8_t>>& hi_out, float& d, float& m) {
+HWY_INLINE void UnpackValuesRegs(const uint8_t* HWY_RESTRICT row, const RowLayout& l, size_t b,
+                                 hn::Vec<hn::Full128<int8_t>>& lo_out, hn::Vec<hn::Full128<int8_t>>& hi_out) {
   const hn::Full128<int8_t> di8;
-  d = quant::f16_to_f32(b);
   if constexpr (kType == kQ8_0) {
-    m = 0.f;
-    lo_out = hn::LoadU(di8, reinterpret_cast<const int8_t*>(b + 2));
-    hi_out = hn::LoadU(di8, reinterpret_cast<const int8_t*>(b + 18));
+    const int8_t* qs = reinterpret_cast<const int8_t*>(row + l.qs + 32 * b);
+    lo_out = hn::LoadU(di8, qs);
+    hi_out = hn::LoadU(di8, qs + 16);
   } else {
     HWY_ALIGN int8_t tmp[32];
-    UnpackBlock<kType>(b, tmp, d, m);
+    UnpackValues<kType>(row, l, b, tmp);
     lo_out = hn::Load(di8, tmp);
     hi_out = hn::Load(di8, tmp + 16);
   }
@@ -132,34 +143,53 @@ HWY_INLINE hn::Vec<hn::Repartition<int32_t, D16>> DotI16(D16 d16, hn::Vec<hn::Fu
 // BlockTile with 8-bit activations: integer dot products per block
 // (int16 multiply-add pairs), scaled by d_w·d_x; the min by m_w·s_x.
 template <int kType, size_t NR, size_t NT>
-HWY_INLINE void IntBlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, size_t nblocks,
+HWY_INLINE void IntBlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, const RowLayout& l,
                              const QuantMatVecArgs& a, size_t t0, float* HWY_RESTRICT out) {
+  const size_t nblocks = l.nb;
   const hn::ScalableTag<int16_t> d16;
   const hn::Repartition<float, decltype(d16)> df;
   constexpr size_t N16 = hn::MaxLanes(d16);
   static_assert(N16 == 16 || N16 == 32, "8-bit activations need 256- or 512-bit vectors");
-  constexpr size_t kBytes = BlockBytes(kType);
   using VF = hn::Vec<decltype(df)>;
-  VF acc[NR][NT];
-  float accm[NR][NT];
+  VF acc[NR][NT], accm[NR][NT];
+  float mtail[NR][NT];
   for (size_t r = 0; r < NR; ++r)
-    for (size_t t = 0; t < NT; ++t) acc[r][t] = hn::Zero(df), accm[r][t] = 0.f;
-  for (size_t b = 0; b < nblocks; ++b) {
+    for (size_t t = 0; t < NT; ++t) acc[r][t] = hn::Zero(df), accm[r][t] = hn::Zero(df), mtail[r][t] = 0.f;
+  HWY_ALIGN float ds[NR][kChunk], ms[NR][kChunk], dsx[NR][NT][kChunk];
+  for (size_t b0 = 0; b0 < nblocks; b0 += kChunk) {
+    const size_t nc = nblocks - b0 < kChunk ? nblocks - b0 : kChunk;
+    // Per block: d_w·d_x, and the min terms m_w·s_x summed as vectors.
     for (size_t r = 0; r < NR; ++r) {
-      float d, m;
-      hn::Vec<hn::Full128<int8_t>> lo, hi;
-      UnpackBlockRegs<kType>(w + r * row_bytes + b * kBytes, lo, hi, d, m);
+      BlockScales<kType>(w + r * row_bytes, l, b0, nc, ds[r], ms[r]);
       for (size_t t = 0; t < NT; ++t) {
-        const int16_t* HWY_RESTRICT xb = a.xq + (t0 + t) * a.ldxq + b * 32;
-        const auto s = DotI16(d16, lo, hi, xb);
-        const size_t xi = (t0 + t) * a.ldxb + b;
-        acc[r][t] = hn::MulAdd(hn::ConvertTo(df, s), hn::Set(df, d * a.xd[xi]), acc[r][t]);
-        if constexpr (HasMin(kType)) accm[r][t] += m * a.xs[xi];
+        const size_t xi = (t0 + t) * a.ldxb + b0;
+        size_t i = 0;
+        for (; i + hn::Lanes(df) <= nc; i += hn::Lanes(df)) {
+          hn::Store(hn::Mul(hn::Load(df, ds[r] + i), hn::LoadU(df, a.xd + xi + i)), df, dsx[r][t] + i);
+          if constexpr (HasMin(kType))
+            accm[r][t] = hn::MulAdd(hn::Load(df, ms[r] + i), hn::LoadU(df, a.xs + xi + i), accm[r][t]);
+        }
+        for (; i < nc; ++i) {
+          dsx[r][t][i] = ds[r][i] * a.xd[xi + i];
+          if constexpr (HasMin(kType)) mtail[r][t] += ms[r][i] * a.xs[xi + i];
+        }
+      }
+    }
+    for (size_t b = b0; b < b0 + nc; ++b) {
+      for (size_t r = 0; r < NR; ++r) {
+        hn::Vec<hn::Full128<int8_t>> lo, hi;
+        UnpackValuesRegs<kType>(w + r * row_bytes, l, b, lo, hi);
+        for (size_t t = 0; t < NT; ++t) {
+          const int16_t* HWY_RESTRICT xb = a.xq + (t0 + t) * a.ldxq + b * 32;
+          const auto s = DotI16(d16, lo, hi, xb);
+          acc[r][t] = hn::MulAdd(hn::ConvertTo(df, s), hn::Set(df, dsx[r][t][b - b0]), acc[r][t]);
+        }
       }
     }
   }
   for (size_t r = 0; r < NR; ++r)
-    for (size_t t = 0; t < NT; ++t) out[r * NT + t] = hn::GetLane(hn::SumOfLanes(df, acc[r][t])) + accm[r][t];
+    for (size_t t = 0; t < NT; ++t)
+      out[r * NT + t] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc[r][t], accm[r][t]))) + mtail[r][t];
 }
 #endif
 
@@ -199,8 +229,9 @@ HWY_INLINE float ScalarAt(const uint8_t* HWY_RESTRICT row, size_t c) {
 // and NT inputs (input t at x + t·ldx). P accumulators per (row, input) keep
 // at least four independent FMA chains.
 template <int kType, size_t NR, size_t NT>
-HWY_INLINE void BlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, size_t nblocks,
+HWY_INLINE void BlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, const RowLayout& l,
                           const float* HWY_RESTRICT x, size_t ldx, float* HWY_RESTRICT out) {
+  const size_t nblocks = l.nb;
   const hn::ScalableTag<float> df;
   const hn::RebindToSigned<decltype(df)> di;
   const hn::Rebind<int8_t, decltype(df)> d8;
@@ -208,25 +239,27 @@ HWY_INLINE void BlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, size_
   static_assert(32 % NF == 0, "a block holds a whole number of vectors");
   constexpr size_t kV = 32 / NF;
   constexpr size_t P = (NR * NT >= 4 || kV == 1) ? 1 : 2;
-  constexpr size_t kBytes = BlockBytes(kType);
   using V = hn::Vec<decltype(df)>;
   V acc[NR][NT][P];
   for (size_t r = 0; r < NR; ++r)
     for (size_t t = 0; t < NT; ++t)
       for (size_t p = 0; p < P; ++p) acc[r][t][p] = hn::Zero(df);
   HWY_ALIGN int8_t tmp[NR][32];
-  for (size_t b = 0; b < nblocks; ++b) {
-    const float* HWY_RESTRICT xb = x + b * 32;
-    for (size_t r = 0; r < NR; ++r) {
-      float d, m;
-      const int8_t* q = UnpackBlock<kType>(w + r * row_bytes + b * kBytes, tmp[r], d, m);
-      const V vd = hn::Set(df, d);
-      const V vm = hn::Set(df, m);
-      for (size_t v = 0; v < kV; ++v) {
-        V wv = hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + v * NF)));
-        wv = HasMin(kType) ? hn::MulAdd(wv, vd, vm) : hn::Mul(wv, vd);
-        for (size_t t = 0; t < NT; ++t)
-          acc[r][t][v % P] = hn::MulAdd(wv, hn::LoadU(df, xb + t * ldx + v * NF), acc[r][t][v % P]);
+  HWY_ALIGN float ds[NR][kChunk], ms[NR][kChunk];
+  for (size_t b0 = 0; b0 < nblocks; b0 += kChunk) {
+    const size_t nc = nblocks - b0 < kChunk ? nblocks - b0 : kChunk;
+    for (size_t r = 0; r < NR; ++r) BlockScales<kType>(w + r * row_bytes, l, b0, nc, ds[r], ms[r]);
+    for (size_t b = b0; b < b0 + nc; ++b) {
+      const float* HWY_RESTRICT xb = x + b * 32;
+      for (size_t r = 0; r < NR; ++r) {
+        const int8_t* q = UnpackValues<kType>(w + r * row_bytes, l, b, tmp[r]);
+        const V vd = hn::Set(df, ds[r][b - b0]);
+        for (size_t v = 0; v < kV; ++v) {
+          V wv = hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + v * NF)));
+          wv = HasMin(kType) ? hn::MulAdd(wv, vd, hn::Set(df, ms[r][b - b0])) : hn::Mul(wv, vd);
+          for (size_t t = 0; t < NT; ++t)
+            acc[r][t][v % P] = hn::MulAdd(wv, hn::LoadU(df, xb + t * ldx + v * NF), acc[r][t][v % P]);
+        }
       }
     }
   }
@@ -268,17 +301,17 @@ HWY_INLINE void FloatTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, size_
 }
 
 template <int kType, size_t NR, size_t NT>
-HWY_INLINE void Tile(const QuantMatVecArgs& a, size_t r0, size_t t0) {
+HWY_INLINE void Tile(const QuantMatVecArgs& a, const RowLayout& l, size_t r0, size_t t0) {
   float out[NR * NT];
   const uint8_t* w = a.w + r0 * a.row_bytes;
   const float* x = a.x + t0 * a.ldx;
   if constexpr (IsBlock(kType)) {
 #if HWY_TARGET <= HWY_AVX2
     if (a.xq) {
-      IntBlockTile<kType, NR, NT>(w, a.row_bytes, a.cols / 32, a, t0, out);
+      IntBlockTile<kType, NR, NT>(w, a.row_bytes, l, a, t0, out);
     } else
 #endif
-      BlockTile<kType, NR, NT>(w, a.row_bytes, a.cols / 32, x, a.ldx, out);
+      BlockTile<kType, NR, NT>(w, a.row_bytes, l, x, a.ldx, out);
   } else
     FloatTile<kType, NR, NT>(w, a.row_bytes, a.cols, x, a.ldx, out);
   for (size_t r = 0; r < NR; ++r)
@@ -292,23 +325,24 @@ HWY_INLINE void Tile(const QuantMatVecArgs& a, size_t r0, size_t t0) {
 // passes a few rows at a time, so they stay in L1 across the groups).
 template <int kType>
 HWY_NOINLINE void MatVecType(const QuantMatVecArgs& a) {
+  const RowLayout l = row_layout(uint32_t(kType), a.cols);
   for (size_t t0 = 0; t0 < a.n; t0 += 4) {
     const size_t nt = a.n - t0 < 4 ? a.n - t0 : 4;
     size_t r = 0;
     switch (nt) {
       case 1:
-        for (; r + 4 <= a.rows; r += 4) Tile<kType, 4, 1>(a, r, t0);
-        for (; r < a.rows; ++r) Tile<kType, 1, 1>(a, r, t0);
+        for (; r + 4 <= a.rows; r += 4) Tile<kType, 4, 1>(a, l, r, t0);
+        for (; r < a.rows; ++r) Tile<kType, 1, 1>(a, l, r, t0);
         break;
       case 2:
-        for (; r + 2 <= a.rows; r += 2) Tile<kType, 2, 2>(a, r, t0);
-        for (; r < a.rows; ++r) Tile<kType, 1, 2>(a, r, t0);
+        for (; r + 2 <= a.rows; r += 2) Tile<kType, 2, 2>(a, l, r, t0);
+        for (; r < a.rows; ++r) Tile<kType, 1, 2>(a, l, r, t0);
         break;
       case 3:
-        for (; r < a.rows; ++r) Tile<kType, 1, 3>(a, r, t0);
+        for (; r < a.rows; ++r) Tile<kType, 1, 3>(a, l, r, t0);
         break;
       default:
-        for (; r < a.rows; ++r) Tile<kType, 1, 4>(a, r, t0);
+        for (; r < a.rows; ++r) Tile<kType, 1, 4>(a, l, r, t0);
         break;
     }
   }
@@ -324,14 +358,20 @@ HWY_NOINLINE void DequantType(const DequantArgs& a) {
     const uint8_t* row = a.w + r * a.row_bytes;
     float* HWY_RESTRICT out = a.out + r * a.ldo;
     if constexpr (IsBlock(kType)) {
+      const RowLayout l = row_layout(uint32_t(kType), a.cols);
       HWY_ALIGN int8_t tmp[32];
-      for (size_t b = 0; b < a.cols / 32; ++b) {
-        float d, m;
-        const int8_t* q = UnpackBlock<kType>(row + b * BlockBytes(kType), tmp, d, m);
-        for (size_t v = 0; v < 32 / NF; ++v) {
-          auto wv = hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + v * NF)));
-          wv = HasMin(kType) ? hn::MulAdd(wv, hn::Set(df, d), hn::Set(df, m)) : hn::Mul(wv, hn::Set(df, d));
-          hn::StoreU(wv, df, out + b * 32 + v * NF);
+      HWY_ALIGN float ds[kChunk], ms[kChunk];
+      for (size_t b0 = 0; b0 < l.nb; b0 += kChunk) {
+        const size_t nc = l.nb - b0 < kChunk ? l.nb - b0 : kChunk;
+        BlockScales<kType>(row, l, b0, nc, ds, ms);
+        for (size_t b = b0; b < b0 + nc; ++b) {
+          const int8_t* q = UnpackValues<kType>(row, l, b, tmp);
+          const auto vd = hn::Set(df, ds[b - b0]);
+          for (size_t v = 0; v < 32 / NF; ++v) {
+            auto wv = hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + v * NF)));
+            wv = HasMin(kType) ? hn::MulAdd(wv, vd, hn::Set(df, ms[b - b0])) : hn::Mul(wv, vd);
+            hn::StoreU(wv, df, out + b * 32 + v * NF);
+          }
         }
       }
     } else {

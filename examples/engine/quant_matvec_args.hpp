@@ -17,8 +17,61 @@
 
 namespace headrecon_engine {
 
+/// The engine's row layout of a block type: the GGUF row's block fields
+/// gathered by kind, so that the kernels read 8 or 16 scales with one vector
+/// load. For nb blocks: f16 scales d[nb] at offset 0, f16 mins m[nb] (Q4_1,
+/// Q5_1), high-bit words qh[nb] (Q5_0, Q5_1, 4 bytes each), then the values
+/// qs[nb] (16 bytes per block, 32 for Q8_0). Same bytes as the GGUF row, in
+/// another order; repack_row / unpack_row convert exactly.
+struct RowLayout {
+  std::size_t nb = 0, m = 0, qh = 0, qs = 0, qs_bytes = 0;
+  bool has_min = false, has_qh = false;
+};
+
+inline RowLayout row_layout(std::uint32_t type, std::size_t cols) {
+  RowLayout l;
+  l.nb = cols / 32;
+  const GgmlType t = GgmlType(type);
+  l.has_min = t == GgmlType::Q4_1 || t == GgmlType::Q5_1;
+  l.has_qh = t == GgmlType::Q5_0 || t == GgmlType::Q5_1;
+  l.qs_bytes = t == GgmlType::Q8_0 ? 32 : 16;
+  l.m = 2 * l.nb;
+  l.qh = l.m + (l.has_min ? 2 * l.nb : 0);
+  l.qs = l.qh + (l.has_qh ? 4 * l.nb : 0);
+  return l;
+}
+
+/// True for the block types the engine stores in the RowLayout order.
+inline bool repacked_type(std::uint32_t type) {
+  const GgmlType t = GgmlType(type);
+  return t == GgmlType::Q4_0 || t == GgmlType::Q4_1 || t == GgmlType::Q5_0 || t == GgmlType::Q5_1 ||
+         t == GgmlType::Q8_0;
+}
+
+/// One GGUF row of `cols` values of a repacked type into the RowLayout order
+/// (pack = true), or back (pack = false).
+inline void convert_row(std::uint32_t type, std::size_t cols, const std::uint8_t* in, std::uint8_t* out, bool pack) {
+  const RowLayout l = row_layout(type, cols);
+  const std::size_t block = ggml_type_info(type).bytes;
+  for (std::size_t b = 0; b < l.nb; ++b) {
+    std::size_t at = b * block;  // field offsets inside the GGUF block, in ggml-common.h order
+    auto move = [&](std::size_t packed_at, std::size_t n) {
+      if (pack)
+        std::memcpy(out + packed_at, in + at, n);
+      else
+        std::memcpy(out + at, in + packed_at, n);
+      at += n;
+    };
+    move(2 * b, 2);
+    if (l.has_min) move(l.m + 2 * b, 2);
+    if (l.has_qh) move(l.qh + 4 * b, 4);
+    move(l.qs + l.qs_bytes * b, l.qs_bytes);
+  }
+}
+
 /// y[t·ldy + r] (+)= Σ_c W[r][c] · x[t·ldx + c] for rows r < rows and inputs
-/// t < n, with W in ggml type `type` (a kernel_type()), row r at w + r·row_bytes.
+/// t < n, with W in ggml type `type` (a kernel_type()), row r at w + r·row_bytes
+/// (block types in the RowLayout order).
 struct QuantMatVecArgs {
   std::uint32_t type = 0;
   const std::uint8_t* w = nullptr;
