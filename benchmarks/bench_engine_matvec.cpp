@@ -67,6 +67,25 @@ BENCHMARK(BM_EngineMatVec)
     ->ArgsProduct({{int(he::GgmlType::Q8_0)}, {49152}, {576}, {1, 2}, {0, 1}})
     ->ArgsProduct({{int(he::GgmlType::Q4_0)}, {1536}, {576}, {1}, {0, 1}})
     ->Unit(benchmark::kMicrosecond);
+// n inputs at once on one thread: the quantized kernels (path 1) against
+// dequantized panels + sgemm (path 0); MatMul switches at max_matvec_inputs.
+// Counter: us_per_input.
+void BM_EngineMatMulInputs(benchmark::State& state) {
+  const std::size_t n = std::size_t(state.range(0)), rows = 1536, cols = 576;
+  const he::QuantMatrix w = random_weights(he::GgmlType::Q4_1, rows, cols);
+  std::vector<float> x(n * cols, 0.5f), y(n * rows);
+  he::set_blas_threads(1);
+  he::MatMul mm;
+  mm.set_max_matvec_inputs(state.range(1) ? 1u << 20 : 0);
+  for (auto _ : state) {
+    mm.run(x.data(), n, cols, {{&w, y.data(), rows}});
+    benchmark::ClobberMemory();
+  }
+  const double t = headrecon::bench::seconds_per_call([&] { mm.run(x.data(), n, cols, {{&w, y.data(), rows}}); });
+  state.counters["us_per_input"] = t / double(n) * 1e6;
+  state.SetLabel(state.range(1) ? "quantized kernels" : "panels + sgemm");
+}
+BENCHMARK(BM_EngineMatMulInputs)->ArgsProduct({{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}, {0, 1}})->Unit(benchmark::kMicrosecond);
 }  // namespace
 
 BENCHMARK_MAIN();
