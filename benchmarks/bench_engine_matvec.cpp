@@ -85,7 +85,9 @@ void BM_EngineMatMulInputs(benchmark::State& state) {
   state.counters["us_per_input"] = t / double(n) * 1e6;
   state.SetLabel(state.range(1) ? "quantized kernels" : "panels + sgemm");
 }
-BENCHMARK(BM_EngineMatMulInputs)->ArgsProduct({{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}, {0, 1}})->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_EngineMatMulInputs)
+    ->ArgsProduct({{1, 2, 4, 8, 16, 32, 64, 128, 256, 512}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond);
 }  // namespace
 
 BENCHMARK_MAIN();

@@ -155,7 +155,8 @@ class MatMul {
   }
 
  private:
-  // h[i] = SiLU(g[i]) * u[i] for columns [c0, c1) of n rows (ld).
+  // SwiGLU after the kernels: h = SiLU(g)·u on the rows each task computed
+  // (g, u, h: n × ld).
   struct Epilogue {
     const float *g, *u;
     float* h;
@@ -192,7 +193,8 @@ class MatMul {
     const bool q = int8_ && cols % 32 == 0;
     pf_(tasks_.size(), [&](std::size_t k, std::size_t) {
       const Task& tk = tasks_[k];
-      for (std::size_t i = epi ? 0 : tk.out; i < (epi ? n_outs : tk.out + 1); ++i) rows(x, n, ldx, outs[i], tk.r0, tk.r1, q);
+      const std::size_t i0 = epi ? 0 : tk.out, i1 = epi ? n_outs : tk.out + 1;
+      for (std::size_t i = i0; i < i1; ++i) rows(x, n, ldx, outs[i], tk.r0, tk.r1, q);
       if (epi)
         for (std::size_t t = 0; t < n; ++t) {
           const std::size_t o = t * epi->ld + tk.r0;

@@ -74,7 +74,8 @@ class QuantMatrix {
     if (!kernel_type(std::uint32_t(type)) || type == GgmlType::F32)
       fail("QuantMatrix::from_bytes: type ", ggml_type_name(std::uint32_t(type)), " is not a block or 16-bit type");
     if (cols % ggml_type_info(std::uint32_t(type)).block != 0)
-      fail("QuantMatrix::from_bytes: ", cols, " columns are not whole ", ggml_type_name(std::uint32_t(type)), " blocks");
+      fail("QuantMatrix::from_bytes: ", cols, " columns are not whole ", ggml_type_name(std::uint32_t(type)),
+           " blocks");
     QuantMatrix m;
     m.rows_ = rows;
     m.cols_ = cols;

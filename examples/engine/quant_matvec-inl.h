@@ -127,7 +127,8 @@ HWY_INLINE void UnpackValuesRegs(const uint8_t* HWY_RESTRICT row, const RowLayou
 // Σ_j q_j·x_j of one block as int32 lanes (q in lo/hi, x as int16).
 template <class D16>
 HWY_INLINE hn::Vec<hn::Repartition<int32_t, D16>> DotI16(D16 d16, hn::Vec<hn::Full128<int8_t>> lo,
-                                                        hn::Vec<hn::Full128<int8_t>> hi, const int16_t* HWY_RESTRICT xb) {
+                                                        hn::Vec<hn::Full128<int8_t>> hi,
+                                                        const int16_t* HWY_RESTRICT xb) {
   const hn::Repartition<int32_t, D16> d32;
   auto s = hn::Zero(d32), unused = hn::Zero(d32);
   if constexpr (hn::MaxLanes(D16()) == 16) {

@@ -126,7 +126,8 @@ void check_close(const std::vector<float>& got, std::size_t ld, const Reference&
 /// False (with a warning) when this build's kernels need AVX-512 and the CPU lacks it.
 bool cpu_runs_kernels() {
 #if defined(__AVX512F__)
-  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") || !__builtin_cpu_supports("avx512vl")) {
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512bw") ||
+      !__builtin_cpu_supports("avx512vl")) {
     WARN("not run: this build's kernels are AVX-512 and the CPU lacks it");
     return false;
   }
@@ -300,7 +301,8 @@ TEST_CASE("quant_dequantize: the SIMD dequantizer equals gguf.hpp's scalar one")
   std::mt19937 rng(14);
   for (GgmlType type : all_types) {
     INFO(he::ggml_type_name(std::uint32_t(type)));
-    const std::size_t rows = 5, cols = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16 ? 37 : 96;
+    const bool floats = type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16;
+    const std::size_t rows = 5, cols = floats ? 37 : 96;
     const he::QuantMatrix w = random_matrix(type, rows, cols, rng);
     const std::vector<float> want = w.to_f32();
     std::vector<float> got(rows * (cols + 2), -1.f);
@@ -357,7 +359,8 @@ TEST_CASE("MatMul: 1..8 threads, both paths, several outputs, SwiGLU, odd row co
           const double gv = rg.y[i], uv = ru.y[i];
           const double want = gv / (1 + std::exp(-gv)) * uv;
           // SiLU'(g) <= 1.1: the product's error from those of g and u, plus float exp.
-          const double tol = 1.1 * rg.tol[i] * std::fabs(uv) + ru.tol[i] * std::fabs(gv) + 1e-6 * std::fabs(want) + 1e-12;
+          const double tol =
+              1.1 * rg.tol[i] * std::fabs(uv) + ru.tol[i] * std::fabs(gv) + 1e-6 * std::fabs(want) + 1e-12;
           worst = std::max(worst, std::fabs(h[i] - want) / tol);
         }
         INFO("SwiGLU: worst error / tolerance " << worst);
