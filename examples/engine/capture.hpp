@@ -109,7 +109,7 @@ inline headrecon::OutputProjections output_projections(const LlamaModel& model) 
     o.n_embd = c.n_embd;
     o.n_q_heads = c.n_head;
     o.head_dim = c.head_dim;
-    o.weight = model.layer(l).wo;  // row-major [n_embd][q_dim]
+    o.weight = model.layer(l).wo.to_f32();  // row-major [n_embd][q_dim], dequantized
     p.layers.push_back(std::move(o));
   }
   return p;

@@ -227,6 +227,7 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
   std::ostream log(&tee);
   log << std::unitbuf;  // progress shows as it happens
   set_blas_threads(o.threads);
+  set_engine_threads(std::size_t(o.threads));
 
   // 0. Model and text.
   log << "# headrecon-engine demo -> " << o.dir << "\n\n## 0. model and text\n";

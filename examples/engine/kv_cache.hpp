@@ -102,6 +102,11 @@ class KvCache {
   void attend(std::size_t layer, std::size_t pos0, std::size_t n, const float* q, float* out,
               const headrecon::ParallelFor& pf = headrecon::ParallelFor()) {
     const auto t0 = std::chrono::steady_clock::now();
+    if (pf.workers() > ws_->limits().workers) {  // a larger pool than this machine's threads: grow once
+      headrecon::AttentionLimits lim = ws_->limits();
+      lim.workers = pf.workers();
+      ws_ = std::make_unique<headrecon::AttentionWorkspace>(*store_, lim);
+    }
     headrecon::attend(*store_, layer, {{seq_, pos0, n, q, out}}, *ws_, pf);
     attn_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }

@@ -2,8 +2,10 @@
 // A small f32 forward pass of the Llama family (GGUF architectures "llama" and
 // "qwen2") for the example engine: token embedding, RMSNorm, RoPE, grouped-
 // query causal attention over a KV cache, SwiGLU FFN, final norm, logits.
-// Weights are dequantized once at load; the matrix products run on BLAS
-// (sgemm). Hooks expose each layer's Q, K, V before and/or after RoPE.
+// Weight matrices stay in their GGUF types (quant_matrix.hpp); their products
+// run on the engine's threads (matmul.hpp): quantized matrix-vector kernels
+// for a few tokens, dequantized panels and sgemm for many. Hooks expose each
+// layer's Q, K, V before and/or after RoPE.
 //
 // RoPE layout: llama.cpp rotates adjacent pairs (x[2i], x[2i+1]) for
 // LLM_ARCH_LLAMA (the converter permutes the Q/K weight rows of HF checkpoints
@@ -25,41 +27,12 @@
 #include <random>
 
 #include "gguf.hpp"
-#include "headrecon/detail/lapack.hpp"
 #include "headrecon/parallel.hpp"
 #include "kv_cache.hpp"
-
-extern "C" {
-void openblas_set_num_threads(int) __attribute__((weak));
-void sgemv_(const char* trans, const int* m, const int* n, const float* alpha, const float* a,
-            const int* lda, const float* x, const int* incx, const float* beta, float* y, const int* incy);
-}
+#include "matmul.hpp"
+#include "quant_matrix.hpp"
 
 namespace headrecon_engine {
-
-/// Sets the BLAS thread count when the BLAS is OpenBLAS; returns false otherwise.
-inline bool set_blas_threads(int n) {
-  if (!openblas_set_num_threads) return false;
-  openblas_set_num_threads(n);
-  return true;
-}
-
-/// Row-major C(m×n) = alpha·op(A)·op(B) + beta·C in single precision. One
-/// row (decode) goes to sgemv, which reads B once instead of packing it.
-inline void sgemm_rm(bool ta, bool tb, int m, int n, int k, float alpha, const float* a, int lda,
-                     const float* b, int ldb, float beta, float* c, int ldc) {
-  if (m == 1 && !ta) {
-    // c = op(B)ᵀ-side product: row-major B (n×k if tb, k×n if not) is column-major Bᵀ.
-    const int one = 1;
-    if (tb)
-      sgemv_("T", &k, &n, &alpha, b, &ldb, a, &one, &beta, c, &one);
-    else
-      sgemv_("N", &n, &k, &alpha, b, &ldb, a, &one, &beta, c, &one);
-    return;
-  }
-  const char tas = ta ? 'T' : 'N', tbs = tb ? 'T' : 'N';
-  sgemm_(&tbs, &tas, &n, &m, &k, &alpha, b, &ldb, a, &lda, &beta, c, &ldc);
-}
 
 /// Hyperparameters read from the GGUF metadata.
 struct LlamaConfig {
@@ -74,11 +47,13 @@ struct LlamaConfig {
   std::size_t kv_dim() const { return n_head_kv * head_dim; }
 };
 
-/// The model's weights as float, row-major [out][in] (GGUF ne[0] = in).
+/// The model's weights: matrices row-major [out][in] (GGUF ne[0] = in) in
+/// their GGUF types, norm weights and biases as float.
 class LlamaModel {
  public:
   struct Layer {
-    std::vector<float> attn_norm, wq, wk, wv, wo, bq, bk, bv, ffn_norm, w_gate, w_up, w_down;
+    std::vector<float> attn_norm, bq, bk, bv, ffn_norm;
+    QuantMatrix wq, wk, wv, wo, w_gate, w_up, w_down;
   };
 
   explicit LlamaModel(const GgufFile& f) : path_(f.path()) {
@@ -119,29 +94,29 @@ class LlamaModel {
     if (f.find(a + "vocab_size") && f.get_uint(a + "vocab_size") != c.n_vocab)
       fail(path_, ": ", a, "vocab_size = ", f.get_uint(a + "vocab_size"), " but token_embd.weight has ",
            c.n_vocab, " rows");
-    tok_embd_ = load(f, "token_embd.weight", {c.n_embd, c.n_vocab});
+    tok_embd_ = load_matrix(f, "token_embd.weight", {c.n_embd, c.n_vocab});
     output_norm_ = load(f, "output_norm.weight", {c.n_embd});
     c.tied_output = f.find_tensor("output.weight") == nullptr;
-    if (!c.tied_output) output_ = load(f, "output.weight", {c.n_embd, c.n_vocab});
+    if (!c.tied_output) output_ = load_matrix(f, "output.weight", {c.n_embd, c.n_vocab});
 
     layers_.resize(c.n_layer);
     for (std::size_t l = 0; l < c.n_layer; ++l) {
       const std::string p = "blk." + std::to_string(l) + ".";
       Layer& L = layers_[l];
       L.attn_norm = load(f, p + "attn_norm.weight", {c.n_embd});
-      L.wq = load(f, p + "attn_q.weight", {c.n_embd, c.q_dim()});
-      L.wk = load(f, p + "attn_k.weight", {c.n_embd, c.kv_dim()});
-      L.wv = load(f, p + "attn_v.weight", {c.n_embd, c.kv_dim()});
-      L.wo = load(f, p + "attn_output.weight", {c.q_dim(), c.n_embd});
+      L.wq = load_matrix(f, p + "attn_q.weight", {c.n_embd, c.q_dim()});
+      L.wk = load_matrix(f, p + "attn_k.weight", {c.n_embd, c.kv_dim()});
+      L.wv = load_matrix(f, p + "attn_v.weight", {c.n_embd, c.kv_dim()});
+      L.wo = load_matrix(f, p + "attn_output.weight", {c.q_dim(), c.n_embd});
       if (f.find_tensor(p + "attn_q.bias")) {
         L.bq = load(f, p + "attn_q.bias", {c.q_dim()});
         L.bk = load(f, p + "attn_k.bias", {c.kv_dim()});
         L.bv = load(f, p + "attn_v.bias", {c.kv_dim()});
       }
       L.ffn_norm = load(f, p + "ffn_norm.weight", {c.n_embd});
-      L.w_gate = load(f, p + "ffn_gate.weight", {c.n_embd, c.n_ff});
-      L.w_up = load(f, p + "ffn_up.weight", {c.n_embd, c.n_ff});
-      L.w_down = load(f, p + "ffn_down.weight", {c.n_ff, c.n_embd});
+      L.w_gate = load_matrix(f, p + "ffn_gate.weight", {c.n_embd, c.n_ff});
+      L.w_up = load_matrix(f, p + "ffn_up.weight", {c.n_embd, c.n_ff});
+      L.w_down = load_matrix(f, p + "ffn_down.weight", {c.n_ff, c.n_embd});
     }
   }
 
@@ -155,12 +130,14 @@ class LlamaModel {
   /// and biases by 0, as at initialization. Deterministic in `seed`.
   void randomize(std::uint64_t seed) {
     std::mt19937_64 rng(seed);
-    auto fill = [&](std::vector<float>& w) {
-      if (w.empty()) return;
+    auto fill = [&](QuantMatrix& m) {
+      if (m.empty()) return;
+      std::vector<float> w = m.to_f32();
       double ss = 0;
       for (float x : w) ss += double(x) * x;
       std::normal_distribution<float> g(0.f, float(std::sqrt(ss / double(w.size()))));
       for (float& x : w) x = g(rng);
+      m = QuantMatrix::from_f32(m.rows(), m.cols(), std::move(w));
     };
     fill(tok_embd_);
     if (!cfg_.tied_output) fill(output_);
@@ -178,16 +155,29 @@ class LlamaModel {
   Layer& mutable_layer(std::size_t l) { return layers_.at(l); }
   const Layer& layer(std::size_t l) const { return layers_[l]; }
   /// [n_vocab][n_embd]
-  const std::vector<float>& token_embedding() const { return tok_embd_; }
+  const QuantMatrix& token_embedding() const { return tok_embd_; }
   const std::vector<float>& output_norm() const { return output_norm_; }
   /// [n_vocab][n_embd]: output.weight, or the token embedding when tied.
-  const std::vector<float>& output() const { return cfg_.tied_output ? tok_embd_ : output_; }
+  const QuantMatrix& output() const { return cfg_.tied_output ? tok_embd_ : output_; }
   /// How many tensors of each ggml type were loaded.
   const std::map<std::string, std::size_t>& tensor_types() const { return types_; }
   std::size_t n_params() const { return n_params_; }
+  /// Bytes of all weight matrices in storage (what one decoded token reads).
+  std::size_t weight_bytes() const {
+    std::size_t b = tok_embd_.storage_bytes() + output_.storage_bytes();
+    for (const Layer& L : layers_)
+      for (const QuantMatrix* w : {&L.wq, &L.wk, &L.wv, &L.wo, &L.w_gate, &L.w_up, &L.w_down}) b += w->storage_bytes();
+    return b;
+  }
 
  private:
   std::vector<float> load(const GgufFile& f, const std::string& name, std::vector<std::uint64_t> shape) {
+    return f.dequantize(checked(f, name, shape));
+  }
+  QuantMatrix load_matrix(const GgufFile& f, const std::string& name, std::vector<std::uint64_t> shape) {
+    return QuantMatrix::from_tensor(checked(f, name, shape), path_ + ": tensor '" + name + "'");
+  }
+  const GgufTensor& checked(const GgufFile& f, const std::string& name, const std::vector<std::uint64_t>& shape) {
     const GgufTensor& t = f.tensor(name);
     bool ok = t.n_dims == shape.size();
     for (std::size_t d = 0; ok && d < shape.size(); ++d) ok = t.ne[d] == shape[d];
@@ -198,12 +188,13 @@ class LlamaModel {
     }
     ++types_[ggml_type_name(t.type)];
     n_params_ += t.n_elements;
-    return f.dequantize(t);
+    return t;
   }
 
   std::string path_;
   LlamaConfig cfg_;
-  std::vector<float> tok_embd_, output_norm_, output_;
+  QuantMatrix tok_embd_, output_;
+  std::vector<float> output_norm_;
   std::vector<Layer> layers_;
   std::map<std::string, std::size_t> types_;
   std::size_t n_params_ = 0;
@@ -229,7 +220,13 @@ class LlamaEngine {
  public:
   using Hook = std::function<void(const QkvBatch&)>;
 
-  explicit LlamaEngine(const LlamaModel& m) : m_(m) {}
+  /// Runs its weight products and attention on `pf` (default: the
+  /// process-wide engine pool, engine_pool()); `pf` must outlive the engine.
+  explicit LlamaEngine(const LlamaModel& m, headrecon::ParallelFor pf = engine_parallel_for())
+      : m_(m), mm_(pf), pf_(std::move(pf)) {}
+
+  /// The weight products (tests choose their path through it).
+  MatMul& matmul() { return mm_; }
 
   /// Calls `hook` for every layer of every forward() at `stage`; an empty hook disables.
   void set_hook(Hook hook, CaptureStage stage = CaptureStage::post_rope) {
@@ -243,10 +240,6 @@ class LlamaEngine {
   /// writing predicted K/V into a full cache. Empty: disabled.
   using KvTransform = std::function<void(std::size_t layer, std::size_t pos0, std::size_t n, float* k, float* v)>;
   void set_kv_transform(KvTransform f) { kv_transform_ = std::move(f); }
-
-  /// Attention (and, for the engine's BLAS, nothing else) runs on `pf`; it
-  /// must outlive the engine's calls. Default: the calling thread.
-  void set_parallel(headrecon::ParallelFor pf) { pf_ = std::move(pf); }
 
   /// Processes tokens[0..n) at positions cache.size() + i: appends their K/V
   /// to the cache (only the heads it stores), attends over it (token t sees
@@ -286,12 +279,12 @@ class LlamaEngine {
     o_.resize(n * QD);
     g_.resize(n * F);
     u_.resize(n * F);
+    h_.resize(n * F);
     for (std::size_t t = 0; t < n; ++t) {
       if (tokens[t] < 0 || std::size_t(tokens[t]) >= c.n_vocab)
         fail("forward: token id ", tokens[t], " at index ", t, " is outside the vocabulary of ", c.n_vocab);
-      std::copy_n(m_.token_embedding().data() + std::size_t(tokens[t]) * E, E, x_.data() + t * E);
+      m_.token_embedding().dequantize_rows(std::size_t(tokens[t]), 1, x_.data() + t * E);
     }
-    const int ni = int(n), Ei = int(E), QDi = int(QD), KDi = int(KD), Fi = int(F);
     const bool pre = hook_ && stage_ != CaptureStage::post_rope;
     const bool post = hook_ && stage_ != CaptureStage::pre_rope;
     kb_.resize(n * KD);
@@ -301,9 +294,7 @@ class LlamaEngine {
     for (std::size_t l = 0; l < c.n_layer; ++l) {
       const LlamaModel::Layer& L = m_.layer(l);
       rms_norm(x_.data(), L.attn_norm.data(), xn_.data(), n, E, float(c.rms_eps));
-      sgemm_rm(false, true, ni, QDi, Ei, 1.f, xn_.data(), Ei, L.wq.data(), Ei, 0.f, q_.data(), QDi);
-      sgemm_rm(false, true, ni, KDi, Ei, 1.f, xn_.data(), Ei, L.wk.data(), Ei, 0.f, kc, KDi);
-      sgemm_rm(false, true, ni, KDi, Ei, 1.f, xn_.data(), Ei, L.wv.data(), Ei, 0.f, vc, KDi);
+      mm_.run(xn_.data(), n, E, {{&L.wq, q_.data(), QD}, {&L.wk, kc, KD}, {&L.wv, vc, KD}});
       if (!L.bq.empty()) {
         add_bias(q_.data(), L.bq.data(), n, QD);
         add_bias(kc, L.bk.data(), n, KD);
@@ -317,24 +308,17 @@ class LlamaEngine {
 
       cache.append(l, pos0, n, kc, vc);
       cache.attend(l, pos0, n, q_.data(), o_.data(), pf_);
-      // x += o · Woᵀ
-      sgemm_rm(false, true, ni, Ei, QDi, 1.f, o_.data(), QDi, L.wo.data(), QDi, 1.f, x_.data(), Ei);
+      mm_.run(o_.data(), n, QD, {{&L.wo, x_.data(), E, true}});  // x += o · Woᵀ
 
       rms_norm(x_.data(), L.ffn_norm.data(), xn_.data(), n, E, float(c.rms_eps));
-      sgemm_rm(false, true, ni, Fi, Ei, 1.f, xn_.data(), Ei, L.w_gate.data(), Ei, 0.f, g_.data(), Fi);
-      sgemm_rm(false, true, ni, Fi, Ei, 1.f, xn_.data(), Ei, L.w_up.data(), Ei, 0.f, u_.data(), Fi);
-      for (std::size_t i = 0; i < n * F; ++i) {
-        const float gv = g_[i];
-        g_[i] = gv / (1.f + std::exp(-gv)) * u_[i];  // SiLU(gate) * up
-      }
-      sgemm_rm(false, true, ni, Ei, Fi, 1.f, g_.data(), Fi, L.w_down.data(), Fi, 1.f, x_.data(), Ei);
+      mm_.swiglu(xn_.data(), n, E, L.w_gate, L.w_up, h_.data(), g_.data(), u_.data());  // SiLU(gate) * up
+      mm_.run(h_.data(), n, F, {{&L.w_down, x_.data(), E, true}});
     }
     if (mode == LogitsMode::none || !logits) return;
     const std::size_t first = mode == LogitsMode::last ? n - 1 : 0, rows = n - first;
     rms_norm(x_.data() + first * E, m_.output_norm().data(), xn_.data(), rows, E, float(c.rms_eps));
     logits->resize(rows * c.n_vocab);
-    sgemm_rm(false, true, int(rows), int(c.n_vocab), Ei, 1.f, xn_.data(), Ei, m_.output().data(), Ei, 0.f,
-             logits->data(), int(c.n_vocab));
+    mm_.run(xn_.data(), rows, E, {{&m_.output(), logits->data(), c.n_vocab}});
   }
 
   QkvBatch batch(std::size_t l, std::size_t n, std::size_t pos0, bool post_rope, const float* k,
@@ -401,11 +385,12 @@ class LlamaEngine {
   }
 
   const LlamaModel& m_;
+  MatMul mm_;
   Hook hook_;
   KvTransform kv_transform_;
   CaptureStage stage_ = CaptureStage::post_rope;
   headrecon::ParallelFor pf_;
-  std::vector<float> x_, xn_, q_, o_, g_, u_, cs_, kb_, vb_, chunk_logits_;
+  std::vector<float> x_, xn_, q_, o_, g_, u_, h_, cs_, kb_, vb_, chunk_logits_;
   std::vector<double> inv_freq_;
 };
 

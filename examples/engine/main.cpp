@@ -91,7 +91,9 @@ TEXT is one of
   --ids "I I ..."                  token ids directly
 Documents are packed into one token stream, separated by <|endoftext|> (or EOS).
 
-Common options: --threads N (BLAS threads); --random-init SEED replaces every
+Common options: --threads N (engine and BLAS threads; default: all hardware threads);
+--int8-inputs quantizes the inputs of decode's weight products to 8 bits per
+32-block (llama.cpp's scheme: faster on AVX2, not exact; default: exact f32); --random-init SEED replaces every
 weight by a random one of matching scale (same architecture). --model defaults to
 $HEADRECON_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf (HEADRECON_CACHE defaults
 to ~/.cache/headrecon); fetch it with examples/engine/fetch_model.sh.
@@ -172,11 +174,14 @@ he::LlamaModel load_model(const Args& a, const he::GgufFile& f) {
   return m;
 }
 
+/// --threads N: the engine pool's size (default: one per hardware thread) and the BLAS threads.
 void apply_threads(const Args& a) {
   if (a.has("--threads")) {
     const long n = a.integer("--threads", 1, 1, 1024);
-    if (!he::set_blas_threads(int(n))) std::cerr << "note: --threads ignored (the BLAS is not OpenBLAS)\n";
+    he::set_engine_threads(std::size_t(n));
+    if (!he::set_blas_threads(int(n))) std::cerr << "note: BLAS threads unchanged (the BLAS is not OpenBLAS)\n";
   }
+  if (a.has("--int8-inputs")) he::set_default_int8_inputs(true);
 }
 
 std::vector<std::int32_t> parse_ids(const std::string& s) {
@@ -254,7 +259,8 @@ int cmd_info(const Args& a) {
             << "\nrope: base " << c.rope_base << ", dims " << c.n_rot << ", "
             << (c.rope_neox ? "NEOX (halves)" : "NORM (adjacent pairs)") << "\nrms eps: " << c.rms_eps
             << "\noutput: " << (c.tied_output ? "tied to token_embd" : "output.weight")
-            << "\nparameters: " << m.n_params() << "\nload + dequantize: " << load_s << " s\n";
+            << "\nparameters: " << m.n_params() << "\nweight bytes (read per decoded token): " << m.weight_bytes()
+            << "\nweight kernels: " << he::quant_kernel_target() << "\nload: " << load_s << " s\n";
   const he::Tokenizer tok(f);
   std::cout << "tokenizer: gpt2 (byte-level BPE), pre '" << tok.pre_tokenizer() << "', vocab "
             << tok.vocab_size() << ", bos " << tok.bos_id() << ", eos " << tok.eos_id()
@@ -281,6 +287,7 @@ int cmd_detokenize(const Args& a) {
 }
 
 int cmd_logits(const Args& a) {
+  apply_threads(a);
   const he::GgufFile f(model_path(a));
   const he::Tokenizer tok(f);
   const he::LlamaModel m = load_model(a, f);
@@ -473,7 +480,10 @@ int cmd_bench(const Args& a) {
     for (std::size_t i = 0; i < dec; ++i) eng.forward(&next, 1, cache, he::LogitsMode::last, &logits);
     dec_s = secs(t0, clk::now());
   }
-  std::cout << "prefill " << seq << " tokens, no logits: " << double(seq) / pre_none << " tokens/s\n"
+  std::cout << "threads " << he::engine_pool().size() << ", kernels " << he::quant_kernel_target()
+            << (a.has("--int8-inputs") ? " (8-bit inputs)" : " (f32 inputs)") << ", weights "
+            << m.weight_bytes() << " bytes\n"
+            << "prefill " << seq << " tokens, no logits: " << double(seq) / pre_none << " tokens/s\n"
             << "prefill " << seq << " tokens, all logits: " << double(seq) / pre_all << " tokens/s\n";
   if (dec)
     std::cout << "decode " << dec << " tokens after " << seq << " (last logits): " << double(dec) / dec_s
@@ -654,16 +664,16 @@ int main(int argc, char** argv) {
     if (cmd == "tokenize") return cmd_tokenize(Args(argc, argv, {"--model", "--text", "--string"}, {"--special"}));
     if (cmd == "detokenize") return cmd_detokenize(Args(argc, argv, {"--model", "--ids"}, {}));
     if (cmd == "logits")
-      return cmd_logits(Args(argc, argv, {"--model", "--ids", "--string", "--out", "--top", "--threads", "--random-init"}, {}));
+      return cmd_logits(Args(argc, argv, {"--model", "--ids", "--string", "--out", "--top", "--threads", "--random-init"}, {"--int8-inputs"}));
     if (cmd == "ppl")
-      return cmd_ppl(Args(argc, argv, with(text_options, {"--model", "--tokens", "--seq-len", "--ids-out", "--threads", "--random-init"}), {}));
+      return cmd_ppl(Args(argc, argv, with(text_options, {"--model", "--tokens", "--seq-len", "--ids-out", "--threads", "--random-init"}), {"--int8-inputs"}));
     if (cmd == "capture")
       return cmd_capture(Args(argc, argv,
                               with(text_options, {"--model", "--tokens", "--seq-len", "--out", "--kinds",
                                                   "--dtype", "--threads", "--random-init", "--projections"}),
-                              {"--pre-rope", "--spread"}));
+                              {"--pre-rope", "--spread", "--int8-inputs"}));
     if (cmd == "generate")
-      return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads", "--random-init"}, {"--chat"}));
+      return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads", "--random-init"}, {"--chat", "--int8-inputs"}));
     if (cmd == "demo")
       return cmd_demo(Args(argc, argv,
                            {"--dir", "--model", "--docs", "--kjv", "--calib-tokens", "--random-tokens", "--seq-len",
@@ -675,13 +685,13 @@ int main(int argc, char** argv) {
                            with(text_options, {"--model", "--seqs", "--seq-len", "--plan", "--variants", "--sinks",
                                                "--cache-dtype", "--chunk", "--csv", "--json", "--md", "--threads", "--ids-out",
                                                "--random-init"}),
-                           {"--simulate", "--spread"}));
+                           {"--simulate", "--spread", "--int8-inputs"}));
     if (cmd == "probe")
       return cmd_probe(Args(argc, argv,
                             {"--model", "--plan", "--out", "--text-dir", "--split", "--suffix", "--seqs", "--seq-len",
                              "--threads", "--random-init"},
-                            {}));
-    if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {}));
+                            {"--int8-inputs"}));
+    if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {"--int8-inputs"}));
     std::cerr << "headrecon-engine: unknown command '" << cmd << "'\n\n" << usage_text;
     return 2;
   } catch (const std::exception& e) {

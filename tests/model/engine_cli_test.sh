@@ -17,6 +17,15 @@ grep -q "kv heads: 3" "$tmp/info.txt" || fail "info: kv heads"
 grep -q "tensor types: F32 x61 Q4_1 x210 Q8_0 x1" "$tmp/info.txt" || fail "info: tensor types"
 
 text='In the beginning God created the heaven and the earth. 1:2 And the earth was without form.'
+# The engine's threads: greedy decoding gives the same text on 1 and 2 threads,
+# with exact (f32) and 8-bit inputs.
+g1=$("$engine" generate --model "$model" --prompt "$text" --n 12 --threads 1 2>/dev/null)
+g2=$("$engine" generate --model "$model" --prompt "$text" --n 12 --threads 2 2>/dev/null)
+[ -n "$g1" ] && [ "$g1" = "$g2" ] || fail "generate: --threads 1 gave '$g1', --threads 2 gave '$g2'"
+g8=$("$engine" generate --model "$model" --prompt "$text" --n 12 --threads 2 --int8-inputs 2>/dev/null)
+[ -n "$g8" ] || fail "generate --int8-inputs produced no text"
+"$engine" bench --model "$model" --seq-len 16 --decode 4 --threads 2 > "$tmp/bench.txt"
+grep -q "^threads 2, kernels " "$tmp/bench.txt" || fail "bench: $(cat "$tmp/bench.txt")"
 ids=$("$engine" tokenize --model "$model" --string "$text")
 [ "$("$engine" detokenize --model "$model" --ids "$ids")" = "$text" ] || fail "tokenize/detokenize round trip"
 

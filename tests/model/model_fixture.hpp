@@ -61,6 +61,11 @@ struct Loaded {
   explicit Loaded(const std::string& p) : file(p), model(file), tok(file) {}
 };
 inline const Loaded& loaded() {
+  // Engines made without a ParallelFor run on one thread here: ctest runs two
+  // test programs at once on two cores, and a spinning pool per program
+  // oversubscribes them (tests that exercise threads pass their own pools).
+  static const bool one_thread = (he::set_engine_threads(1), true);
+  (void)one_thread;
   static Loaded l(model_path());
   return l;
 }

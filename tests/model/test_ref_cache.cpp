@@ -130,10 +130,13 @@ TEST_CASE("ref cache: planted exact K and V maps, fitted by the library, reprodu
   const std::size_t E = m.config().n_embd, d = m.config().head_dim;
   for (std::size_t i = 0; i < m.config().n_layer; ++i) {
     auto& L = m.mutable_layer(i);
+    std::vector<float> wk = L.wk.to_f32(), wv = L.wv.to_f32();
     for (std::size_t r = 0; r < d * E; ++r) {
-      L.wk[2 * d * E + r] = 2.f * L.wk[r];
-      L.wv[1 * d * E + r] = -0.5f * L.wv[2 * d * E + r];
+      wk[2 * d * E + r] = 2.f * wk[r];
+      wv[1 * d * E + r] = -0.5f * wv[2 * d * E + r];
     }
+    L.wk = he::QuantMatrix::from_f32(L.wk.rows(), E, std::move(wk));
+    L.wv = he::QuantMatrix::from_f32(L.wv.rows(), E, std::move(wv));
   }
   TempDir tmp;
   const std::string acts_path = tmp.file("planted.safetensors");

@@ -1,0 +1,424 @@
+// Per-target matrix kernels over GGUF weight storage (see quant_matvec.hpp):
+// each 32-element block is dequantized in registers (w = d·q + m, exactly the
+// dequantizer's values up to the fused rounding) and multiplied into f32
+// activations; activations are never quantized, so results equal
+// dequantize-then-sgemv up to the summation order.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+#include "headrecon/error.hpp"
+#include "quant_matvec_args.hpp"
+
+#if defined(HEADRECON_ENGINE_QUANT_MATVEC_INL_H_) == defined(HWY_TARGET_TOGGLE)
+#ifdef HEADRECON_ENGINE_QUANT_MATVEC_INL_H_
+#undef HEADRECON_ENGINE_QUANT_MATVEC_INL_H_
+#else
+#define HEADRECON_ENGINE_QUANT_MATVEC_INL_H_
+#endif
+
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace headrecon_engine {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+namespace qmv {
+
+// ggml type ids (GgmlType) as template arguments.
+constexpr int kF32 = 0, kF16 = 1, kQ4_0 = 2, kQ4_1 = 3, kQ5_0 = 6, kQ5_1 = 7, kQ8_0 = 8, kBF16 = 30;
+
+constexpr bool IsBlock(int t) { return t == kQ4_0 || t == kQ4_1 || t == kQ5_0 || t == kQ5_1 || t == kQ8_0; }
+constexpr bool HasMin(int t) { return t == kQ4_1 || t == kQ5_1; }
+
+// Blocks per chunk whose scales are converted at once.
+constexpr size_t kChunk = 32;
+
+// Scales d[i] (and mins m[i] for Q4_1/Q5_1) of blocks b0 + i, i < n <=
+// kChunk, of a row in RowLayout order, as f32: converted a vector at a time
+// from the row's scale array, so the block loop broadcasts them from memory
+// (one f16 conversion and broadcast per block costs shuffle-port uops that
+// the products need).
+template <int kType>
+HWY_INLINE void BlockScales(const uint8_t* HWY_RESTRICT row, const RowLayout& l, size_t b0, size_t n,
+                            float* HWY_RESTRICT d, float* HWY_RESTRICT m) {
+  const hn::ScalableTag<float> df;
+  const hn::Rebind<hwy::float16_t, decltype(df)> dh;
+  const hwy::float16_t* hd = reinterpret_cast<const hwy::float16_t*>(row) + b0;
+  const hwy::float16_t* hm = reinterpret_cast<const hwy::float16_t*>(row + l.m) + b0;
+  size_t i = 0;
+  for (; i + hn::Lanes(df) <= n; i += hn::Lanes(df)) {
+    hn::Store(hn::PromoteTo(df, hn::LoadU(dh, hd + i)), df, d + i);
+    if constexpr (HasMin(kType)) hn::Store(hn::PromoteTo(df, hn::LoadU(dh, hm + i)), df, m + i);
+  }
+  for (; i < n; ++i) {
+    d[i] = quant::f16_to_f32(row + 2 * (b0 + i));
+    if constexpr (HasMin(kType)) m[i] = quant::f16_to_f32(row + l.m + 2 * (b0 + i));
+  }
+}
+
+// Block b of a row in RowLayout order: its 32 quantized values as int8
+// (q - 8 for Q4_0, q - 16 for Q5_0). Q8_0 values are read in place; the
+// others are unpacked into tmp.
+template <int kType>
+HWY_INLINE const int8_t* UnpackValues(const uint8_t* HWY_RESTRICT row, const RowLayout& l, size_t b,
+                                      int8_t* HWY_RESTRICT tmp) {
+  const uint8_t* qs = row + l.qs + b * l.qs_bytes;
+  if constexpr (kType == kQ8_0) {
+    return reinterpret_cast<const int8_t*>(qs);
+  } else {
+    uint32_t qh = 0;
+    if constexpr (kType == kQ5_0 || kType == kQ5_1) std::memcpy(&qh, row + l.qh + 4 * b, 4);
+    constexpr int kOffset = kType == kQ4_0 ? 8 : kType == kQ5_0 ? 16 : 0;
+#if HWY_TARGET == HWY_SCALAR
+    for (int j = 0; j < 16; ++j) {
+      int lo = qs[j] & 0x0F, hi = qs[j] >> 4;
+      if constexpr (kType == kQ5_0 || kType == kQ5_1) {
+        lo |= int((qh >> j) & 1u) << 4;
+        hi |= int((qh >> (j + 16)) & 1u) << 4;
+      }
+      tmp[j] = int8_t(lo - kOffset);
+      tmp[j + 16] = int8_t(hi - kOffset);
+    }
+#else
+    const hn::Full128<uint8_t> d8;
+    const auto v = hn::LoadU(d8, qs);
+    auto lo = hn::And(v, hn::Set(d8, uint8_t{0x0F}));
+    auto hi = hn::ShiftRight<4>(v);
+    if constexpr (kType == kQ5_0 || kType == kQ5_1) {
+      const hn::Full128<uint64_t> d64;
+      const uint64_t* t = quant::bit_to_0x10();
+      lo = hn::Or(lo, hn::BitCast(d8, hn::InterleaveLower(d64, hn::Set(d64, t[qh & 0xFF]),
+                                                          hn::Set(d64, t[(qh >> 8) & 0xFF]))));
+      hi = hn::Or(hi, hn::BitCast(d8, hn::InterleaveLower(d64, hn::Set(d64, t[(qh >> 16) & 0xFF]),
+                                                          hn::Set(d64, t[qh >> 24]))));
+    }
+    if constexpr (kOffset != 0) {
+      lo = hn::Sub(lo, hn::Set(d8, uint8_t{kOffset}));
+      hi = hn::Sub(hi, hn::Set(d8, uint8_t{kOffset}));
+    }
+    uint8_t* out = reinterpret_cast<uint8_t*>(tmp);
+    hn::StoreU(lo, d8, out);
+    hn::StoreU(hi, d8, out + 16);
+#endif
+    return tmp;
+  }
+}
+
+#if HWY_TARGET <= HWY_AVX2
+// The same in registers: values 0..15 in lo, 16..31 in hi.
+template <int kType>
+HWY_INLINE void UnpackValuesRegs(const uint8_t* HWY_RESTRICT row, const RowLayout& l, size_t b,
+                                 hn::Vec<hn::Full128<int8_t>>& lo_out, hn::Vec<hn::Full128<int8_t>>& hi_out) {
+  const hn::Full128<int8_t> di8;
+  if constexpr (kType == kQ8_0) {
+    const int8_t* qs = reinterpret_cast<const int8_t*>(row + l.qs + 32 * b);
+    lo_out = hn::LoadU(di8, qs);
+    hi_out = hn::LoadU(di8, qs + 16);
+  } else {
+    HWY_ALIGN int8_t tmp[32];
+    UnpackValues<kType>(row, l, b, tmp);
+    lo_out = hn::Load(di8, tmp);
+    hi_out = hn::Load(di8, tmp + 16);
+  }
+}
+
+// Σ_j q_j·x_j of one block as int32 lanes (q in lo/hi, x as int16).
+template <class D16>
+HWY_INLINE hn::Vec<hn::Repartition<int32_t, D16>> DotI16(D16 d16, hn::Vec<hn::Full128<int8_t>> lo,
+                                                        hn::Vec<hn::Full128<int8_t>> hi,
+                                                        const int16_t* HWY_RESTRICT xb) {
+  const hn::Repartition<int32_t, D16> d32;
+  auto s = hn::Zero(d32), unused = hn::Zero(d32);
+  if constexpr (hn::MaxLanes(D16()) == 16) {
+    s = hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, lo), hn::LoadU(d16, xb), s, unused);
+    return hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, hi), hn::LoadU(d16, xb + 16), s, unused);
+  } else {
+    const hn::Rebind<int8_t, D16> d8;
+    return hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, hn::Combine(d8, hi, lo)), hn::LoadU(d16, xb), s,
+                                         unused);
+  }
+}
+
+// BlockTile with 8-bit activations: integer dot products per block
+// (int16 multiply-add pairs), scaled by d_w·d_x; the min by m_w·s_x.
+template <int kType, size_t NR, size_t NT>
+HWY_INLINE void IntBlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, const RowLayout& l,
+                             const QuantMatVecArgs& a, size_t t0, float* HWY_RESTRICT out) {
+  const size_t nblocks = l.nb;
+  const hn::ScalableTag<int16_t> d16;
+  const hn::Repartition<float, decltype(d16)> df;
+  constexpr size_t N16 = hn::MaxLanes(d16);
+  static_assert(N16 == 16 || N16 == 32, "8-bit activations need 256- or 512-bit vectors");
+  using VF = hn::Vec<decltype(df)>;
+  VF acc[NR][NT], accm[NR][NT];
+  float mtail[NR][NT];
+  for (size_t r = 0; r < NR; ++r)
+    for (size_t t = 0; t < NT; ++t) acc[r][t] = hn::Zero(df), accm[r][t] = hn::Zero(df), mtail[r][t] = 0.f;
+  HWY_ALIGN float ds[NR][kChunk], ms[NR][kChunk], dsx[NR][NT][kChunk];
+  for (size_t b0 = 0; b0 < nblocks; b0 += kChunk) {
+    const size_t nc = nblocks - b0 < kChunk ? nblocks - b0 : kChunk;
+    // Per block: d_w·d_x, and the min terms m_w·s_x summed as vectors.
+    for (size_t r = 0; r < NR; ++r) {
+      BlockScales<kType>(w + r * row_bytes, l, b0, nc, ds[r], ms[r]);
+      for (size_t t = 0; t < NT; ++t) {
+        const size_t xi = (t0 + t) * a.ldxb + b0;
+        size_t i = 0;
+        for (; i + hn::Lanes(df) <= nc; i += hn::Lanes(df)) {
+          hn::Store(hn::Mul(hn::Load(df, ds[r] + i), hn::LoadU(df, a.xd + xi + i)), df, dsx[r][t] + i);
+          if constexpr (HasMin(kType))
+            accm[r][t] = hn::MulAdd(hn::Load(df, ms[r] + i), hn::LoadU(df, a.xs + xi + i), accm[r][t]);
+        }
+        for (; i < nc; ++i) {
+          dsx[r][t][i] = ds[r][i] * a.xd[xi + i];
+          if constexpr (HasMin(kType)) mtail[r][t] += ms[r][i] * a.xs[xi + i];
+        }
+      }
+    }
+    for (size_t b = b0; b < b0 + nc; ++b) {
+      for (size_t r = 0; r < NR; ++r) {
+        hn::Vec<hn::Full128<int8_t>> lo, hi;
+        UnpackValuesRegs<kType>(w + r * row_bytes, l, b, lo, hi);
+        for (size_t t = 0; t < NT; ++t) {
+          const int16_t* HWY_RESTRICT xb = a.xq + (t0 + t) * a.ldxq + b * 32;
+          const auto s = DotI16(d16, lo, hi, xb);
+          acc[r][t] = hn::MulAdd(hn::ConvertTo(df, s), hn::Set(df, dsx[r][t][b - b0]), acc[r][t]);
+        }
+      }
+    }
+  }
+  for (size_t r = 0; r < NR; ++r)
+    for (size_t t = 0; t < NT; ++t)
+      out[r * NT + t] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc[r][t], accm[r][t]))) + mtail[r][t];
+}
+#endif
+
+// Lanes [c, c + Lanes) of a row of F32 / F16 / BF16 values as f32.
+template <int kType, class DF>
+HWY_INLINE hn::Vec<DF> LoadRow(DF df, const uint8_t* HWY_RESTRICT row, size_t c) {
+  if constexpr (kType == kF32) {
+    return hn::LoadU(df, reinterpret_cast<const float*>(row) + c);
+  } else if constexpr (kType == kF16) {
+    const hn::Rebind<hwy::float16_t, DF> dh;
+    return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::float16_t*>(row) + c));
+  } else {
+    const hn::Rebind<hwy::bfloat16_t, DF> dh;
+    return hn::PromoteTo(df, hn::LoadU(dh, reinterpret_cast<const hwy::bfloat16_t*>(row) + c));
+  }
+}
+
+template <int kType>
+HWY_INLINE float ScalarAt(const uint8_t* HWY_RESTRICT row, size_t c) {
+  if constexpr (kType == kF32) {
+    float v;
+    std::memcpy(&v, row + 4 * c, 4);
+    return v;
+  } else if constexpr (kType == kF16) {
+    return quant::f16_to_f32(row + 2 * c);
+  } else {
+    uint16_t b;
+    std::memcpy(&b, row + 2 * c, 2);
+    const uint32_t u = uint32_t(b) << 16;
+    float v;
+    std::memcpy(&v, &u, 4);
+    return v;
+  }
+}
+
+// out[r·NT + t] = W[r]·x[t] for NR rows of blocks (row r at w + r·row_bytes)
+// and NT inputs (input t at x + t·ldx). P accumulators per (row, input) keep
+// at least four independent FMA chains.
+template <int kType, size_t NR, size_t NT>
+HWY_INLINE void BlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, const RowLayout& l,
+                          const float* HWY_RESTRICT x, size_t ldx, float* HWY_RESTRICT out) {
+  const size_t nblocks = l.nb;
+  const hn::ScalableTag<float> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<int8_t, decltype(df)> d8;
+  constexpr size_t NF = hn::MaxLanes(df);
+  static_assert(32 % NF == 0, "a block holds a whole number of vectors");
+  constexpr size_t kV = 32 / NF;
+  constexpr size_t P = (NR * NT >= 4 || kV == 1) ? 1 : 2;
+  using V = hn::Vec<decltype(df)>;
+  V acc[NR][NT][P];
+  for (size_t r = 0; r < NR; ++r)
+    for (size_t t = 0; t < NT; ++t)
+      for (size_t p = 0; p < P; ++p) acc[r][t][p] = hn::Zero(df);
+  HWY_ALIGN int8_t tmp[NR][32];
+  HWY_ALIGN float ds[NR][kChunk], ms[NR][kChunk];
+  for (size_t b0 = 0; b0 < nblocks; b0 += kChunk) {
+    const size_t nc = nblocks - b0 < kChunk ? nblocks - b0 : kChunk;
+    for (size_t r = 0; r < NR; ++r) BlockScales<kType>(w + r * row_bytes, l, b0, nc, ds[r], ms[r]);
+    for (size_t b = b0; b < b0 + nc; ++b) {
+      const float* HWY_RESTRICT xb = x + b * 32;
+      for (size_t r = 0; r < NR; ++r) {
+        const int8_t* q = UnpackValues<kType>(w + r * row_bytes, l, b, tmp[r]);
+        const V vd = hn::Set(df, ds[r][b - b0]);
+        for (size_t v = 0; v < kV; ++v) {
+          V wv = hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + v * NF)));
+          wv = HasMin(kType) ? hn::MulAdd(wv, vd, hn::Set(df, ms[r][b - b0])) : hn::Mul(wv, vd);
+          for (size_t t = 0; t < NT; ++t)
+            acc[r][t][v % P] = hn::MulAdd(wv, hn::LoadU(df, xb + t * ldx + v * NF), acc[r][t][v % P]);
+        }
+      }
+    }
+  }
+  for (size_t r = 0; r < NR; ++r)
+    for (size_t t = 0; t < NT; ++t) {
+      V s = acc[r][t][0];
+      if constexpr (P == 2) s = hn::Add(s, acc[r][t][1]);
+      out[r * NT + t] = hn::GetLane(hn::SumOfLanes(df, s));
+    }
+}
+
+// The same for rows of F32 / F16 / BF16 values (any column count).
+template <int kType, size_t NR, size_t NT>
+HWY_INLINE void FloatTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, size_t cols, const float* HWY_RESTRICT x,
+                          size_t ldx, float* HWY_RESTRICT out) {
+  const hn::ScalableTag<float> df;
+  constexpr size_t NF = hn::MaxLanes(df);
+  constexpr size_t P = NR * NT >= 4 ? 1 : 2;
+  using V = hn::Vec<decltype(df)>;
+  V acc[NR][NT][P];
+  for (size_t r = 0; r < NR; ++r)
+    for (size_t t = 0; t < NT; ++t)
+      for (size_t p = 0; p < P; ++p) acc[r][t][p] = hn::Zero(df);
+  size_t c = 0, k = 0;
+  for (; c + NF <= cols; c += NF, ++k)
+    for (size_t r = 0; r < NR; ++r) {
+      const V wv = LoadRow<kType>(df, w + r * row_bytes, c);
+      for (size_t t = 0; t < NT; ++t)
+        acc[r][t][k % P] = hn::MulAdd(wv, hn::LoadU(df, x + t * ldx + c), acc[r][t][k % P]);
+    }
+  for (size_t r = 0; r < NR; ++r)
+    for (size_t t = 0; t < NT; ++t) {
+      V s = acc[r][t][0];
+      if constexpr (P == 2) s = hn::Add(s, acc[r][t][1]);
+      float sum = hn::GetLane(hn::SumOfLanes(df, s));
+      for (size_t j = c; j < cols; ++j) sum += ScalarAt<kType>(w + r * row_bytes, j) * x[t * ldx + j];
+      out[r * NT + t] = sum;
+    }
+}
+
+template <int kType, size_t NR, size_t NT>
+HWY_INLINE void Tile(const QuantMatVecArgs& a, const RowLayout& l, size_t r0, size_t t0) {
+  float out[NR * NT];
+  const uint8_t* w = a.w + r0 * a.row_bytes;
+  const float* x = a.x + t0 * a.ldx;
+  if constexpr (IsBlock(kType)) {
+#if HWY_TARGET <= HWY_AVX2
+    if (a.xq) {
+      IntBlockTile<kType, NR, NT>(w, a.row_bytes, l, a, t0, out);
+    } else
+#endif
+      BlockTile<kType, NR, NT>(w, a.row_bytes, l, x, a.ldx, out);
+  } else
+    FloatTile<kType, NR, NT>(w, a.row_bytes, a.cols, x, a.ldx, out);
+  for (size_t r = 0; r < NR; ++r)
+    for (size_t t = 0; t < NT; ++t) {
+      float& y = a.y[(t0 + t) * a.ldy + r0 + r];
+      y = a.accumulate ? y + out[r * NT + t] : out[r * NT + t];
+    }
+}
+
+// Inputs in groups of up to four; each group sweeps all rows (the caller
+// passes a few rows at a time, so they stay in L1 across the groups).
+template <int kType>
+HWY_NOINLINE void MatVecType(const QuantMatVecArgs& a) {
+  const RowLayout l = row_layout(uint32_t(kType), a.cols);
+  for (size_t t0 = 0; t0 < a.n; t0 += 4) {
+    const size_t nt = a.n - t0 < 4 ? a.n - t0 : 4;
+    size_t r = 0;
+    switch (nt) {
+      case 1:
+        for (; r + 4 <= a.rows; r += 4) Tile<kType, 4, 1>(a, l, r, t0);
+        for (; r < a.rows; ++r) Tile<kType, 1, 1>(a, l, r, t0);
+        break;
+      case 2:
+        for (; r + 2 <= a.rows; r += 2) Tile<kType, 2, 2>(a, l, r, t0);
+        for (; r < a.rows; ++r) Tile<kType, 1, 2>(a, l, r, t0);
+        break;
+      case 3:
+        for (; r < a.rows; ++r) Tile<kType, 1, 3>(a, l, r, t0);
+        break;
+      default:
+        for (; r < a.rows; ++r) Tile<kType, 1, 4>(a, l, r, t0);
+        break;
+    }
+  }
+}
+
+template <int kType>
+HWY_NOINLINE void DequantType(const DequantArgs& a) {
+  const hn::ScalableTag<float> df;
+  const hn::RebindToSigned<decltype(df)> di;
+  const hn::Rebind<int8_t, decltype(df)> d8;
+  constexpr size_t NF = hn::MaxLanes(df);
+  for (size_t r = 0; r < a.rows; ++r) {
+    const uint8_t* row = a.w + r * a.row_bytes;
+    float* HWY_RESTRICT out = a.out + r * a.ldo;
+    if constexpr (IsBlock(kType)) {
+      const RowLayout l = row_layout(uint32_t(kType), a.cols);
+      HWY_ALIGN int8_t tmp[32];
+      HWY_ALIGN float ds[kChunk], ms[kChunk];
+      for (size_t b0 = 0; b0 < l.nb; b0 += kChunk) {
+        const size_t nc = l.nb - b0 < kChunk ? l.nb - b0 : kChunk;
+        BlockScales<kType>(row, l, b0, nc, ds, ms);
+        for (size_t b = b0; b < b0 + nc; ++b) {
+          const int8_t* q = UnpackValues<kType>(row, l, b, tmp);
+          const auto vd = hn::Set(df, ds[b - b0]);
+          for (size_t v = 0; v < 32 / NF; ++v) {
+            auto wv = hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + v * NF)));
+            wv = HasMin(kType) ? hn::MulAdd(wv, vd, hn::Set(df, ms[b - b0])) : hn::Mul(wv, vd);
+            hn::StoreU(wv, df, out + b * 32 + v * NF);
+          }
+        }
+      }
+    } else {
+      size_t c = 0;
+      for (; c + NF <= a.cols; c += NF) hn::StoreU(LoadRow<kType>(df, row, c), df, out + c);
+      for (; c < a.cols; ++c) out[c] = ScalarAt<kType>(row, c);
+    }
+  }
+}
+
+}  // namespace qmv
+
+/// See QuantMatVecArgs.
+inline HWY_NOINLINE void QuantMatVec(const QuantMatVecArgs& a) {
+  switch (a.type) {
+    case qmv::kF32: return qmv::MatVecType<qmv::kF32>(a);
+    case qmv::kF16: return qmv::MatVecType<qmv::kF16>(a);
+    case qmv::kBF16: return qmv::MatVecType<qmv::kBF16>(a);
+    case qmv::kQ4_0: return qmv::MatVecType<qmv::kQ4_0>(a);
+    case qmv::kQ4_1: return qmv::MatVecType<qmv::kQ4_1>(a);
+    case qmv::kQ5_0: return qmv::MatVecType<qmv::kQ5_0>(a);
+    case qmv::kQ5_1: return qmv::MatVecType<qmv::kQ5_1>(a);
+    case qmv::kQ8_0: return qmv::MatVecType<qmv::kQ8_0>(a);
+    default: headrecon::detail::fail("quant_matvec: ggml type ", ggml_type_name(a.type), " has no kernel");
+  }
+}
+
+/// See DequantArgs.
+inline HWY_NOINLINE void QuantDequant(const DequantArgs& a) {
+  switch (a.type) {
+    case qmv::kF32: return qmv::DequantType<qmv::kF32>(a);
+    case qmv::kF16: return qmv::DequantType<qmv::kF16>(a);
+    case qmv::kBF16: return qmv::DequantType<qmv::kBF16>(a);
+    case qmv::kQ4_0: return qmv::DequantType<qmv::kQ4_0>(a);
+    case qmv::kQ4_1: return qmv::DequantType<qmv::kQ4_1>(a);
+    case qmv::kQ5_0: return qmv::DequantType<qmv::kQ5_0>(a);
+    case qmv::kQ5_1: return qmv::DequantType<qmv::kQ5_1>(a);
+    case qmv::kQ8_0: return qmv::DequantType<qmv::kQ8_0>(a);
+    default: headrecon::detail::fail("quant_dequantize: ggml type ", ggml_type_name(a.type), " has no kernel");
+  }
+}
+
+inline const char* QuantTargetName() { return hwy::TargetName(HWY_TARGET); }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace headrecon_engine
+HWY_AFTER_NAMESPACE();
+
+#endif  // include guard
