@@ -194,6 +194,9 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   os << "held-out split: " << fmt("%g", cfg.accumulate.split.fraction) << " of "
      << cfg.accumulate.split.describe() << "; BLAS threads: " << cfg.threads
      << " for the statistics, 1 for selection and maps (" << cfg.threads << " selection workers)\n";
+  if (cfg.accumulate.cache_type)
+    os << "K/V statistics on the values a " << cfg.accumulate.cache_type->name()
+       << " cache gives back (references and targets rounded as the kernels read them)\n";
 
   // Statistics of every kind first (a whole-model budget selects them together).
   std::vector<HeadMoments> stats;
@@ -384,7 +387,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
        << "%; a cross-layer reference is stored once and read by every layer that uses it)\n";
     if (cfg.whole_model())
       os << "budget: " << budget.max_cached << " stored head streams ("
-         << budget.max_cached * std::size_t(plan.head_dim) * dtype_size(cfg.cache_dtype) << " bytes)"
+         << budget.max_cached * dtype_row_bytes(cfg.cache_dtype, std::size_t(plan.head_dim)) << " bytes)"
          << (budget.max_streams != std::numeric_limits<std::size_t>::max()
                  ? ", " + std::to_string(budget.max_streams) + " read streams"
                  : std::string())
@@ -399,6 +402,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
         {"holdout", fmt("%g", cfg.accumulate.split.fraction) + " of " + cfg.accumulate.split.describe()},
         {"r2", heldout ? "held-out" : "in-sample (no held-out tokens)"},
         {"source", cfg.acts}};
+    if (cfg.accumulate.cache_type) meta["fit_on_cache"] = cfg.accumulate.cache_type->name();
     if (cfg.whole_model()) {
       meta["kv_budget_streams"] = std::to_string(budget.max_cached);
       if (budget.max_streams != std::numeric_limits<std::size_t>::max())

@@ -18,7 +18,7 @@ const char* usage = R"(usage: headrecon COMMAND [options]
 
 commands:
   fit --acts FILE --out PLAN [--kind k|v|q ...] [--strategy greedy|loss|shared|graph|fixed|random]
-      [--budget F | --kv-budget F | --kv-bytes N] [--read-budget F] [--cache-dtype f32|f16|bf16]
+      [--budget F | --kv-budget F | --kv-bytes N] [--read-budget F] [--cache-dtype T [--fit-on-cache]]
       [--wo PROJECTIONS] [--probe PROBE.csv] [--refs N] [--holdout F] [--holdout-block N] [--ridge auto|LAMBDA]
       [--sink S] [--same-layer] [--fixed SPEC] [--seed N] [--min-refs N] [--max-refs N]
       [--batch N] [--max-tokens N] [--threads N]
@@ -41,6 +41,8 @@ budget: --budget F keeps round(F*H) heads of each layer (0.4 on 5 heads keeps 2)
 strategy loss: rebuilds what costs the model least (key errors through the queries,
   value errors through the output projection, --wo from headrecon-engine capture
   --projections); greedy: best held-out R2 first.
+--cache-dtype T: f32, f16, bf16, q8_0, q4_0 (r suffix: Hadamard-rotated, e.g. q4_0r), what
+  bytes count in; --fit-on-cache fits the maps on K/V as that cache gives them back.
 held-out split: whole sequences by default (--holdout-block N: runs of N tokens).
 --probe FILE: per-layer weights of strategy loss from headrecon-engine probe.
 --threads N: BLAS threads for the statistics (default 1); N selection workers
@@ -52,7 +54,7 @@ int cmd_fit(int argc, char** argv) {
          {"--acts", "--out", "--kind", "--strategy", "--budget", "--refs", "--holdout", "--holdout-block", "--ridge",
           "--sink", "--fixed", "--seed", "--min-refs", "--max-refs", "--batch", "--max-tokens", "--threads",
           "--kv-budget", "--kv-bytes", "--read-budget", "--cache-dtype", "--wo", "--probe"},
-         {"--same-layer"});
+         {"--same-layer", "--fit-on-cache"});
   FitConfig c;
   c.acts = a.required("--acts");
   c.out = a.required("--out");
@@ -89,9 +91,9 @@ int cmd_fit(int argc, char** argv) {
   if (!std::isnan(c.read_budget) && !(c.read_budget > 0 && c.read_budget <= 1))
     detail::fail("--read-budget must be a fraction in (0, 1], got ", a.str("--read-budget", ""));
   {
-    const std::string dt = a.str("--cache-dtype", "f32");
-    if (dt != "f32" && dt != "f16" && dt != "bf16") detail::fail("--cache-dtype must be f32, f16 or bf16, got ", dt);
-    c.cache_dtype = dt == "f32" ? DType::f32 : dt == "f16" ? DType::f16 : DType::bf16;
+    const CacheType ct = CacheType::parse(a.str("--cache-dtype", "f32"));
+    c.cache_dtype = ct.dtype;
+    if (a.has("--fit-on-cache")) c.accumulate.cache_type = ct;
   }
   c.wo = a.str("--wo", "");
   c.probe = a.str("--probe", "");

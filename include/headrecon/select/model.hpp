@@ -42,7 +42,7 @@ inline KvBytes plan_kv_bytes(const Plan& plan, std::int32_t n_kv_heads, DType dt
   std::size_t streams = 0;
   for (Kind k : {Kind::k, Kind::v})
     for (std::int32_t l = 0; l < plan.n_layers; ++l) streams += lay.streams(k, l).size();
-  b.read = streams * std::size_t(plan.head_dim) * dtype_size(dtype);
+  b.read = streams * dtype_row_bytes(dtype, std::size_t(plan.head_dim));
   return b;
 }
 
@@ -58,7 +58,7 @@ struct ModelBudget {
   }
   /// Streams that fit in `bytes` per token: floor(bytes / (d · element size)).
   static std::size_t streams_for_bytes(std::size_t bytes, std::int32_t head_dim, DType dtype) {
-    return bytes / (std::size_t(head_dim) * dtype_size(dtype));
+    return bytes / dtype_row_bytes(dtype, std::size_t(head_dim));
   }
 };
 
