@@ -1,7 +1,11 @@
 #pragma once
-// One decode-attention benchmark problem: a layer of a model shape at a
+// One decode-attention benchmark problem: layers of a model shape at a
 // context length, in KvStores of one cache type (paged, 16-token blocks) as
-// an engine holds them, and the ways to attend that the benchmarks compare:
+// an engine holds them, and the ways to attend that the benchmarks compare.
+// Each call attends the next layer, round robin, over enough layers that the
+// full cache spans at least `footprint` bytes (default 1 GiB, beyond this
+// machine's 300 MiB L3): as in a real decode step, the KV cache comes from
+// DRAM, not from a cache warmed by the previous call. The ways to attend:
 // - full: every KV head cached, same kernel;
 // - absorbed: the reference-only cache (keys absorbed, values mapped);
 // - refs-only: the cached heads attended by their own query heads alone,
@@ -29,7 +33,8 @@ inline const ModelShape kLlama3_8B{"llama3-8b", 32, 8, 128, 4};
 inline const ModelShape kLlama3_8B_2refs{"llama3-8b/2ref", 32, 8, 128, 4, 2};
 inline const ModelShape kSmolLM2{"smollm2-135m", 9, 3, 64, 1};
 
-/// One sequence of `tokens` positions in a store of one layer.
+/// One sequence of `tokens` positions in a store of the plan's layers (every
+/// layer holds the same K/V); attend() visits the layers round robin.
 struct StoredSequence {
   Plan plan;
   std::unique_ptr<RefCacheLayout> layout;
@@ -37,6 +42,7 @@ struct StoredSequence {
   std::unique_ptr<KvStore> store;
   std::unique_ptr<AttentionWorkspace> ws;
   SequenceId seq;
+  std::size_t next_layer = 0;
 
   StoredSequence(Plan p, std::size_t n_kv, std::size_t n_q, std::size_t tokens, CacheType ct, std::size_t workers,
                  const std::vector<float>& k, const std::vector<float>& v)  // [tokens][n_kv][d]
@@ -55,19 +61,28 @@ struct StoredSequence {
     for (std::size_t t0 = 0; t0 < tokens; t0 += chunk) {
       const std::size_t n = std::min(chunk, tokens - t0), e = n * n_kv * d;
       const std::size_t pos = store->extend(seq, n);
-      store->append(seq, 0, pos, erase(make_view(k.data() + t0 * n_kv * d, e, {n, n_kv, d}, Layout::token_major)),
-                    erase(make_view(v.data() + t0 * n_kv * d, e, {n, n_kv, d}, Layout::token_major)));
+      for (std::int32_t l = 0; l < plan.n_layers; ++l)
+        store->append(seq, std::size_t(l), pos,
+                      erase(make_view(k.data() + t0 * n_kv * d, e, {n, n_kv, d}, Layout::token_major)),
+                      erase(make_view(v.data() + t0 * n_kv * d, e, {n, n_kv, d}, Layout::token_major)));
     }
     AttentionLimits lim;
     lim.max_tokens = tokens;
     lim.workers = workers;
     ws = std::make_unique<AttentionWorkspace>(*store, lim);
   }
-  void attend(const float* q, float* out, const ParallelFor& pf) {
-    headrecon::attend(*store, 0, {{seq, store->length(seq) - 1, 1, q, out}}, *ws, pf);
+  std::size_t layer() {
+    const std::size_t l = next_layer;
+    next_layer = (next_layer + 1) % std::size_t(plan.n_layers);
+    return l;
   }
-  /// Bytes one decode step reads.
-  double read_bytes() const { return double(store->read_bytes(store->length(seq))); }
+  void attend(const float* q, float* out, const ParallelFor& pf) {
+    headrecon::attend(*store, layer(), {{seq, store->length(seq) - 1, 1, q, out}}, *ws, pf);
+  }
+  /// Bytes one call (one layer) reads.
+  double read_bytes() const {
+    return double(store->read_bytes(store->length(seq))) / double(plan.n_layers);
+  }
 };
 
 struct AttentionProblem {
@@ -82,16 +97,22 @@ struct AttentionProblem {
   AttentionLayerPlan recon_full_plan;
   std::vector<float> recon_attn_work;
 
-  AttentionProblem(const ModelShape& s, std::size_t T, CacheType ct, std::size_t workers = 1)
+  std::size_t n_layers = 1;
+
+  AttentionProblem(const ModelShape& s, std::size_t T, CacheType ct, std::size_t workers = 1,
+                   std::size_t footprint = std::size_t(1) << 30)
       : shape(s), tokens(T), cache(ct) {
     std::mt19937 rng(11);
     std::normal_distribution<float> g;
     const std::size_t d = s.d, kv = s.n_kv, cached = kv - s.rebuilt, G = s.n_q / kv;
-    // Plan: layer 0, heads cached..kv-1 rebuilt from all (or `refs`) cached heads, K and V.
-    Plan plan = Plan::none(1, std::int32_t(d));
+    const std::size_t layer_bytes = T * kv * 2 * dtype_row_bytes(ct.dtype, d);
+    n_layers = std::min<std::size_t>(512, std::max<std::size_t>(1, (footprint + layer_bytes - 1) / layer_bytes));
+    const std::int32_t L = std::int32_t(n_layers);
+    // Plan: in every layer, heads cached..kv-1 rebuilt from all (or `refs`) cached heads, K and V (same maps).
+    Plan plan = Plan::none(L, std::int32_t(d));
     plan.sink_tokens = std::int32_t(sinks);
     for (Kind k : {Kind::k, Kind::v}) {
-      KindPlan kp{k, std::int32_t(kv), {{}}};
+      KindPlan kp{k, std::int32_t(kv), std::vector<std::vector<TargetMap>>(n_layers)};
       for (std::size_t h = cached; h < kv; ++h) {
         TargetMap t;
         t.target = {0, std::int32_t(h)};
@@ -100,7 +121,12 @@ struct AttentionProblem {
         t.weight.resize(nr * d * d);
         for (auto& w : t.weight) w = g(rng) / std::sqrt(float(nr * d));
         t.bias.assign(d, 0.1f);
-        kp.layers[0].push_back(std::move(t));
+        for (std::int32_t l = 0; l < L; ++l) {
+          TargetMap tl = t;
+          tl.target.layer = l;
+          for (HeadId& r : tl.refs) r.layer = l;
+          kp.layers[std::size_t(l)].push_back(std::move(tl));
+        }
       }
       plan.kinds.push_back(std::move(kp));
     }
@@ -111,9 +137,9 @@ struct AttentionProblem {
       for (std::size_t h = 0; h < cached; ++h)
         for (std::size_t i = 0; i < d; ++i)
           kc[(t * cached + h) * d + i] = k[(t * kv + h) * d + i], vc[(t * cached + h) * d + i] = v[(t * kv + h) * d + i];
-    full_seq = std::make_unique<StoredSequence>(Plan::none(1, std::int32_t(d)), kv, s.n_q, T, ct, workers, k, v);
+    full_seq = std::make_unique<StoredSequence>(Plan::none(L, std::int32_t(d)), kv, s.n_q, T, ct, workers, k, v);
     ref_seq = std::make_unique<StoredSequence>(plan, kv, s.n_q, T, ct, workers, k, v);
-    refs_only_seq = std::make_unique<StoredSequence>(Plan::none(1, std::int32_t(d)), cached, cached * G, T, ct, workers,
+    refs_only_seq = std::make_unique<StoredSequence>(Plan::none(L, std::int32_t(d)), cached, cached * G, T, ct, workers,
                                                      kc, vc);
     q.resize(s.n_q * d);
     for (auto& x : q) x = g(rng);
@@ -152,10 +178,11 @@ struct AttentionProblem {
   void full(const ParallelFor& pf) { full_seq->attend(q.data(), out.data(), pf); }
   void absorbed(const ParallelFor& pf) { ref_seq->attend(q.data(), out.data(), pf); }
   void refs_only(const ParallelFor& pf) { refs_only_seq->attend(q.data(), out.data(), pf); }
-  /// One thread: the reconstruction kernel over the store's reference streams, then attention.
+  /// One thread: the reconstruction kernel over the store's reference streams
+  /// (next layer), then attention.
   void reconstruct_then_attend() {
     const std::size_t body = tokens - sinks, half = recon_targets.size() / 2;
-    const SequenceStreams st = ref_seq->store->streams(ref_seq->seq, 0);
+    const SequenceStreams st = ref_seq->store->streams(ref_seq->seq, ref_seq->layer());
     const std::size_t nk = ref_seq->store->attention_plan(0).n_k_streams;
     const std::size_t nv = ref_seq->store->attention_plan(0).n_v_streams;
     ReconstructArgs rk{shape.d, 0, body, st.k, nk, recon_targets.data(), half, recon_work.data(), recon_work.size()};

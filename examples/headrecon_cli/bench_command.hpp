@@ -1,7 +1,9 @@
 #pragma once
 // `headrecon bench`: the machine's limits and every kernel ratio measured in
-// one run, as a table a person reads and a JSON file. Single-threaded on both
-// sides (OpenBLAS is set to one thread), static Highway target of this build.
+// one run, as a table a person reads and a JSON file. Reconstruction and
+// statistics single-threaded on both sides (OpenBLAS is set to one thread);
+// decode attention on 1 and --threads threads (split-K) against the limits of
+// as many threads. Static Highway target of this build.
 #include <cstdio>
 #include <fstream>
 #include <ostream>
@@ -12,6 +14,7 @@
 #include <nlohmann/json.hpp>
 
 #include "headrecon/moments.hpp"
+#include "headrecon/thread_pool.hpp"
 #include "machine_limits.hpp"
 #include "recon_problem.hpp"
 
@@ -21,6 +24,7 @@ namespace headrecon::cli {
 
 struct BenchConfig {
   bool quick = false;     // small sizes (CI smoke run)
+  std::size_t threads = 2;  // the attention rows run on 1 and on this many threads
   std::string json_path;  // empty: no JSON
 };
 
@@ -32,16 +36,28 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   json root = json::object();
   char line[512];
 
-  // Machine limits, measured now.
+  // Machine limits, measured now: one thread and every thread of the pool.
+  ThreadPool pool(cfg.threads);
+  const ParallelFor one, all = pool.parallel_for();
   const double fma = fma_peak_gflops(), triad = cfg.quick ? 0.0 : triad_gbps();
+  const double fma_all = cfg.threads > 1 ? fma_peak_gflops(all) : fma;
+  const std::size_t dram_bytes = cfg.quick ? std::size_t(64) << 20 : std::size_t(1) << 30;
+  const double dram1 = dram_read_gbps(one, dram_bytes), dram_all = cfg.threads > 1 ? dram_read_gbps(all, dram_bytes) : dram1;
   ReconProblem gemm(cfg.quick ? 256 : 2048, 128);
   const double sgemm = gemm.flops() / seconds_per_call([&] { gemm.blas(); }, tmin) / 1e9;
-  os << "headrecon bench (Highway static target " << hwy::TargetName(HWY_STATIC_TARGET) << ", one thread)\n\n";
+  os << "headrecon bench (Highway static target " << hwy::TargetName(HWY_STATIC_TARGET) << ", OpenBLAS on one thread)\n\n";
   std::snprintf(line, sizeof line,
-                "machine: f32 FMA peak %.0f GFLOP/s, OpenBLAS sgemm %.0f GFLOP/s, triad %.1f GB/s\n\n", fma, sgemm, triad);
+                "machine: f32 FMA peak %.0f GFLOP/s (1 thread), %.0f (%zu threads); read from DRAM (%zu MiB buffer) "
+                "%.1f GB/s (1 thread), %.1f (%zu threads); triad %.1f GB/s; OpenBLAS sgemm %.0f GFLOP/s\n\n",
+                fma, fma_all, cfg.threads, dram_bytes >> 20, dram1, dram_all, cfg.threads, triad, sgemm);
   os << line;
   root["machine"] = {{"target", hwy::TargetName(HWY_STATIC_TARGET)},
+                     {"threads", cfg.threads},
                      {"fma_peak_gflops", fma},
+                     {"fma_peak_gflops_all_threads", fma_all},
+                     {"dram_read_gbps", dram1},
+                     {"dram_read_gbps_all_threads", dram_all},
+                     {"dram_buffer_bytes", dram_bytes},
                      {"sgemm_gflops", sgemm},
                      {"triad_gbps", triad}};
 
@@ -83,43 +99,65 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
     }
   root["reconstruction"] = std::move(recon);
 
-  // Decode attention.
-  os << "\ndecode attention, one sequence and layer, 4 sink tokens; absorbed = reference-only cache\n"
-        "(goal: full/absorbed >= 1.8 at >= 8k, absorbed/refs-only <= 1.15)\n";
-  os << "  model          cache  context  full us  absorbed us  full/abs  abs/refs-only  rta/abs  abs GB/s  of triad\n";
+  // Decode attention: each call attends the next of enough layers that the
+  // full cache spans 1 GiB (beyond the last-level cache), as a decode step does.
+  os << "\ndecode attention, one sequence, 4 sink tokens, caches of >= " << (dram_bytes >> 20)
+     << " MiB visited layer by layer; absorbed = reference-only cache (50% of K and V heads rebuilt; SmolLM2 1 of 3)\n"
+        "GB/s = bytes one step reads / time, of DRAM = that over the DRAM read rate of as many threads; "
+        "GFLOP/s of FMA = the step's multiply-adds over the FMA peak of as many threads\n";
+  os << "  model           cache  context  thr  full us   abs us  full/abs  abs/refs  rta/abs  full GB/s  of DRAM"
+        "  abs GB/s  of DRAM  abs of FMA\n";
   json attn = json::array();
-  struct Row { const ModelShape* shape; std::size_t T; CacheType dt; };
+  struct Row { const ModelShape* shape; std::size_t T; CacheType dt; std::size_t threads; };
   std::vector<Row> rows;
-  const std::vector<std::size_t> ctx = cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{1024, 4096, 8192, 16384, 32768};
-  for (CacheType dt : {CacheType::parse("f32"), CacheType::parse("bf16")})
-    for (std::size_t T : ctx) rows.push_back({&kLlama3_8B, T, dt});
+  const std::vector<CacheType> types = {CacheType::parse("f32"), CacheType::parse("bf16"), CacheType::parse("q8_0"),
+                                        CacheType::parse("q4_0r")};
+  const std::vector<std::size_t> llama_ctx = cfg.quick ? std::vector<std::size_t>{1024}
+                                                       : std::vector<std::size_t>{4096, 8192, 32768};
+  std::vector<std::size_t> thread_list = {1};
+  if (cfg.threads > 1) thread_list.push_back(cfg.threads);
+  for (const CacheType& dt : types)
+    for (std::size_t T : llama_ctx)
+      for (std::size_t th : thread_list) rows.push_back({&kLlama3_8B, T, dt, th});
   for (std::size_t T : cfg.quick ? std::vector<std::size_t>{} : std::vector<std::size_t>{8192, 32768})
-    rows.push_back({&kLlama3_8B_2refs, T, CacheType::parse("f32")});
-  for (CacheType dt : {CacheType::parse("f32"), CacheType::parse("bf16")})
-    for (std::size_t T : cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{1024, 8192, 32768})
-      rows.push_back({&kSmolLM2, T, dt});
+    rows.push_back({&kLlama3_8B_2refs, T, CacheType::parse("f32"), 1});
+  for (const CacheType& dt : types)
+    for (std::size_t T : cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{4096, 8192})
+      for (std::size_t th : thread_list) rows.push_back({&kSmolLM2, T, dt, th});
   for (const Row& r : rows) {
-    AttentionProblem p(*r.shape, r.T, r.dt);
-    const ParallelFor one;
-    const double tf = seconds_per_call([&] { p.full(one); }, tmin), ta = seconds_per_call([&] { p.absorbed(one); }, tmin);
-    const double tr = seconds_per_call([&] { p.refs_only(one); }, tmin);
-    const double trta = seconds_per_call([&] { p.reconstruct_then_attend(); }, tmin / 2);
-    const double gbs = p.ref_bytes() / ta / 1e9;
-    std::snprintf(line, sizeof line, "  %-13s  %-5s  %7zu  %7.0f  %11.0f  %8.2f  %13.2f  %7.2f  %8.1f  %8.2f\n",
-                  r.shape->name.c_str(), r.dt.name().c_str(), r.T, tf * 1e6, ta * 1e6, tf / ta, ta / tr,
-                  trta / ta, gbs, triad > 0 ? gbs / triad : 0.0);
+    AttentionProblem p(*r.shape, r.T, r.dt, r.threads, dram_bytes);
+    const ParallelFor& pf = r.threads > 1 ? all : one;
+    const double dram = r.threads > 1 ? dram_all : dram1, peak = r.threads > 1 ? fma_all : fma;
+    const double tf = best_seconds([&] { p.full(pf); }, tmin), ta = best_seconds([&] { p.absorbed(pf); }, tmin);
+    const double tr = best_seconds([&] { p.refs_only(pf); }, tmin);
+    const double trta = r.threads == 1 ? best_seconds([&] { p.reconstruct_then_attend(); }, tmin / 2) : 0.0;
+    const double gf = p.full_bytes() / tf / 1e9, ga = p.ref_bytes() / ta / 1e9, fl = p.flops(true) / ta / 1e9;
+    char rta[16] = "-";
+    if (trta > 0) std::snprintf(rta, sizeof rta, "%.2f", trta / ta);
+    std::snprintf(line, sizeof line,
+                  "  %-14s  %-5s  %7zu  %3zu  %7.0f  %7.0f  %8.2f  %8.2f  %7s  %9.1f  %7.2f  %8.1f  %7.2f  %10.2f\n",
+                  r.shape->name.c_str(), r.dt.name().c_str(), r.T, r.threads, tf * 1e6, ta * 1e6, tf / ta, ta / tr,
+                  rta, gf, gf / dram, ga, ga / dram, fl / peak);
     os << line;
     attn.push_back({{"model", r.shape->name},
                     {"cache", r.dt.name()},
                     {"context", r.T},
+                    {"threads", r.threads},
+                    {"layers_visited", p.n_layers},
                     {"full_us", tf * 1e6},
                     {"absorbed_us", ta * 1e6},
                     {"refs_only_us", tr * 1e6},
-                    {"reconstruct_then_attend_us", trta * 1e6},
+                    {"reconstruct_then_attend_us", trta > 0 ? json(trta * 1e6) : json(nullptr)},
                     {"full_over_absorbed", tf / ta},
                     {"absorbed_over_refs_only", ta / tr},
-                    {"absorbed_gbps", gbs},
-                    {"full_gbps", p.full_bytes() / tf / 1e9}});
+                    {"full_bytes", p.full_bytes()},
+                    {"absorbed_bytes", p.ref_bytes()},
+                    {"full_flops", p.flops(false)},
+                    {"absorbed_flops", p.flops(true)},
+                    {"full_gbps", gf},
+                    {"absorbed_gbps", ga},
+                    {"dram_gbps", dram},
+                    {"fma_peak_gflops", peak}});
   }
   root["decode_attention"] = std::move(attn);
   if (!cfg.json_path.empty()) {

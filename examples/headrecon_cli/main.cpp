@@ -31,7 +31,7 @@ commands:
         write activations with planted linear structure (and random output projections)
   demo [--dir DIR]
         synth + fit (K and V) + inspect on a built-in synthetic model
-  bench [--quick] [--json FILE]
+  bench [--quick] [--json FILE] [--threads N]
         kernel speed as ratios against baselines measured in the same run
 
 budget: --budget F keeps round(F*H) heads of each layer (0.4 on 5 heads keeps 2);
@@ -166,8 +166,12 @@ int main(int argc, char** argv) {
     if (cmd == "synth") return cmd_synth(argc, argv);
     if (cmd == "demo") return cmd_demo(argc, argv);
     if (cmd == "bench") {
-      Args a(argc, argv, 2, {"--json"}, {"--quick"});
-      run_bench({a.has("--quick"), a.str("--json", "")}, std::cout);
+      Args a(argc, argv, 2, {"--json", "--threads"}, {"--quick"});
+      BenchConfig bc;
+      bc.quick = a.has("--quick");
+      bc.json_path = a.str("--json", "");
+      bc.threads = std::size_t(a.integer("--threads", 2, 1, 1024));
+      run_bench(bc, std::cout);
       return 0;
     }
     if (cmd == "inspect") {
