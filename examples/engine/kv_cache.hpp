@@ -74,6 +74,8 @@ class KvCache {
   /// Positions already filled (the next token's position).
   std::size_t size() const { return store_->length(seq_); }
   void clear() { store_->truncate(seq_, 0); }
+  /// Keeps positions [0, n) and forgets the rest.
+  void truncate(std::size_t n) { store_->truncate(seq_, n); }
   /// Makes room for `n` more positions; returns the first.
   std::size_t extend(std::size_t n) { return store_->extend(seq_, n); }
   std::size_t sink_tokens() const { return store_->sink_tokens(); }
@@ -145,6 +147,8 @@ class KvCache {
   std::size_t allocated_bytes() const { return store_->pool_bytes(); }
   /// What RefCacheLayout::bytes() says this capacity takes.
   std::size_t layout_bytes() const { return layout_->bytes(capacity(), dtype()); }
+  /// Bytes `n_tokens` positions occupy (sink tokens with every head).
+  std::size_t stored_bytes(std::size_t n_tokens) const { return layout_->bytes(n_tokens, dtype()); }
   /// Bytes one decode step reads at `n_tokens` positions (KvStore::read_bytes).
   std::size_t read_bytes(std::size_t n_tokens) const { return store_->read_bytes(n_tokens); }
   /// Bytes of a full cache of the same capacity and dtype.

@@ -54,6 +54,10 @@ Commands:
                                                greedy decoding; prefill and decode tokens/s
   bench     --model GGUF [--seq-len 512] [--decode 64]
                                                prefill and decode throughput
+            [--contexts 1024,4096,8192 [--plan NAME=PLAN ...] [--cache-dtype f32,bf16,q8_0] [--reps 3]]
+                                               decode tokens/s after each context: full
+                                               cache and each plan, every cache type,
+                                               A/B interleaved
   demo      [--dir build/demo] [--calib-tokens 16384] [--random-tokens 16384]
             [--eval-seqs 2] [--eval-len 256] [--kjv-seqs 1] [--sinks 0,4]
             [--q-window 2] [--max-k 5] [--seed 1] [--no-random] [--keep-acts]
@@ -447,6 +451,14 @@ int cmd_generate(const Args& a) {
   return 0;
 }
 
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> out;
+  std::istringstream is(s);
+  for (std::string x; std::getline(is, x, ',');)
+    if (!x.empty()) out.push_back(x);
+  return out;
+}
+
 int cmd_bench(const Args& a) {
   apply_threads(a);
   const he::GgufFile f(model_path(a));
@@ -480,6 +492,29 @@ int cmd_bench(const Args& a) {
     for (std::size_t i = 0; i < dec; ++i) eng.forward(&next, 1, cache, he::LogitsMode::last, &logits);
     dec_s = secs(t0, clk::now());
   }
+  if (a.has("--contexts")) {  // decode tokens/s per context, configuration and cache type, A/B interleaved
+    std::vector<std::size_t> contexts;
+    for (const auto& c : split_list(a.str("--contexts"))) contexts.push_back(std::size_t(std::stoul(c)));
+    std::vector<headrecon::CacheType> dtypes;
+    for (const auto& t : split_list(a.str("--cache-dtype", "f32"))) dtypes.push_back(headrecon::CacheType::parse(t));
+    std::vector<headrecon::Plan> plans;
+    std::vector<he::SpeedConfig> configs{{"full", nullptr}};
+    for (const auto& spec : a.all("--plan")) plans.push_back(headrecon::load_plan(spec.substr(spec.find('=') + 1)));
+    for (std::size_t i = 0; i < plans.size(); ++i) {
+      const std::string& spec = a.all("--plan")[i];
+      configs.push_back({spec.find('=') == std::string::npos ? spec : spec.substr(0, spec.find('=')), &plans[i]});
+    }
+    std::size_t cmax = 0;
+    for (std::size_t c : contexts) cmax = std::max(cmax, c);
+    std::vector<std::int32_t> prompt(cmax + dec);
+    for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = std::int32_t((i * 7919 + 17) % V);
+    const std::size_t reps = std::size_t(a.integer("--reps", 3, 1, 100));
+    std::cout << "threads " << he::engine_pool().size() << ", kernels " << he::quant_kernel_target() << ", decode "
+              << dec << " tokens after each context, median of " << reps << " A/B-interleaved runs\n";
+    const auto rows = he::measure_decode(m, prompt, configs, dtypes, contexts, dec, reps, std::cerr);
+    he::print_decode_table(rows, std::cout);
+    return 0;
+  }
   std::cout << "threads " << he::engine_pool().size() << ", kernels " << he::quant_kernel_target()
             << (a.has("--int8-inputs") ? " (8-bit inputs)" : " (f32 inputs)") << ", weights "
             << m.weight_bytes() << " bytes\n"
@@ -492,13 +527,6 @@ int cmd_bench(const Args& a) {
 }
 
 
-std::vector<std::string> split_list(const std::string& s) {
-  std::vector<std::string> out;
-  std::istringstream is(s);
-  for (std::string x; std::getline(is, x, ',');)
-    if (!x.empty()) out.push_back(x);
-  return out;
-}
 
 int cmd_eval(const Args& a) {
   apply_threads(a);
@@ -691,7 +719,11 @@ int main(int argc, char** argv) {
                             {"--model", "--plan", "--out", "--text-dir", "--split", "--suffix", "--seqs", "--seq-len",
                              "--threads", "--random-init"},
                             {"--int8-inputs"}));
-    if (cmd == "bench") return cmd_bench(Args(argc, argv, {"--model", "--seq-len", "--decode", "--threads"}, {"--int8-inputs"}));
+    if (cmd == "bench")
+      return cmd_bench(Args(argc, argv,
+                            {"--model", "--seq-len", "--decode", "--threads", "--contexts", "--plan", "--cache-dtype",
+                             "--reps"},
+                            {"--int8-inputs"}));
     std::cerr << "headrecon-engine: unknown command '" << cmd << "'\n\n" << usage_text;
     return 2;
   } catch (const std::exception& e) {

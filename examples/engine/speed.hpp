@@ -103,6 +103,84 @@ inline std::vector<SpeedRow> measure_speed(const LlamaModel& model, const std::v
   return rows;
 }
 
+/// Whole-model decode speed at several context lengths: for every context C,
+/// one cache per (configuration, cache type) is prefilled with C tokens of
+/// `prompt`; then, `reps` times in turn (A/B interleaved), each decodes
+/// `decode` tokens after C and is cut back to C. Median tokens/s per row.
+struct DecodeRow {
+  std::string config;
+  headrecon::CacheType dtype;
+  std::size_t context = 0;
+  double tok_s = 0;        // median whole-model decode tokens/s
+  double attn_us = 0;      // median time inside attention per token (all layers)
+  std::size_t read = 0;    // KV bytes one decode step reads at the context (all layers)
+  std::size_t stored = 0;  // KV bytes the cache holds at the context
+};
+
+inline std::vector<DecodeRow> measure_decode(const LlamaModel& model, const std::vector<std::int32_t>& prompt,
+                                             const std::vector<SpeedConfig>& configs,
+                                             const std::vector<headrecon::CacheType>& dtypes,
+                                             const std::vector<std::size_t>& contexts, std::size_t decode,
+                                             std::size_t reps, std::ostream& progress) {
+  using clock = std::chrono::steady_clock;
+  std::vector<DecodeRow> out;
+  LlamaEngine eng(model);
+  std::vector<float> logits;
+  for (std::size_t C : contexts) {
+    if (prompt.size() < C + decode) fail("decode speed: need ", C + decode, " prompt tokens, have ", prompt.size());
+    std::vector<std::unique_ptr<KvCache>> caches;
+    std::vector<DecodeRow> rows;
+    for (const auto& cf : configs)
+      for (const auto& dt : dtypes) {
+        caches.push_back(std::make_unique<KvCache>(model.attention_shape(), cf.plan, C + decode, dt));
+        eng.forward(prompt.data(), C, *caches.back(), LogitsMode::none, nullptr);
+        DecodeRow r;
+        r.config = cf.name;
+        r.dtype = dt;
+        r.context = C;
+        r.read = caches.back()->read_bytes(C);
+        r.stored = caches.back()->stored_bytes(C);
+        rows.push_back(r);
+        progress << "  prefilled " << C << " tokens: " << cf.name << " " << dt.name() << std::endl;
+      }
+    std::vector<std::vector<double>> tok_s(rows.size()), attn(rows.size());
+    for (std::size_t rep = 0; rep < reps; ++rep)
+      for (std::size_t i = 0; i < rows.size(); ++i) {
+        KvCache& cache = *caches[i];
+        cache.reset_attention_seconds();
+        const auto t0 = clock::now();
+        for (std::size_t t = 0; t < decode; ++t) eng.forward(&prompt[C + t], 1, cache, LogitsMode::last, &logits);
+        const double s = std::chrono::duration<double>(clock::now() - t0).count();
+        tok_s[i].push_back(double(decode) / s);
+        attn[i].push_back(1e6 * cache.attention_seconds() / double(decode));
+        cache.truncate(C);
+      }
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      rows[i].tok_s = median(tok_s[i]);
+      rows[i].attn_us = median(attn[i]);
+      out.push_back(rows[i]);
+    }
+  }
+  return out;
+}
+
+/// The decode table: one row per (context, configuration, cache type); "vs
+/// full" against the first configuration's row of the same context and type.
+inline void print_decode_table(const std::vector<DecodeRow>& rows, std::ostream& os) {
+  os << "context  config            cache   decode tok/s  vs full  attn us/tok  attn share  KV read/step  KV stored\n";
+  for (const auto& r : rows) {
+    const DecodeRow* base = &r;
+    for (const auto& b : rows)
+      if (b.context == r.context && b.dtype == r.dtype) { base = &b; break; }
+    const double share = r.attn_us * 1e-6 * r.tok_s;
+    char line[256];
+    std::snprintf(line, sizeof line, "%7zu  %-16s  %-6s  %12.1f  %6.2fx  %11.0f  %10.2f  %12zu  %9zu\n", r.context,
+                  r.config.c_str(), r.dtype.name().c_str(), r.tok_s, r.tok_s / base->tok_s, r.attn_us, share, r.read,
+                  r.stored);
+    os << line;
+  }
+}
+
 inline void print_speed_table(const std::vector<SpeedRow>& rows, const SpeedOptions& o, std::ostream& os, bool md) {
   if (rows.empty()) return;
   const SpeedRow& base = rows[0];
