@@ -2,7 +2,7 @@
 # Installs the build dependencies from Debian 12's packages (idempotent).
 set -euo pipefail
 pkgs=(cmake g++ make libxtensor-dev libxtensor-blas-dev xtl-dev libxsimd-dev libopenblas-dev
-      liblapack-dev libhwy-dev nlohmann-json3-dev catch2 libbenchmark-dev doxygen pkg-config python3-venv
+      liblapack-dev libhwy-dev nlohmann-json3-dev catch2 libbenchmark-dev doxygen pkg-config python3-venv python3-matplotlib
       linux-doc-6.1 bible-kjv
       clang-14 libclang-rt-14-dev)  # the last two: libFuzzer for scripts/fuzz.sh
 missing=()

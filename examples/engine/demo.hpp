@@ -43,6 +43,13 @@ struct PlanSpec {
   bool all_sinks = false;  // evaluated at every sink count (else at the fit's only)
 };
 
+/// "f32, q8_0r, q4_0r".
+inline std::string cache_type_names(const std::vector<headrecon::CacheType>& types) {
+  std::string out;
+  for (const auto& t : types) out += (out.empty() ? "" : ", ") + t.name();
+  return out;
+}
+
 struct DemoOptions {
   std::string dir = "build/demo";
   std::string model;  // GGUF path (fetched by fetch_script when absent)
@@ -51,11 +58,12 @@ struct DemoOptions {
   std::string kjv;  // KJV text file ("" or missing: skipped)
   std::size_t calib_tokens = 16384, random_tokens = 16384, capture_seq_len = 512;
   std::size_t eval_seqs = 2, eval_len = 256, kjv_seqs = 1;
+  std::size_t eval_chunk = 1;  // tokens per forward in the eval (1: decode; more: chunked prefill through the same store)
   int threads = 2, q_window = 2, max_k = 5, fit_sink = 4;
   std::vector<int> sinks{0, 4};
   std::uint64_t random_seed = 1;
   bool random = true, keep_acts = false;
-  headrecon::CacheType cache_dtype = headrecon::CacheType();
+  std::vector<headrecon::CacheType> cache_dtypes = {headrecon::CacheType()};  // eval rows per type; speed: the first
   std::vector<PlanSpec> plans{
       {"greedy-same-r1", "greedy", false, 2, 0, true}, {"greedy-cross-r1", "greedy", true, 2, 5, true},
       {"shared-same-r1", "shared", false, 2, 0, false}, {"shared-cross-r1", "shared", true, 2, 0, false},
@@ -316,7 +324,8 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
   EvalOptions eo;
   eo.seq_len = o.eval_len;
   eo.sinks = o.sinks;
-  eo.dtypes = {o.cache_dtype};
+  eo.dtypes = o.cache_dtypes;
+  eo.chunk = o.eval_chunk;
   eo.simulate = true;
   std::vector<EvalPlan> all_sink_plans, fit_sink_plans;
   for (std::size_t i = 0; i < eval_plans.size(); ++i)
@@ -347,9 +356,15 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
                                                 {"text", o.docs + " (eval split)"},
                                                 {"seq_len", std::to_string(o.eval_len)},
                                                 {"sequences", std::to_string(o.eval_seqs)},
-                                                {"cache_dtype", o.cache_dtype.name()}};
+                                                {"cache_dtypes", cache_type_names(o.cache_dtypes)}};
   write_eval_json(rows, meta, (fs::path(o.dir) / "eval.json").string());
-  if (have_kjv) write_eval_csv(kjv_rows, (fs::path(o.dir) / "eval_kjv.csv").string());
+  if (have_kjv) {
+    write_eval_csv(kjv_rows, (fs::path(o.dir) / "eval_kjv.csv").string());
+    std::map<std::string, std::string> kmeta = meta;
+    kmeta["text"] = o.kjv + " (out of domain)";
+    kmeta["sequences"] = std::to_string(o.kjv_seqs);
+    write_eval_json(kjv_rows, kmeta, (fs::path(o.dir) / "eval_kjv.json").string());
+  }
   timer.lap("eval (decode perplexity)");
 
   std::vector<SpeedRow> speed;
@@ -456,7 +471,7 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
      << " tokens, every token decoded one at a time; each layer's attention runs headrecon::attend over the library KvStore "
         "cache that stores only the plan's cached heads (sink tokens in full; keys absorbed, values mapped). KV bytes "
         "= bytes allocated for one sequence of "
-     << o.eval_len << " tokens (" << o.cache_dtype.name()
+     << o.eval_len << " tokens (" << cache_type_names(o.cache_dtypes)
      << "), equal to RefCacheLayout::bytes. Plans: `rN` = N of 3 KV heads per layer rebuilt; `same`/`cross` = "
         "references from the same layer / also from earlier layers; `greedy`/`shared` = selection strategy. "
         "Maps fitted on positions >= "
@@ -481,17 +496,25 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
           "layer, every stream it attends over - a cross-layer reference is read again by each layer that uses "
           "it, so cross-layer plans save memory but not reads); read GB/s = bytes read / attention time.\n\n";
     print_speed_table(speed, o.speed_opt, md, true);
-    md << "\nAt " << o.speed_opt.context
-       << " tokens the whole-model decode reads ~0.5 GB of f32 weights per token and the KV cache is a few MB, so "
+    md << "\nAt " << o.speed_opt.context << " tokens the whole-model decode reads the "
+       << fmtd("%.0f", double(model.weight_bytes()) / 1e6)
+       << " MB of weights (in their GGUF types) per token and the KV cache is a few MB, so "
           "the cache size barely moves tokens/s; the attention-alone column is where a smaller cache pays, less the "
           "cost of mapping absorbed queries (k.d.d per rebuilt head and query) and values, and more dot products "
           "per token (each query of a rebuilt head scores every one of its k reference streams).\n\n";
   }
+  md << "## KV bytes per token against perplexity\n\n"
+     << "Every row of the tables above as a point (cache types " << cache_type_names(o.cache_dtypes)
+     << "); blue: the full cache quantized, red: plans on quantized references; the lines join each family's "
+        "Pareto front (no other point of the family has fewer bytes and lower perplexity). Drawn by "
+        "`scripts/plot_pareto.py` from `eval.json` (`scripts/demo.sh` runs it after the demo):\n\n"
+        "![KV bytes per token vs perplexity](pareto.svg)\n\n";
+  if (have_kjv) md << "Out of domain (KJV): ![KJV](pareto_kjv.svg)\n\n";
   md << "## Time (this run)\n\n| step | seconds |\n|---|---:|\n";
   for (const auto& [name, s] : timer.steps) md << "| " << name << " | " << fmtd("%.1f", s) << " |\n";
   md << "| **total** | **" << fmtd("%.1f", wall) << "** |\n\n";
   md << "Files: `summary.md` (this), `r2.csv`, `r2_heatmap.svg`, `eval.csv`, `eval.json`, `eval.md`"
-     << (have_kjv ? ", `eval_kjv.csv`" : "") << ", `plans/*.safetensors` (headrecon plan files), `demo.log`.\n";
+     << (have_kjv ? ", `eval_kjv.csv`, `eval_kjv.json`" : "") << ", `plans/*.safetensors` (headrecon plan files), `demo.log`.\n";
   md.close();
 
   log << "\n## 5. report\n";

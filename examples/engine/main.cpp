@@ -61,7 +61,7 @@ Commands:
   demo      [--dir build/demo] [--calib-tokens 16384] [--random-tokens 16384]
             [--eval-seqs 2] [--eval-len 256] [--kjv-seqs 1] [--sinks 0,4]
             [--q-window 2] [--max-k 5] [--seed 1] [--no-random] [--keep-acts]
-            [--cache-dtype f32|f16|bf16|q8_0|q4_0|q4_0r] [--docs DIR] [--kjv FILE] [--plans A,B]
+            [--cache-dtype f32,q8_0r,q4_0r ...] [--chunk 1] [--docs DIR] [--kjv FILE] [--plans A,B]
             [--speed-context 4096] [--no-speed]
                                                the real-model pipeline: capture,
                                                R2 analysis (trained and random
@@ -649,7 +649,10 @@ int cmd_demo(const Args& a) {
   o.speed = !a.has("--no-speed");
   o.speed_opt.context = o.eval_len;
   o.speed_opt.long_context = std::size_t(a.integer("--speed-context", long(o.speed_opt.long_context), 16, 1L << 22));
-  o.cache_dtype = headrecon::CacheType::parse(a.str("--cache-dtype", "f32"));
+  o.eval_chunk = std::size_t(a.integer("--chunk", 1, 1, 1 << 20));
+  o.cache_dtypes.clear();
+  for (const auto& t : split_list(a.str("--cache-dtype", "f32"))) o.cache_dtypes.push_back(headrecon::CacheType::parse(t));
+  o.speed_opt.dtype = o.cache_dtypes.front();
   if (a.has("--sinks")) {
     o.sinks.clear();
     for (const auto& v : split_list(a.str("--sinks"))) {
@@ -706,7 +709,7 @@ int main(int argc, char** argv) {
       return cmd_demo(Args(argc, argv,
                            {"--dir", "--model", "--docs", "--kjv", "--calib-tokens", "--random-tokens", "--seq-len",
                             "--eval-seqs", "--eval-len", "--kjv-seqs", "--q-window", "--max-k", "--threads", "--seed",
-                            "--cache-dtype", "--sinks", "--plans", "--speed-context"},
+                            "--cache-dtype", "--sinks", "--plans", "--speed-context", "--chunk"},
                            {"--no-random", "--keep-acts", "--no-speed"}));
     if (cmd == "eval")
       return cmd_eval(Args(argc, argv,
