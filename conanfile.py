@@ -7,8 +7,8 @@ them under [platform_requires], so Conan never looks for them in a remote
 CMake targets, consumers do not get a CMakeDeps-generated config for
 headrecon: package_info() sets cmake_find_mode "none" and puts the package's
 own installed headreconConfig.cmake on CMAKE_PREFIX_PATH (builddirs), and that
-file calls find_dependency() for xtl, xtensor, BLAS/LAPACK (OpenBLAS),
-xtensor-blas, hwy and nlohmann_json with their real system target names. (With a
+file calls find_dependency() for BLAS/LAPACK (OpenBLAS), hwy and
+nlohmann_json with their real system target names. (With a
 CMakeDeps-generated config instead, the platform packages contribute nothing
 to headrecon::headrecon: tried, the test_package link fails on dgemm_,
 dpotrf_, ... from OpenBLAS.) Works offline: `conan create . --profile:all
@@ -38,10 +38,9 @@ class HeadreconConan(ConanFile):
         self.version = ".".join(parts)
 
     def requirements(self):
-        # Header-only dependencies and the libraries they link; in CI all five
-        # are [platform_requires] of the profile (Debian 12 packages).
-        self.requires("xtensor/[>=0.24.3 <0.26]")
-        self.requires("xtensor-blas/[>=0.20 <0.22]")
+        # What the installed headers include and link; in CI all three are
+        # [platform_requires] of the profile (Debian 12 packages). xtensor is
+        # not one: no installed header includes it (only the tests use it).
         self.requires("openblas/[>=0.3.21 <0.4]")
         self.requires("highway/[>=1.0.3 <2]")
         self.requires("nlohmann_json/[>=3.10 <4]")

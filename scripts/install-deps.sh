@@ -3,6 +3,7 @@
 set -euo pipefail
 pkgs=(cmake g++ make libxtensor-dev libxtensor-blas-dev xtl-dev libxsimd-dev libopenblas-dev
       liblapack-dev libhwy-dev nlohmann-json3-dev catch2 libbenchmark-dev doxygen pkg-config python3-venv python3-matplotlib
+      libcli11-dev  # the command-line tools (examples) only, not the library
       linux-doc-6.1 bible-kjv
       clang-14 libclang-rt-14-dev)  # the last two: libFuzzer for scripts/fuzz.sh
 missing=()

@@ -8,6 +8,9 @@
 //      token by token through the reference-only cache, KV bytes, tokens/s
 //   4. the same R² analysis with random weights of matching scale
 //   5. report: summary.md, r2.csv, r2_heatmap.svg, eval.csv/json/md, plans/
+// Each step is a function (demo_capture, demo_r2_analysis_and_plans,
+// demo_eval, demo_speed, demo_random_weights, demo_report_files,
+// demo_write_summary); run_demo calls them in order and times them.
 
 #include <chrono>
 #include <cstdio>
@@ -58,12 +61,12 @@ struct DemoOptions {
   std::string kjv;  // KJV text file ("" or missing: skipped)
   std::size_t calib_tokens = 16384, random_tokens = 16384, capture_seq_len = 512;
   std::size_t eval_seqs = 2, eval_len = 256, kjv_seqs = 1;
-  std::size_t eval_chunk = 1;  // tokens per forward in the eval (1: decode; more: chunked prefill through the same store)
   int threads = 2, q_window = 2, max_k = 5, fit_sink = 4;
   std::vector<int> sinks{0, 4};
   std::uint64_t random_seed = 1;
   bool random = true, keep_acts = false;
   std::vector<headrecon::CacheType> cache_dtypes = {headrecon::CacheType()};  // eval rows per type; speed: the first
+  std::size_t eval_chunk = 1;  // tokens per forward in the eval (1: decode; more: chunked prefill through the same store)
   std::vector<PlanSpec> plans{
       {"greedy-same-r1", "greedy", false, 2, 0, true}, {"greedy-cross-r1", "greedy", true, 2, 5, true},
       {"shared-same-r1", "shared", false, 2, 0, false}, {"shared-cross-r1", "shared", true, 2, 0, false},
@@ -224,21 +227,21 @@ inline std::string demo_md_r2_table(const std::vector<R2Curve>& curves, const st
   return os.str();
 }
 
-inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
-  namespace fs = std::filesystem;
-  using headrecon::Kind;
-  DemoOptions o = o_in;
-  DemoTimer timer;
-  fs::create_directories(fs::path(o.dir) / "plans");
-  std::ofstream logf(fs::path(o.dir) / "demo.log");
-  TeeBuf tee(term.rdbuf(), logf.rdbuf());
-  std::ostream log(&tee);
-  log << std::unitbuf;  // progress shows as it happens
-  set_blas_threads(o.threads);
-  set_engine_threads(std::size_t(o.threads));
+/// The demo's text: calibration and eval sequences spread over the docs, KJV when present.
+struct DemoText {
+  TokenStream calib, eval, kjv;
+  bool have_kjv = false;
+};
 
-  // 0. Model and text.
-  log << "# headrecon-engine demo -> " << o.dir << "\n\n## 0. model and text\n";
+/// What the eval step measured.
+struct DemoEval {
+  std::vector<EvalRow> rows, kjv_rows;
+};
+
+/// Step 0: the model (fetched by o.fetch_script when absent; o.model is then
+/// the fetched path), the docs and the KJV text (prepared when absent).
+inline void demo_find_inputs(DemoOptions& o, std::ostream& log) {
+  namespace fs = std::filesystem;
   if (!fs::exists(o.model)) {
     if (o.fetch_script.empty()) fail("model ", o.model, " not found");
     log << "model " << o.model << " not found: fetching with " << o.fetch_script << "\n";
@@ -254,48 +257,42 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
     int rc = 0;
     run_capture_stdout("bash '" + o.prepare_text_script + "' 1>&2", rc);
   }
-  const GgufFile f(o.model);
-  const Tokenizer tok(f);
-  LlamaModel model(f);
-  const LlamaConfig& c = model.config();
-  log << "model: " << o.model << " (" << c.arch << ", " << c.n_layer << " layers, " << c.n_head << " query heads, "
-      << c.n_head_kv << " KV heads, head_dim " << c.head_dim << ")\n";
-  const std::int32_t sep = document_separator(tok);
-  // Every sequence is the beginning of a different document, the documents
-  // spread over the sorted list (calib: even files, eval: odd files).
+}
+
+/// Step 0: tokenized text. Every sequence is the beginning of a different
+/// document, the documents spread over the sorted list (calib: even files,
+/// eval: odd files).
+inline DemoText demo_tokenize_text(const DemoOptions& o, const Tokenizer& tok, std::ostream& log) {
+  namespace fs = std::filesystem;
+  DemoText t;
   const std::size_t n_calib = (o.calib_tokens + o.capture_seq_len - 1) / o.capture_seq_len;
-  const TokenStream calib =
-      spread_sequences(tok, list_text_files(o.docs, o.suffix, Split::calib), n_calib, o.capture_seq_len);
-  const TokenStream evalt = spread_sequences(tok, list_text_files(o.docs, o.suffix, Split::eval), o.eval_seqs, o.eval_len);
-  TokenStream kjv;
-  const bool have_kjv = !o.kjv.empty() && fs::exists(o.kjv) && o.kjv_seqs > 0;
-  if (have_kjv) kjv = build_token_stream(tok, {o.kjv}, o.kjv_seqs * o.eval_len, sep);
-  log << "calibration: " << calib.tokens.size() << " tokens, the first " << o.capture_seq_len << " of "
-      << calib.files.size() << " files spread over " << o.docs << " (calib split: even indices)\nevaluation: "
-      << evalt.tokens.size() << " tokens, the first " << o.eval_len << " of " << evalt.files.size()
-      << " files (eval split: odd indices)" << (have_kjv ? "; KJV: " + std::to_string(kjv.tokens.size()) + " tokens" : "")
-      << "\n";
-  timer.lap("load model, tokenize text");
+  t.calib = spread_sequences(tok, list_text_files(o.docs, o.suffix, Split::calib), n_calib, o.capture_seq_len);
+  t.eval = spread_sequences(tok, list_text_files(o.docs, o.suffix, Split::eval), o.eval_seqs, o.eval_len);
+  t.have_kjv = !o.kjv.empty() && fs::exists(o.kjv) && o.kjv_seqs > 0;
+  if (t.have_kjv) t.kjv = build_token_stream(tok, {o.kjv}, o.kjv_seqs * o.eval_len, document_separator(tok));
+  log << "calibration: " << t.calib.tokens.size() << " tokens, the first " << o.capture_seq_len << " of "
+      << t.calib.files.size() << " files spread over " << o.docs << " (calib split: even indices)\nevaluation: "
+      << t.eval.tokens.size() << " tokens, the first " << o.eval_len << " of " << t.eval.files.size()
+      << " files (eval split: odd indices)"
+      << (t.have_kjv ? "; KJV: " + std::to_string(t.kjv.tokens.size()) + " tokens" : "") << "\n";
+  return t;
+}
 
-  // 1. Capture.
-  log << "\n## 1. capture Q/K/V after RoPE (" << calib.tokens.size() << " tokens, sequences of " << o.capture_seq_len
-      << ")\n";
-  const std::string acts_path = (fs::path(o.dir) / "calib_acts.safetensors").string();
-  CaptureOptions co;
-  co.seq_len = o.capture_seq_len;
-  co.metadata["model"] = fs::path(o.model).filename().string();
-  co.metadata["text_source"] = o.docs + " (calib split)";
-  CaptureStats cs = capture_activations(model, calib.tokens, acts_path, co);
-  log << "wrote " << acts_path << " (" << fs::file_size(acts_path) / (1 << 20) << " MiB) in " << fmtd("%.1f", cs.seconds)
-      << " s\n";
-  timer.lap("capture (trained)");
+/// Step 1: captures Q/K/V after RoPE of `tokens` into `path`.
+inline void demo_capture(const LlamaModel& model, const std::vector<std::int32_t>& tokens, const std::string& path,
+                         const CaptureOptions& co, std::ostream& log) {
+  const CaptureStats cs = capture_activations(model, tokens, path, co);
+  log << "wrote " << path << " (" << std::filesystem::file_size(path) / (1 << 20) << " MiB) in "
+      << fmtd("%.1f", cs.seconds) << " s\n";
+}
 
-  // 2. Statistics, R² curves, plans.
-  log << "\n## 2. statistics, R2 curves (1.." << o.max_k << " references), plans\n";
-  headrecon::AccumulateOptions acc;
-  acc.split.fraction = 0.25;
-  acc.split.block = 256;
-  acc.sink_tokens = o.fit_sink;
+/// Step 2: statistics, R² curves and the plans of o.plans (fitted from the
+/// same statistics), saved under DIR/plans/.
+inline ModelAnalysis demo_r2_analysis_and_plans(const DemoOptions& o, const LlamaConfig& c,
+                                                const std::string& acts_path,
+                                                const headrecon::AccumulateOptions& acc,
+                                                std::vector<EvalPlan>& eval_plans, std::ostream& log) {
+  namespace fs = std::filesystem;
   std::vector<headrecon::Plan> plans(o.plans.size());
   std::vector<std::vector<headrecon::TargetReport>> reports(o.plans.size());
   for (auto& p : plans) {
@@ -305,8 +302,6 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
     p.sink_tokens = o.fit_sink;
   }
   ModelAnalysis trained = analyze_file(acts_path, "trained", o, acc, &plans, &reports, log);
-  if (!o.keep_acts) fs::remove(acts_path);
-  std::vector<EvalPlan> eval_plans;
   for (std::size_t i = 0; i < plans.size(); ++i) {
     const std::string path = (fs::path(o.dir) / "plans" / (o.plans[i].name + ".safetensors")).string();
     headrecon::save_plan(plans[i], path,
@@ -316,11 +311,15 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
                           {"source", "headrecon-engine demo"}});
     eval_plans.push_back({o.plans[i].name, plans[i]});
   }
-  timer.lap("statistics, R2 curves, plans (trained)");
+  return trained;
+}
 
-  // 3. Eval.
-  log << "\n## 3. eval: " << o.eval_seqs << " x " << o.eval_len
-      << " tokens of held-out Linux docs, decoded token by token through the reference-only cache\n";
+/// Step 3: decode perplexity of every plan (all sink counts for the plans
+/// marked so, the fit's otherwise) and out of domain; writes eval.csv/json.
+inline DemoEval demo_eval(const LlamaModel& model, const DemoText& text, const std::vector<EvalPlan>& eval_plans,
+                          const DemoOptions& o, std::ostream& log) {
+  namespace fs = std::filesystem;
+  DemoEval out;
   EvalOptions eo;
   eo.seq_len = o.eval_len;
   eo.sinks = o.sinks;
@@ -330,17 +329,16 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
   std::vector<EvalPlan> all_sink_plans, fit_sink_plans;
   for (std::size_t i = 0; i < eval_plans.size(); ++i)
     (o.plans[i].all_sinks ? all_sink_plans : fit_sink_plans).push_back(eval_plans[i]);
-  std::vector<EvalRow> rows = run_eval(model, evalt.tokens, all_sink_plans, eo, log);
+  out.rows = run_eval(model, text.eval.tokens, all_sink_plans, eo, log);
   {
     EvalOptions e2 = eo;
     e2.sinks = {o.fit_sink};
     e2.include_full = false;
-    e2.reuse = rows;
-    const std::vector<EvalRow> more = run_eval(model, evalt.tokens, fit_sink_plans, e2, log);
-    rows.insert(rows.end(), more.begin(), more.end());
+    e2.reuse = out.rows;
+    const std::vector<EvalRow> more = run_eval(model, text.eval.tokens, fit_sink_plans, e2, log);
+    out.rows.insert(out.rows.end(), more.begin(), more.end());
   }
-  std::vector<EvalRow> kjv_rows;
-  if (have_kjv) {
+  if (text.have_kjv) {
     log << "out of domain (KJV), " << o.kjv_seqs << " x " << o.eval_len << " tokens:\n";
     EvalOptions ek = eo;
     ek.variants = {Apply::k, Apply::v, Apply::kv};
@@ -349,69 +347,77 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
     for (const auto& ep : eval_plans)
       if (ep.name == "greedy-cross-r1") one.push_back(ep);
     if (one.empty() && !eval_plans.empty()) one.push_back(eval_plans.front());
-    kjv_rows = run_eval(model, kjv.tokens, one, ek, log);
+    out.kjv_rows = run_eval(model, text.kjv.tokens, one, ek, log);
   }
-  write_eval_csv(rows, (fs::path(o.dir) / "eval.csv").string());
+  write_eval_csv(out.rows, (fs::path(o.dir) / "eval.csv").string());
   const std::map<std::string, std::string> meta{{"model", o.model},
                                                 {"text", o.docs + " (eval split)"},
                                                 {"seq_len", std::to_string(o.eval_len)},
                                                 {"sequences", std::to_string(o.eval_seqs)},
                                                 {"cache_dtypes", cache_type_names(o.cache_dtypes)}};
-  write_eval_json(rows, meta, (fs::path(o.dir) / "eval.json").string());
-  if (have_kjv) {
-    write_eval_csv(kjv_rows, (fs::path(o.dir) / "eval_kjv.csv").string());
+  write_eval_json(out.rows, meta, (fs::path(o.dir) / "eval.json").string());
+  if (text.have_kjv) {
+    write_eval_csv(out.kjv_rows, (fs::path(o.dir) / "eval_kjv.csv").string());
     std::map<std::string, std::string> kmeta = meta;
     kmeta["text"] = o.kjv + " (out of domain)";
     kmeta["sequences"] = std::to_string(o.kjv_seqs);
-    write_eval_json(kjv_rows, kmeta, (fs::path(o.dir) / "eval_kjv.json").string());
+    write_eval_json(out.kjv_rows, kmeta, (fs::path(o.dir) / "eval_kjv.json").string());
   }
-  timer.lap("eval (decode perplexity)");
+  return out;
+}
 
-  std::vector<SpeedRow> speed;
-  if (o.speed) {
-    log << "\n## 3b. decode speed, A/B interleaved: whole model after " << o.speed_opt.context << " tokens ("
-        << o.speed_opt.reps << " x " << o.speed_opt.decode << " tokens each), attention alone at "
-        << o.speed_opt.long_context << " tokens (" << o.speed_opt.attn_reps << " x)\n";
-    std::vector<headrecon::Plan> sp;
-    std::vector<SpeedConfig> cfgs{{"full", nullptr}};
-    for (const auto& ep : eval_plans)
-      if (ep.name == "greedy-same-r1" || ep.name == "greedy-cross-r1" || ep.name == "greedy-cross-r2")
-        sp.push_back(plan_variant(ep.plan, Apply::kv, o.fit_sink));
-    std::size_t j = 0;
-    for (const auto& ep : eval_plans)
-      if (ep.name == "greedy-same-r1" || ep.name == "greedy-cross-r1" || ep.name == "greedy-cross-r2")
-        cfgs.push_back({ep.name + " K+V s" + std::to_string(o.fit_sink), &sp[j++]});
-    std::vector<std::int32_t> prompt(evalt.tokens.begin(), evalt.tokens.end());
-    while (prompt.size() < o.speed_opt.context + o.speed_opt.decode) prompt.insert(prompt.end(), evalt.tokens.begin(), evalt.tokens.end());
-    speed = measure_speed(model, prompt, cfgs, o.speed_opt);
-    print_speed_table(speed, o.speed_opt, log, false);
-    timer.lap("decode speed (A/B)");
-  }
+/// Step 3b: decode speed, A/B interleaved, of the full cache and the greedy plans with K and V rebuilt.
+inline std::vector<SpeedRow> demo_speed(const LlamaModel& model, const DemoText& text,
+                                        const std::vector<EvalPlan>& eval_plans, const DemoOptions& o,
+                                        std::ostream& log) {
+  log << "\n## 3b. decode speed, A/B interleaved: whole model after " << o.speed_opt.context << " tokens ("
+      << o.speed_opt.reps << " x " << o.speed_opt.decode << " tokens each), attention alone at "
+      << o.speed_opt.long_context << " tokens (" << o.speed_opt.attn_reps << " x)\n";
+  std::vector<headrecon::Plan> sp;
+  std::vector<SpeedConfig> cfgs{{"full", nullptr}};
+  auto timed = [](const std::string& n) {
+    return n == "greedy-same-r1" || n == "greedy-cross-r1" || n == "greedy-cross-r2";
+  };
+  for (const auto& ep : eval_plans)
+    if (timed(ep.name)) sp.push_back(plan_variant(ep.plan, Apply::kv, o.fit_sink));
+  std::size_t j = 0;
+  for (const auto& ep : eval_plans)
+    if (timed(ep.name)) cfgs.push_back({ep.name + " K+V s" + std::to_string(o.fit_sink), &sp[j++]});
+  std::vector<std::int32_t> prompt(text.eval.tokens.begin(), text.eval.tokens.end());
+  while (prompt.size() < o.speed_opt.context + o.speed_opt.decode)
+    prompt.insert(prompt.end(), text.eval.tokens.begin(), text.eval.tokens.end());
+  std::vector<SpeedRow> speed = measure_speed(model, prompt, cfgs, o.speed_opt);
+  print_speed_table(speed, o.speed_opt, log, false);
+  return speed;
+}
 
-  // 4. Random weights.
-  ModelAnalysis random;
-  if (o.random) {
-    log << "\n## 4. random weights of matching scale (seed " << o.random_seed << "): capture " << o.random_tokens
-        << " tokens, same analysis\n";
-    model.randomize(o.random_seed);
-    std::vector<std::int32_t> rt(calib.tokens.begin(),
-                                 calib.tokens.begin() + std::ptrdiff_t(std::min(o.random_tokens, calib.tokens.size())));
-    const std::string rpath = (fs::path(o.dir) / "random_acts.safetensors").string();
-    co.metadata["random_init"] = std::to_string(o.random_seed);
-    cs = capture_activations(model, rt, rpath, co);
-    log << "captured in " << fmtd("%.1f", cs.seconds) << " s\n";
-    random = analyze_file(rpath, "random", o, acc, nullptr, nullptr, log);
-    if (!o.keep_acts) fs::remove(rpath);
-    timer.lap("random-init capture + R2 curves");
-  }
+/// Step 4: the same R² analysis with random weights of matching scale (the model is randomized in place).
+inline ModelAnalysis demo_random_weights(LlamaModel& model, const DemoText& text, CaptureOptions co,
+                                         const headrecon::AccumulateOptions& acc, const DemoOptions& o,
+                                         std::ostream& log) {
+  namespace fs = std::filesystem;
+  log << "\n## 4. random weights of matching scale (seed " << o.random_seed << "): capture " << o.random_tokens
+      << " tokens, same analysis\n";
+  model.randomize(o.random_seed);
+  const std::vector<std::int32_t> rt(
+      text.calib.tokens.begin(),
+      text.calib.tokens.begin() + std::ptrdiff_t(std::min(o.random_tokens, text.calib.tokens.size())));
+  const std::string rpath = (fs::path(o.dir) / "random_acts.safetensors").string();
+  co.metadata["random_init"] = std::to_string(o.random_seed);
+  const CaptureStats cs = capture_activations(model, rt, rpath, co);
+  log << "captured in " << fmtd("%.1f", cs.seconds) << " s\n";
+  ModelAnalysis random = analyze_file(rpath, "random", o, acc, nullptr, nullptr, log);
+  if (!o.keep_acts) fs::remove(rpath);
+  return random;
+}
 
-  // 5. Report.
-  std::vector<R2Curve> all = trained.curves;
-  append(all, random.curves);
+/// Step 5: r2.csv, r2_heatmap.svg and eval.md.
+inline void demo_report_files(const std::vector<R2Curve>& all, const std::vector<std::string>& models,
+                              const DemoEval& ev, const DemoOptions& o) {
+  namespace fs = std::filesystem;
+  using headrecon::Kind;
   write_r2_csv(all, (fs::path(o.dir) / "r2.csv").string());
   std::vector<HeatPanel> panels;
-  std::vector<std::string> models{"trained"};
-  if (o.random) models.push_back("random");
   for (Kind kind : {Kind::q, Kind::k, Kind::v})
     for (const auto& m : models) {
       const std::string kn(headrecon::kind_name(kind));
@@ -421,13 +427,22 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
     }
   write_r2_svg(all, panels, "SmolLM2-135M: held-out R2 per layer (rows) x head (columns)",
                (fs::path(o.dir) / "r2_heatmap.svg").string());
-  {
-    std::ofstream md(fs::path(o.dir) / "eval.md");
-    print_eval_table(rows, md, true);
-  }
-  timer.lap("report files");
-  const double wall = timer.total();
+  std::ofstream md(fs::path(o.dir) / "eval.md");
+  print_eval_table(ev.rows, md, true);
+}
 
+/// Step 5: summary.md, the report a person reads.
+inline void demo_write_summary(const DemoOptions& o, const LlamaConfig& c, const DemoText& text,
+                               const ModelAnalysis& trained, const std::vector<R2Curve>& all,
+                               const std::vector<std::string>& models, const DemoEval& ev,
+                               const std::vector<SpeedRow>& speed, const DemoTimer& timer, double wall) {
+  namespace fs = std::filesystem;
+  using headrecon::Kind;
+  const std::vector<EvalRow>& rows = ev.rows;
+  const TokenStream& calib = text.calib;
+  const TokenStream& kjv = text.kjv;
+  const bool have_kjv = text.have_kjv;
+  const std::vector<EvalRow>& kjv_rows = ev.kjv_rows;
   std::ofstream md(fs::path(o.dir) / "summary.md");
   md << "# headrecon on a real model: " << fs::path(o.model).filename().string() << "\n\n";
   md << "Model: " << c.arch << ", " << c.n_layer << " layers, " << c.n_head << " query heads, " << c.n_head_kv
@@ -496,9 +511,8 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
           "layer, every stream it attends over - a cross-layer reference is read again by each layer that uses "
           "it, so cross-layer plans save memory but not reads); read GB/s = bytes read / attention time.\n\n";
     print_speed_table(speed, o.speed_opt, md, true);
-    md << "\nAt " << o.speed_opt.context << " tokens the whole-model decode reads the "
-       << fmtd("%.0f", double(model.weight_bytes()) / 1e6)
-       << " MB of weights (in their GGUF types) per token and the KV cache is a few MB, so "
+    md << "\nAt " << o.speed_opt.context
+       << " tokens the whole-model decode reads every weight (in its GGUF type) per token and the KV cache is a few MB, so "
           "the cache size barely moves tokens/s; the attention-alone column is where a smaller cache pays, less the "
           "cost of mapping absorbed queries (k.d.d per rebuilt head and query) and values, and more dot products "
           "per token (each query of a rebuilt head scores every one of its k reference streams).\n\n";
@@ -515,12 +529,83 @@ inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
   md << "| **total** | **" << fmtd("%.1f", wall) << "** |\n\n";
   md << "Files: `summary.md` (this), `r2.csv`, `r2_heatmap.svg`, `eval.csv`, `eval.json`, `eval.md`"
      << (have_kjv ? ", `eval_kjv.csv`, `eval_kjv.json`" : "") << ", `plans/*.safetensors` (headrecon plan files), `demo.log`.\n";
-  md.close();
+}
+
+/// The demo: inputs, capture, R² analysis and plans, eval, speed, random
+/// weights, report; each step timed. Returns 0 (failures throw).
+inline int run_demo(const DemoOptions& o_in, std::ostream& term) {
+  namespace fs = std::filesystem;
+  DemoOptions o = o_in;
+  DemoTimer timer;
+  fs::create_directories(fs::path(o.dir) / "plans");
+  std::ofstream logf(fs::path(o.dir) / "demo.log");
+  TeeBuf tee(term.rdbuf(), logf.rdbuf());
+  std::ostream log(&tee);
+  log << std::unitbuf;  // progress shows as it happens
+  set_blas_threads(o.threads);
+  set_engine_threads(std::size_t(o.threads));
+
+  log << "# headrecon-engine demo -> " << o.dir << "\n\n## 0. model and text\n";
+  demo_find_inputs(o, log);
+  const GgufFile f(o.model);
+  const Tokenizer tok(f);
+  LlamaModel model(f);
+  const LlamaConfig& c = model.config();
+  log << "model: " << o.model << " (" << c.arch << ", " << c.n_layer << " layers, " << c.n_head << " query heads, "
+      << c.n_head_kv << " KV heads, head_dim " << c.head_dim << ")\n";
+  const DemoText text = demo_tokenize_text(o, tok, log);
+  timer.lap("load model, tokenize text");
+
+  log << "\n## 1. capture Q/K/V after RoPE (" << text.calib.tokens.size() << " tokens, sequences of "
+      << o.capture_seq_len << ")\n";
+  const std::string acts_path = (fs::path(o.dir) / "calib_acts.safetensors").string();
+  CaptureOptions co;
+  co.seq_len = o.capture_seq_len;
+  co.metadata["model"] = fs::path(o.model).filename().string();
+  co.metadata["text_source"] = o.docs + " (calib split)";
+  demo_capture(model, text.calib.tokens, acts_path, co, log);
+  timer.lap("capture (trained)");
+
+  log << "\n## 2. statistics, R2 curves (1.." << o.max_k << " references), plans\n";
+  headrecon::AccumulateOptions acc;
+  acc.split.fraction = 0.25;
+  acc.split.block = 256;
+  acc.sink_tokens = o.fit_sink;
+  std::vector<EvalPlan> eval_plans;
+  const ModelAnalysis trained = demo_r2_analysis_and_plans(o, c, acts_path, acc, eval_plans, log);
+  if (!o.keep_acts) fs::remove(acts_path);
+  timer.lap("statistics, R2 curves, plans (trained)");
+
+  log << "\n## 3. eval: " << o.eval_seqs << " x " << o.eval_len
+      << " tokens of held-out Linux docs, decoded token by token through the reference-only cache\n";
+  const DemoEval ev = demo_eval(model, text, eval_plans, o, log);
+  timer.lap("eval (decode perplexity)");
+
+  std::vector<SpeedRow> speed;
+  if (o.speed) {
+    speed = demo_speed(model, text, eval_plans, o, log);
+    timer.lap("decode speed (A/B)");
+  }
+
+  ModelAnalysis random;
+  if (o.random) {
+    random = demo_random_weights(model, text, co, acc, o, log);
+    timer.lap("random-init capture + R2 curves");
+  }
+
+  std::vector<R2Curve> all = trained.curves;
+  append(all, random.curves);
+  std::vector<std::string> models{"trained"};
+  if (o.random) models.push_back("random");
+  demo_report_files(all, models, ev, o);
+  timer.lap("report files");
+  const double wall = timer.total();
+  demo_write_summary(o, c, text, trained, all, models, ev, speed, timer, wall);
 
   log << "\n## 5. report\n";
   log << "held-out R2, mean over heads (k = 1.." << o.max_k << "):\n" << demo_md_r2_table(all, models, true, o.max_k);
   log << "\n";
-  print_eval_table(rows, log, false);
+  print_eval_table(ev.rows, log, false);
   if (!speed.empty()) {
     log << "\n";
     print_speed_table(speed, o.speed_opt, log, false);

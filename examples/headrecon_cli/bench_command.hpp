@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "attention_problem.hpp"
+#include "command_line.hpp"
+#include "output_file.hpp"
 #include <nlohmann/json.hpp>
 
 #include "headrecon/moments.hpp"
@@ -161,11 +163,23 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   }
   root["decode_attention"] = std::move(attn);
   if (!cfg.json_path.empty()) {
-    std::ofstream f(cfg.json_path);
-    if (!f) detail::fail("bench: cannot write ", cfg.json_path);
-    f << root.dump() << "\n";
+    write_stream_atomically(cfg.json_path, [&](std::ostream& f) { f << root.dump() << "\n"; });
     os << "\nJSON written to " << cfg.json_path << "\n";
   }
+}
+
+/// Registers `headrecon bench`.
+inline void add_bench_command(Tool& tool) {
+  auto c = std::make_shared<BenchConfig>();
+  CLI::App* cmd = tool.add("bench", "kernel speed as ratios against baselines measured in the same run", [c] {
+    if (!c->json_path.empty()) check_output_path("--json", c->json_path);
+    run_bench(*c, std::cout);
+    return 0;
+  });
+  cmd->add_flag("--quick", c->quick, "small sizes (a smoke run)");
+  cmd->add_option("--json", c->json_path, "also write the results as JSON");
+  cmd->add_option("--threads", c->threads, "decode attention also on this many threads (split-K)")
+      ->check(integer_in(1, 1024));
 }
 
 }  // namespace headrecon::cli

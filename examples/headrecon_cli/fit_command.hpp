@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "args.hpp"
+#include "command_line.hpp"
 #include "headrecon/accumulate.hpp"
 #include "headrecon/blas_threads.hpp"
 #include "headrecon/calibrate.hpp"
@@ -28,6 +28,7 @@
 #include "headrecon/select/model.hpp"
 #include "headrecon/select/probe_weights.hpp"
 #include "headrecon/thread_pool.hpp"
+#include "output_file.hpp"
 
 namespace headrecon::cli {
 
@@ -71,7 +72,9 @@ inline FitOptions parse_ridge(const std::string& s) {
   FitOptions o;
   if (s == "auto") return o;
   o.ridge = RidgeMode::fixed;
-  o.lambda = Args::parse_double("--ridge", s);
+  char* end = nullptr;
+  o.lambda = std::strtod(s.c_str(), &end);
+  if (s.empty() || *end != '\0') detail::fail("--ridge: '", s, "' is not a number");
   if (o.lambda < 0 || !std::isfinite(o.lambda)) detail::fail("--ridge must be 'auto' or a finite number >= 0, got ", s);
   return o;
 }
@@ -136,8 +139,7 @@ inline std::vector<ProbedGroup> read_probe_csv(const std::string& path) {
 
 /// Checks what can be checked before any statistics are computed.
 inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts) {
-  if (!cfg.out.empty() && cfg.out == cfg.acts)
-    detail::fail("--out ", cfg.out, " names the activations file: it would be overwritten");
+  if (!cfg.out.empty()) check_output_path("--out", cfg.out, {cfg.acts, cfg.wo, cfg.probe});
   std::set<Kind> seen;
   for (Kind k : cfg.kinds) {
     if (!seen.insert(k).second) detail::fail("--kind ", kind_name(k), " is given twice");
@@ -415,6 +417,100 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   }
   for (const auto& l : mean_lines) os << l << "\n";
   return out;
+}
+
+inline const char* const fit_help_footer = R"(budget: --budget F keeps round(F*H) heads of each layer (0.4 on 5 heads keeps 2);
+  --kv-budget F keeps round(F * all K and V heads) for the whole model (--kv-bytes N:
+  N bytes per token of --cache-dtype), allocated across layers and between K and V
+  by the strategy; --read-budget F also bounds what one decode step reads.
+strategy loss: rebuilds what costs the model least (key errors through the queries,
+  value errors through the output projection, --wo from headrecon-engine capture
+  --projections); greedy: best held-out R2 first.
+--cache-dtype T: f32, f16, bf16, q8_0, q4_0 (r suffix: Hadamard-rotated, e.g. q4_0r), what
+  bytes count in; --fit-on-cache fits the maps on K/V as that cache gives them back.
+held-out split: whole sequences by default (--holdout-block N: runs of N tokens).
+--probe FILE: per-layer weights of strategy loss from headrecon-engine probe.
+--threads N: BLAS threads for the statistics (default 1); N selection workers
+  (each on one BLAS thread: selection makes many small LAPACK calls).)";
+
+/// Registers `headrecon fit`: its options, checked, fill a FitConfig for run_fit.
+inline void add_fit_command(Tool& tool) {
+  struct Opts {
+    FitConfig c;
+    std::vector<std::string> kinds;
+    std::string cache_dtype = "f32";
+    bool fit_on_cache = false;
+    std::uint64_t seed = 0;
+    CLI::Option *budget = nullptr, *kv_budget = nullptr, *kv_bytes = nullptr, *read_budget = nullptr;
+  };
+  auto o = std::make_shared<Opts>();
+  FitConfig& c = o->c;
+  CLI::App* cmd = tool.add("fit", "fit a plan on captured activations and print held-out R2 per layer x head, "
+                                  "the KV bytes stored and read per token", [o] {
+    FitConfig& c = o->c;
+    if (!o->kinds.empty()) {
+      c.kinds.clear();
+      for (const auto& k : o->kinds) c.kinds.push_back(parse_kind(k));
+    }
+    parse_ridge(c.ridge);  // validate before any work
+    c.select.seed = c.accumulate.split.seed = o->seed;
+    c.select.validate();
+    c.accumulate.split.validate();
+    if (o->budget->count() && (o->kv_budget->count() || o->kv_bytes->count()))
+      detail::fail("give --budget (per layer) or --kv-budget / --kv-bytes (whole model), not both");
+    if (!std::isnan(c.kv_budget) && !(c.kv_budget > 0 && c.kv_budget <= 1))
+      detail::fail("--kv-budget must be a fraction in (0, 1], got ", c.kv_budget);
+    if (!std::isnan(c.read_budget) && !(c.read_budget > 0 && c.read_budget <= 1))
+      detail::fail("--read-budget must be a fraction in (0, 1], got ", c.read_budget);
+    const CacheType ct = CacheType::parse(o->cache_dtype);
+    c.cache_dtype = ct.dtype;
+    if (o->fit_on_cache) c.accumulate.cache_type = ct;
+    check_output_path("--out", c.out, {c.acts, c.wo, c.probe});
+    run_fit(c, std::cout);
+    return 0;
+  });
+  cmd->footer(fit_help_footer);
+  cmd->add_option("--acts", c.acts, "activations file (headrecon synth, headrecon-engine capture)")->required();
+  cmd->add_option("--out", c.out, "plan file to write")->required();
+  cmd->add_option("--kind", o->kinds, "kind to fit: k, v or q (repeat for several)")
+      ->allow_extra_args(false)
+      ->default_str("k");
+  cmd->add_option("--strategy", c.strategy, "greedy|loss|shared|graph|fixed|random");
+  o->budget = cmd->add_option("--budget", c.select.budget, "fraction of each layer's heads kept")->check(finite());
+  o->kv_budget = cmd->add_option("--kv-budget", c.kv_budget, "fraction of all K and V heads kept (whole model)")
+                     ->check(finite())
+                     ->default_str("none");
+  o->kv_bytes = cmd->add_option("--kv-bytes", c.kv_bytes, "KV bytes per token kept (whole model)")
+                    ->check(integer_in(1, 1LL << 40));
+  o->read_budget = cmd->add_option("--read-budget", c.read_budget, "fraction of K/V streams one decode step reads")
+                       ->check(finite())
+                       ->default_str("none");
+  cmd->add_option("--cache-dtype", o->cache_dtype,
+                  "f32|f16|bf16|q8_0|q4_0 (r suffix: Hadamard-rotated, e.g. q4_0r): what the byte budget counts");
+  cmd->add_flag("--fit-on-cache", o->fit_on_cache, "fit the maps on K/V as a --cache-dtype cache gives them back");
+  cmd->add_option("--wo", c.wo, "output projections (strategy loss; headrecon-engine capture --projections)");
+  cmd->add_option("--probe", c.probe, "probe CSV (headrecon-engine probe): per-layer weights of strategy loss");
+  cmd->add_option("--refs", c.select.max_refs, "references per target (0: the strategy's default)")
+      ->check(integer_in(0, 64));
+  cmd->add_option("--holdout", c.accumulate.split.fraction, "held-out fraction")->check(finite());
+  cmd->add_option("--holdout-block", c.accumulate.split.block, "held-out runs of N tokens (0: whole sequences)")
+      ->check(integer_in(0, 1LL << 30));
+  cmd->add_option("--ridge", c.ridge, "auto (GCV) or a fixed lambda >= 0");
+  cmd->add_option("--sink", c.accumulate.sink_tokens, "positions < S are kept exact and not fitted")
+      ->check(integer_in(0, 1LL << 20));
+  cmd->add_flag("--same-layer", "references from the target's layer only (default: also earlier layers)")
+      ->each([&c](const std::string&) { c.accumulate.scope = RefScope::same_layer; });
+  cmd->add_option("--fixed", c.fixed_spec, "strategy fixed: L.H=L.H,L.H;...");
+  cmd->add_option("--seed", o->seed, "seed of the held-out split and strategy random")
+      ->check(integer_in(0, 1LL << 40));
+  cmd->add_option("--min-refs", c.graph_min_refs, "strategy graph: fewest references per target")
+      ->check(integer_in(1, 64));
+  cmd->add_option("--max-refs", c.graph_max_refs, "strategy graph: most references per target")
+      ->check(integer_in(1, 64));
+  cmd->add_option("--batch", c.accumulate.batch_tokens, "tokens read per batch")->check(integer_in(1, 1LL << 24));
+  cmd->add_option("--max-tokens", c.accumulate.max_tokens, "tokens used (0: all)")->check(integer_in(0, 1LL << 40));
+  cmd->add_option("--threads", c.threads, "BLAS threads for the statistics; selection workers")
+      ->check(integer_in(1, 1024));
 }
 
 }  // namespace headrecon::cli

@@ -5,6 +5,7 @@
 #include <ostream>
 #include <string>
 
+#include "command_line.hpp"
 #include "fit_command.hpp"
 #include "headrecon/plan_io.hpp"
 
@@ -39,6 +40,16 @@ inline void run_inspect(const std::string& path, std::ostream& os) {
       os << "\n";
     }
   }
+}
+
+/// Registers `headrecon inspect PLAN`.
+inline void add_inspect_command(Tool& tool) {
+  auto path = std::make_shared<std::string>();
+  CLI::App* cmd = tool.add("inspect", "print what a plan holds", [path] {
+    run_inspect(*path, std::cout);
+    return 0;
+  });
+  cmd->add_option("plan", *path, "plan file (headrecon fit)")->required();
 }
 
 }  // namespace headrecon::cli

@@ -7,9 +7,11 @@
 
 #include <random>
 
+#include "command_line.hpp"
 #include "headrecon/activations_io.hpp"
 #include "headrecon/projections_io.hpp"
 #include "headrecon/synthetic.hpp"
+#include "output_file.hpp"
 
 namespace headrecon::cli {
 
@@ -73,6 +75,49 @@ inline void run_synth(const SynthConfig& c, std::ostream& os) {
   else
     os << "planted: none for K/V - with " << heads.k << (heads.k == 1 ? " head" : " heads")
        << " per layer every head is an independent base head (derived heads need at least 3)\n";
+}
+
+/// Registers `headrecon synth`.
+inline void add_synth_command(Tool& tool) {
+  struct Opts {
+    SynthConfig c;
+    std::string dtype = "f32";
+  };
+  auto o = std::make_shared<Opts>();
+  SynthConfig& c = o->c;
+  c.spec.n_layers = 4;
+  c.spec.n_heads = 4;
+  c.spec.q_per_kv = 2;
+  c.spec.head_dim = 32;
+  c.spec.noise = 0.1;
+  c.spec.seed = 1;
+  CLI::App* cmd = tool.add("synth", "write activations with planted linear structure (and random output projections)",
+                           [o] {
+                             SynthConfig& c = o->c;
+                             const std::string& dt = o->dtype;
+                             if (dt != "f32" && dt != "f16" && dt != "bf16")
+                               detail::fail("--dtype must be f32, f16 or bf16, got ", dt);
+                             c.dtype = dt == "f32" ? DType::f32 : dt == "f16" ? DType::f16 : DType::bf16;
+                             if (c.spec.noise < 0) detail::fail("--noise must be >= 0, got ", c.spec.noise);
+                             check_output_path("--out", c.out);
+                             if (!c.projections.empty()) {
+                               if (c.projections == c.out) detail::fail("--projections and --out name the same file");
+                               check_output_path("--projections", c.projections, {c.out});
+                             }
+                             run_synth(c, std::cout);
+                             return 0;
+                           });
+  cmd->add_option("--out", c.out, "activations file to write")->required();
+  cmd->add_option("--layers", c.spec.n_layers, "layers")->check(integer_in(1, 1024));
+  cmd->add_option("--heads", c.spec.n_heads, "K/V heads per layer")->check(integer_in(1, 1024));
+  cmd->add_option("--q-per-kv", c.spec.q_per_kv, "query heads per K/V head")->check(integer_in(1, 64));
+  cmd->add_option("--dim", c.spec.head_dim, "head dimension")->check(integer_in(1, 1024));
+  cmd->add_option("--tokens", c.tokens, "tokens")->check(integer_in(1, 1LL << 32));
+  cmd->add_option("--seq-len", c.seq_len, "sequence length (positions restart)")->check(integer_in(1, 1LL << 32));
+  cmd->add_option("--noise", c.spec.noise, "noise added to the planted maps")->check(finite());
+  cmd->add_option("--seed", c.spec.seed, "seed")->check(integer_in(0, 1LL << 40));
+  cmd->add_option("--dtype", o->dtype, "f32|f16|bf16");
+  cmd->add_option("--projections", c.projections, "also write random output projections here (strategy loss)");
 }
 
 }  // namespace headrecon::cli

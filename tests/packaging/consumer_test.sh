@@ -132,7 +132,7 @@ public_headers() {
     git ls-files -- '*.hpp'
   else
     find . -name '*.hpp' | sed 's|^\./||'
-  fi | grep -v -e '^headrecon\.hpp$' -e '^detail/' -e '^cpu/' -e '^cuda/' | sort
+  fi | grep -v -e '^headrecon\.hpp$' -e '^detail/' -e '^cpu/' -e '^cuda/' -e '^mpi/' | sort
 }
 # Public headers that the umbrella misses, and its includes in sorted order.
 umbrella_complete() {

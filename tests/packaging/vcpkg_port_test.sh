@@ -3,7 +3,8 @@
 # produces; the vcpkg tool itself is not available here, so this checks what
 # the port relies on, not a `vcpkg install`:
 #  - vcpkg.json is valid JSON, its version is the one in version.hpp, and it
-#    lists the dependencies and the "cuda" feature;
+#    lists the dependencies (not xtensor: no installed header includes it) and
+#    the "cuda" feature;
 #  - every -DHEADRECON_* option the portfile passes exists in CMakeLists.txt;
 #  - the portfile's CONFIG_PATH holds the config, version and targets files,
 #    the version file is architecture-independent, headers are under
@@ -34,10 +35,11 @@ if python3 - "$port/vcpkg.json" "$version" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
 deps = {x if isinstance(x, str) else x["name"] for x in d["dependencies"]}
-need = {"xtensor", "xtensor-blas", "openblas", "lapack", "highway", "nlohmann-json", "vcpkg-cmake", "vcpkg-cmake-config"}
+need = {"openblas", "lapack", "highway", "nlohmann-json", "vcpkg-cmake", "vcpkg-cmake-config"}
 assert d["name"] == "headrecon", d["name"]
 assert d["version"] == sys.argv[2], f"vcpkg.json version {d['version']} != version.hpp {sys.argv[2]}"
 assert need <= deps, f"missing dependencies: {sorted(need - deps)}"
+assert not deps & {"xtensor", "xtensor-blas", "xtl"}, "xtensor is a test dependency, not exported"
 cuda = d["features"]["cuda"]["dependencies"]
 assert "cuda" in [x if isinstance(x, str) else x["name"] for x in cuda], cuda
 EOF
@@ -61,6 +63,10 @@ grep -q "PACKAGE_VERSION \"$version\"" "$prefix/$config_path/headreconConfigVers
 for h in headrecon.hpp version.hpp plan.hpp select/greedy.hpp detail/json.hpp; do
   [ -f "$prefix/include/headrecon/$h" ] && ok || bad "include/headrecon/$h is not installed"
 done
+# The package exports only what its headers use: no installed header includes xtensor.
+! grep -rlE '#include *[<"]xtensor' "$prefix/include/headrecon" && ok || bad "an installed header includes xtensor"
+! grep -qE 'xtensor|xtl' "$prefix/$config_path/headreconConfig.cmake" "$prefix/share/pkgconfig/headrecon.pc" && ok ||
+  bad "the CMake package or pkg-config file still names xtensor"
 [ -f "$prefix/share/pkgconfig/headrecon.pc" ] && ok || bad "share/pkgconfig/headrecon.pc is not installed"
 [ ! -e "$prefix/lib" ] && ok || bad "a header-only install has a lib/ directory"
 grep -q 'headrecon::headrecon' "$port/usage" && ok || bad "usage does not name headrecon::headrecon"
