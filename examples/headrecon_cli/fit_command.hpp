@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "args.hpp"
+#include "fit_distributed.hpp"
 #include "headrecon/accumulate.hpp"
 #include "headrecon/blas_threads.hpp"
 #include "headrecon/calibrate.hpp"
@@ -33,6 +34,8 @@ namespace headrecon::cli {
 
 struct FitConfig {
   std::string acts, out;
+  std::vector<std::string> more_acts;  ///< further activation files: one token stream after `acts`
+  std::size_t max_memory = 0;          ///< bytes the statistics may use per process (0: the available memory)
   std::vector<Kind> kinds{Kind::k};
   std::string strategy = "greedy", fixed_spec;
   std::string ridge = "auto";
@@ -136,6 +139,8 @@ inline std::vector<ProbedGroup> read_probe_csv(const std::string& path) {
 
 /// Checks what can be checked before any statistics are computed.
 inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts) {
+  for (const auto& f : cfg.more_acts)
+    if (!cfg.out.empty() && cfg.out == f) detail::fail("--out ", cfg.out, " names an activations file: it would be overwritten");
   if (!cfg.out.empty() && cfg.out == cfg.acts)
     detail::fail("--out ", cfg.out, " names the activations file: it would be overwritten");
   std::set<Kind> seen;
@@ -162,7 +167,7 @@ inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts)
       detail::fail(acts.path(), ": strategy loss needs the queries (capture with q) for the key metric");
   }
   const auto [usable, max_pos] = usable_tokens(acts, cfg.accumulate);
-  if (usable < 2)
+  if (usable < 2 && cfg.more_acts.empty())  // several files: the training-token check after the statistics
     detail::fail(acts.path(), ": only ", usable, " of ", acts.n_tokens(), " tokens are at positions >= --sink ",
                  cfg.accumulate.sink_tokens, " (the largest position is ", max_pos,
                  "); lower --sink or capture longer sequences");
@@ -172,8 +177,12 @@ inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts)
 inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) {
   using clock = std::chrono::steady_clock;
   auto secs = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
-  const ActivationReader acts(cfg.acts);
+  std::vector<std::string> files{cfg.acts};
+  files.insert(files.end(), cfg.more_acts.begin(), cfg.more_acts.end());
+  FitSource source(files);  // every file, split over the MPI ranks (fit_distributed.hpp)
+  const ActivationReader& acts = source.first();
   check_fit_config(cfg, acts);
+  const double memory_limit = statistics_memory_limit(cfg.max_memory);
   const FitOptions fit = parse_ridge(cfg.ridge);
   OutputProjections wo;
   if (!cfg.wo.empty()) {
@@ -189,11 +198,16 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   plan.n_layers = std::int32_t(acts.n_layers());
   plan.post_rope = acts.post_rope();
   plan.sink_tokens = cfg.accumulate.sink_tokens;
-  os << "headrecon fit: " << cfg.acts << " (" << acts.n_layers() << " layers, " << acts.n_tokens()
+  std::string sources = cfg.acts;
+  for (const auto& f : cfg.more_acts) sources += ", " + f;
+  os << "headrecon fit: " << sources << " (" << acts.n_layers() << " layers, " << source.n_tokens()
      << " tokens, head_dim " << acts.head_dim() << ", " << (acts.post_rope() ? "post-RoPE" : "pre-RoPE") << ")\n";
   os << "held-out split: " << fmt("%g", cfg.accumulate.split.fraction) << " of "
      << cfg.accumulate.split.describe() << "; BLAS threads: " << cfg.threads
      << " for the statistics, 1 for selection and maps (" << cfg.threads << " selection workers)\n";
+  if (source.ranks() > 1)
+    os << "statistics: " << files.size() << " file(s) over " << source.ranks()
+       << " MPI ranks (batches split, tree-ordered merges); selection, maps and the plan on rank 0\n";
 
   // Statistics of every kind first (a whole-model budget selects them together).
   std::vector<HeadMoments> stats;
@@ -201,7 +215,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   for (Kind kind : cfg.kinds) {
     const auto t0 = clock::now();
     const ScopedBlasThreads threads(cfg.threads);
-    stats.push_back(accumulate(acts, kind, cfg.accumulate));
+    stats.push_back(source.statistics(kind, cfg.accumulate, memory_limit, os));
     t_stats.push_back(secs(t0));
     if (stats.back().train_count() < 2)
       detail::fail(cfg.acts, ": ", stats.back().train_count(), " training tokens after the held-out split (",
@@ -212,7 +226,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   if (cfg.strategy == "loss") {
     const auto t0 = clock::now();
     const ScopedBlasThreads threads(cfg.threads);
-    const QueryMoments qm = accumulate_queries(acts, cfg.accumulate);
+    const QueryMoments qm = source.queries(cfg.accumulate);
     // The key metric weighs each query head by the spread of the values it reads.
     const HeadMoments* vstats = nullptr;
     std::unique_ptr<HeadMoments> own;
@@ -222,12 +236,13 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
       if (!acts.has(Kind::v)) detail::fail(acts.path(), ": strategy loss needs the values (capture with v)");
       AccumulateOptions a = cfg.accumulate;
       a.scope = RefScope::same_layer;
-      own = std::make_unique<HeadMoments>(accumulate(acts, Kind::v, a));
+      own = std::make_unique<HeadMoments>(source.statistics(Kind::v, a, memory_limit, os));
       vstats = own.get();
     }
     metrics = residual_metrics(qm, wo.layers, *vstats);
     t_metrics = secs(t0);
   }
+  if (!source.is_root()) return {};  // selection, maps and the plan are rank 0's
 
   std::vector<Selection> sels;
   std::vector<std::unique_ptr<SelectionStrategy>> strategies;
@@ -313,7 +328,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
       os << "budget " << fmt("%.2f", cfg.select.budget) << " (keep " << cached_count(H, cfg.select.budget)
          << ", rebuild " << H - cached_count(H, cfg.select.budget) << " per layer)";
     os << ", refs <= " << (cfg.select.max_refs ? std::to_string(cfg.select.max_refs) : "default") << ", "
-       << (st.scope() == RefScope::same_layer ? "same-layer" : "cross-layer") << ", ridge " << cfg.ridge << "\n";
+       << scope_name(st.scope(), st.window()) << ", ridge " << cfg.ridge << "\n";
     if (cfg.strategy == "graph" && !strategies.empty())
       if (auto* g = dynamic_cast<GraphSelection*>(strategies[ki].get()))
         os << "   graph: edge threshold " << fmt("%.3f", g->threshold) << ", " << g->min_refs << ".." << g->max_refs
@@ -398,7 +413,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
         {"ridge", cfg.ridge},
         {"holdout", fmt("%g", cfg.accumulate.split.fraction) + " of " + cfg.accumulate.split.describe()},
         {"r2", heldout ? "held-out" : "in-sample (no held-out tokens)"},
-        {"source", cfg.acts}};
+        {"source", sources}};
     if (cfg.whole_model()) {
       meta["kv_budget_streams"] = std::to_string(budget.max_cached);
       if (budget.max_streams != std::numeric_limits<std::size_t>::max())

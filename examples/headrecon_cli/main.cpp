@@ -2,6 +2,7 @@
 #include <cmath>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 #include <string>
 
 #include "args.hpp"
@@ -21,9 +22,11 @@ commands:
       [--budget F | --kv-budget F | --kv-bytes N] [--read-budget F] [--cache-dtype f32|f16|bf16]
       [--wo PROJECTIONS] [--probe PROBE.csv] [--refs N] [--holdout F] [--holdout-block N] [--ridge auto|LAMBDA]
       [--sink S] [--same-layer] [--fixed SPEC] [--seed N] [--min-refs N] [--max-refs N]
-      [--batch N] [--max-tokens N] [--threads N]
+      [--batch N] [--max-tokens N] [--threads N] [--window W] [--max-memory BYTES]
         fit a plan on captured activations and print held-out R2 per layer x head,
-        the KV bytes stored and read per token
+        the KV bytes stored and read per token. --acts may be repeated: the files are
+        one token stream. Under mpirun (built with HEADRECON_WITH_MPI) the files'
+        batches are split over the ranks, the statistics reduced, the plan written by rank 0
   inspect PLAN
         print what a plan holds
   synth --out FILE [--layers N] [--heads N] [--q-per-kv N] [--dim D] [--tokens N]
@@ -43,6 +46,10 @@ strategy loss: rebuilds what costs the model least (key errors through the queri
   --projections); greedy: best held-out R2 first.
 held-out split: whole sequences by default (--holdout-block N: runs of N tokens).
 --probe FILE: per-layer weights of strategy loss from headrecon-engine probe.
+--window W: cross-layer references from layers l-W..l only (statistics of
+  (W+1) layers per layer instead of all layers); the statistics' memory is printed
+  first and checked against --max-memory (default: the available memory per rank),
+  with the largest window that fits when it is exceeded.
 --threads N: BLAS threads for the statistics (default 1); N selection workers
   (each on one BLAS thread: selection makes many small LAPACK calls).
 )";
@@ -51,10 +58,13 @@ int cmd_fit(int argc, char** argv) {
   Args a(argc, argv, 2,
          {"--acts", "--out", "--kind", "--strategy", "--budget", "--refs", "--holdout", "--holdout-block", "--ridge",
           "--sink", "--fixed", "--seed", "--min-refs", "--max-refs", "--batch", "--max-tokens", "--threads",
-          "--kv-budget", "--kv-bytes", "--read-budget", "--cache-dtype", "--wo", "--probe"},
+          "--kv-budget", "--kv-bytes", "--read-budget", "--cache-dtype", "--wo", "--probe", "--window", "--max-memory"},
          {"--same-layer"});
   FitConfig c;
-  c.acts = a.required("--acts");
+  const std::vector<std::string> acts = a.all("--acts");
+  if (acts.empty()) detail::fail("missing required option --acts");
+  c.acts = acts[0];
+  c.more_acts.assign(acts.begin() + 1, acts.end());
   c.out = a.required("--out");
   if (a.has("--kind")) {
     c.kinds.clear();
@@ -74,6 +84,12 @@ int cmd_fit(int argc, char** argv) {
   c.accumulate.split.validate();
   c.accumulate.sink_tokens = std::int32_t(a.integer("--sink", 0, 0, 1L << 20));
   c.accumulate.scope = a.has("--same-layer") ? RefScope::same_layer : RefScope::cross_layer;
+  if (a.has("--window")) {
+    if (a.has("--same-layer")) detail::fail("give --same-layer or --window, not both");
+    c.accumulate.scope = RefScope::cross_layer_window;
+    c.accumulate.window = std::int32_t(a.integer("--window", 0, 0, 1L << 20));
+  }
+  c.max_memory = std::size_t(a.integer("--max-memory", 0, 1, 1L << 50));
   c.accumulate.batch_tokens = std::size_t(a.integer("--batch", 2048, 1, 1L << 24));
   c.accumulate.max_tokens = std::size_t(a.integer("--max-tokens", 0, 0, 1L << 40));
   c.graph_min_refs = int(a.integer("--min-refs", 4, 1, 64));
@@ -96,7 +112,8 @@ int cmd_fit(int argc, char** argv) {
   c.wo = a.str("--wo", "");
   c.probe = a.str("--probe", "");
   if (!a.positional().empty()) detail::fail("fit: unexpected argument '", a.positional()[0], "'");
-  run_fit(c, std::cout);
+  std::ostream quiet(nullptr);  // MPI ranks other than 0 print nothing but errors
+  run_fit(c, FitComm().rank() == 0 ? std::cout : quiet);
   return 0;
 }
 
@@ -154,6 +171,13 @@ int cmd_demo(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  std::unique_ptr<MpiSession> mpi;  // MPI when started by mpirun (fit_distributed.hpp)
+  try {
+    mpi = std::make_unique<MpiSession>(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "headrecon: error: " << e.what() << "\n";
+    return 1;
+  }
   if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
     std::cout << usage;
     return argc < 2 ? 2 : 0;
