@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "capture.hpp"
+#include "capture_shard.hpp"
 #include "corpus.hpp"
 #include "demo.hpp"
 #include "eval.hpp"
@@ -44,8 +45,12 @@ Commands:
                                                perplexity and tokens/s
   capture   --model GGUF TEXT --tokens N --out ACTS.safetensors [--pre-rope]
             [--seq-len 512] [--kinds q,k,v] [--dtype f32|f16|bf16] [--spread]
-            [--projections PROJ.safetensors]
+            [--projections PROJ.safetensors] [--shard i/N|mpi]
                                                write a headrecon activations file;
+                                               --shard: sequences i*S/N..(i+1)*S/N-1
+                                               only ("{i}" in --out: the index; mpi:
+                                               rank/size under mpirun); the shards'
+                                               files in order = one capture
                                                --spread: each sequence from the start
                                                of a different file of --text-dir;
                                                --projections: also the output
@@ -384,7 +389,17 @@ int cmd_capture(const Args& a) {
     opt.metadata["text_first_file"] = s.files.front();
     opt.metadata["text_last_file"] = s.files.back();
   }
-  const std::string out = a.required("--out");
+  std::string out = a.required("--out");
+  if (a.has("--shard")) {  // a disjoint run of whole sequences (capture_shard.hpp)
+    const he::Shard shard = he::parse_shard(a.str("--shard"));
+    std::size_t token0 = 0;
+    s.tokens = he::shard_tokens(s.tokens, opt.seq_len, shard, token0);
+    out = he::shard_path(out, shard);
+    opt.metadata["shard"] = std::to_string(shard.index) + "/" + std::to_string(shard.count);
+    opt.metadata["shard_token0"] = std::to_string(token0);
+    std::cout << "shard " << opt.metadata["shard"] << ": tokens " << token0 << ".." << token0 + s.tokens.size() - 1
+              << "\n";
+  }
   if (a.has("--projections"))  // checked before the capture runs
     if (a.str("--projections") == out) fail("--projections and --out name the same file");
   const he::CaptureStats st = he::capture_activations(m, s.tokens, out, opt);
@@ -670,7 +685,7 @@ int main(int argc, char** argv) {
     if (cmd == "capture")
       return cmd_capture(Args(argc, argv,
                               with(text_options, {"--model", "--tokens", "--seq-len", "--out", "--kinds",
-                                                  "--dtype", "--threads", "--random-init", "--projections"}),
+                                                  "--dtype", "--threads", "--random-init", "--projections", "--shard"}),
                               {"--pre-rope", "--spread", "--int8-inputs"}));
     if (cmd == "generate")
       return cmd_generate(Args(argc, argv, {"--model", "--prompt", "--ids", "--n", "--threads", "--random-init"}, {"--chat", "--int8-inputs"}));
