@@ -18,7 +18,7 @@ HeadMoments sub_layers(const SyntheticModel& m, std::int32_t l0, std::int32_t n,
   const auto& s = m.spec();
   const std::size_t H = std::size_t(s.n_heads), d = std::size_t(s.head_dim);
   HeadMoments hm(n, s.n_heads, s.head_dim, RefScope::cross_layer);
-  std::vector<std::vector<float>> bufs(std::size_t(n));
+  std::vector<std::vector<float>> bufs(static_cast<std::size_t>(n));
   for (std::size_t t0 = 0; t0 < tokens; t0 += 500) {
     const std::size_t k = std::min<std::size_t>(500, tokens - t0);
     std::vector<AnyHeadsView> views;

@@ -138,10 +138,12 @@ inline double statistics_memory_limit(std::size_t max_memory) {
   return 0;
 }
 
+/// "12.3 MiB" below a GiB, else "1.23 GiB".
 inline std::string gib(double bytes) {
   std::ostringstream s;
   s.precision(3);
-  s << bytes / double(1 << 30) << " GiB";
+  if (bytes < double(1 << 30)) s << bytes / double(1 << 20) << " MiB";
+  else s << bytes / double(1 << 30) << " GiB";
   return s.str();
 }
 
