@@ -116,7 +116,7 @@ class FitComm {
   }
 
  private:
-  bool mpi_ = false;
+  [[maybe_unused]] bool mpi_ = false;
   int rank_ = 0, size_ = 1;
 };
 
