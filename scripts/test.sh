@@ -2,7 +2,8 @@
 # The whole test suite: C++17 build (library, tool, tests; warnings as errors)
 # and a C++20 build of the tests, each run through ctest (the C++17 run also
 # replays the fuzz corpora and reproducers, label "fuzz", and runs the Python
-# capture's tests, label python, ~2-3 min); the unit, CLI and fuzz-replay
+# capture's tests, label python, ~2-3 min; and, built with HEADRECON_WITH_MPI,
+# the MPI tests on 1, 2 and 4 ranks, label mpi, ~1 min); the unit, CLI and fuzz-replay
 # tests again under ASan + UBSan with LeakSanitizer (preset ci-sanitize); then
 # the packaging test (install/find_package, pkg-config, add_subdirectory,
 # FetchContent, Conan, vcpkg port) and the API docs (Doxygen, warnings are

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "command_line.hpp"
+#include "fit_distributed.hpp"
 #include "headrecon/accumulate.hpp"
 #include "headrecon/blas_threads.hpp"
 #include "headrecon/calibrate.hpp"
@@ -34,6 +35,8 @@ namespace headrecon::cli {
 
 struct FitConfig {
   std::string acts, out;
+  std::vector<std::string> more_acts;  ///< further activation files: one token stream after `acts`
+  std::size_t max_memory = 0;          ///< bytes the statistics may use per process (0: the available memory)
   std::vector<Kind> kinds{Kind::k};
   std::string strategy = "greedy", fixed_spec;
   std::string ridge = "auto";
@@ -139,7 +142,11 @@ inline std::vector<ProbedGroup> read_probe_csv(const std::string& path) {
 
 /// Checks what can be checked before any statistics are computed.
 inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts) {
-  if (!cfg.out.empty()) check_output_path("--out", cfg.out, {cfg.acts, cfg.wo, cfg.probe});
+  if (!cfg.out.empty()) {
+    std::vector<std::string> inputs{cfg.acts, cfg.wo, cfg.probe};
+    inputs.insert(inputs.end(), cfg.more_acts.begin(), cfg.more_acts.end());
+    check_output_path("--out", cfg.out, inputs);
+  }
   std::set<Kind> seen;
   for (Kind k : cfg.kinds) {
     if (!seen.insert(k).second) detail::fail("--kind ", kind_name(k), " is given twice");
@@ -164,7 +171,7 @@ inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts)
       detail::fail(acts.path(), ": strategy loss needs the queries (capture with q) for the key metric");
   }
   const auto [usable, max_pos] = usable_tokens(acts, cfg.accumulate);
-  if (usable < 2)
+  if (usable < 2 && cfg.more_acts.empty())  // several files: the training-token check after the statistics
     detail::fail(acts.path(), ": only ", usable, " of ", acts.n_tokens(), " tokens are at positions >= --sink ",
                  cfg.accumulate.sink_tokens, " (the largest position is ", max_pos,
                  "); lower --sink or capture longer sequences");
@@ -174,8 +181,12 @@ inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts)
 inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) {
   using clock = std::chrono::steady_clock;
   auto secs = [](clock::time_point a) { return std::chrono::duration<double>(clock::now() - a).count(); };
-  const ActivationReader acts(cfg.acts);
+  std::vector<std::string> files{cfg.acts};
+  files.insert(files.end(), cfg.more_acts.begin(), cfg.more_acts.end());
+  FitSource source(files);  // every file, split over the MPI ranks (fit_distributed.hpp)
+  const ActivationReader& acts = source.first();
   check_fit_config(cfg, acts);
+  const double memory_limit = statistics_memory_limit(cfg.max_memory);
   const FitOptions fit = parse_ridge(cfg.ridge);
   OutputProjections wo;
   if (!cfg.wo.empty()) {
@@ -191,7 +202,9 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   plan.n_layers = std::int32_t(acts.n_layers());
   plan.post_rope = acts.post_rope();
   plan.sink_tokens = cfg.accumulate.sink_tokens;
-  os << "headrecon fit: " << cfg.acts << " (" << acts.n_layers() << " layers, " << acts.n_tokens()
+  std::string sources = cfg.acts;
+  for (const auto& f : cfg.more_acts) sources += ", " + f;
+  os << "headrecon fit: " << sources << " (" << acts.n_layers() << " layers, " << source.n_tokens()
      << " tokens, head_dim " << acts.head_dim() << ", " << (acts.post_rope() ? "post-RoPE" : "pre-RoPE") << ")\n";
   os << "held-out split: " << fmt("%g", cfg.accumulate.split.fraction) << " of "
      << cfg.accumulate.split.describe() << "; BLAS threads: " << cfg.threads
@@ -199,6 +212,9 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   if (cfg.accumulate.cache_type)
     os << "K/V statistics on the values a " << cfg.accumulate.cache_type->name()
        << " cache gives back (references and targets rounded as the kernels read them)\n";
+  if (source.ranks() > 1)
+    os << "statistics: " << files.size() << " file(s) over " << source.ranks()
+       << " MPI ranks (batches split, tree-ordered merges); selection, maps and the plan on rank 0\n";
 
   // Statistics of every kind first (a whole-model budget selects them together).
   std::vector<HeadMoments> stats;
@@ -206,7 +222,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   for (Kind kind : cfg.kinds) {
     const auto t0 = clock::now();
     const ScopedBlasThreads threads(cfg.threads);
-    stats.push_back(accumulate(acts, kind, cfg.accumulate));
+    stats.push_back(source.statistics(kind, cfg.accumulate, memory_limit, os));
     t_stats.push_back(secs(t0));
     if (stats.back().train_count() < 2)
       detail::fail(cfg.acts, ": ", stats.back().train_count(), " training tokens after the held-out split (",
@@ -217,7 +233,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   if (cfg.strategy == "loss") {
     const auto t0 = clock::now();
     const ScopedBlasThreads threads(cfg.threads);
-    const QueryMoments qm = accumulate_queries(acts, cfg.accumulate);
+    const QueryMoments qm = source.queries(cfg.accumulate);
     // The key metric weighs each query head by the spread of the values it reads.
     const HeadMoments* vstats = nullptr;
     std::unique_ptr<HeadMoments> own;
@@ -227,12 +243,13 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
       if (!acts.has(Kind::v)) detail::fail(acts.path(), ": strategy loss needs the values (capture with v)");
       AccumulateOptions a = cfg.accumulate;
       a.scope = RefScope::same_layer;
-      own = std::make_unique<HeadMoments>(accumulate(acts, Kind::v, a));
+      own = std::make_unique<HeadMoments>(source.statistics(Kind::v, a, memory_limit, os));
       vstats = own.get();
     }
     metrics = residual_metrics(qm, wo.layers, *vstats);
     t_metrics = secs(t0);
   }
+  if (!source.is_root()) return {};  // selection, maps and the plan are rank 0's
 
   std::vector<Selection> sels;
   std::vector<std::unique_ptr<SelectionStrategy>> strategies;
@@ -318,7 +335,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
       os << "budget " << fmt("%.2f", cfg.select.budget) << " (keep " << cached_count(H, cfg.select.budget)
          << ", rebuild " << H - cached_count(H, cfg.select.budget) << " per layer)";
     os << ", refs <= " << (cfg.select.max_refs ? std::to_string(cfg.select.max_refs) : "default") << ", "
-       << (st.scope() == RefScope::same_layer ? "same-layer" : "cross-layer") << ", ridge " << cfg.ridge << "\n";
+       << scope_name(st.scope(), st.window()) << ", ridge " << cfg.ridge << "\n";
     if (cfg.strategy == "graph" && !strategies.empty())
       if (auto* g = dynamic_cast<GraphSelection*>(strategies[ki].get()))
         os << "   graph: edge threshold " << fmt("%.3f", g->threshold) << ", " << g->min_refs << ".." << g->max_refs
@@ -403,7 +420,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
         {"ridge", cfg.ridge},
         {"holdout", fmt("%g", cfg.accumulate.split.fraction) + " of " + cfg.accumulate.split.describe()},
         {"r2", heldout ? "held-out" : "in-sample (no held-out tokens)"},
-        {"source", cfg.acts}};
+        {"source", sources}};
     if (cfg.accumulate.cache_type) meta["fit_on_cache"] = cfg.accumulate.cache_type->name();
     if (cfg.whole_model()) {
       meta["kv_budget_streams"] = std::to_string(budget.max_cached);
@@ -430,6 +447,12 @@ strategy loss: rebuilds what costs the model least (key errors through the queri
   bytes count in; --fit-on-cache fits the maps on K/V as that cache gives them back.
 held-out split: whole sequences by default (--holdout-block N: runs of N tokens).
 --probe FILE: per-layer weights of strategy loss from headrecon-engine probe.
+--window W: cross-layer references from layers l-W..l only (statistics of
+  (W+1) layers per layer instead of all layers); the statistics' memory is printed
+  first and checked against --max-memory (default: the available memory per rank),
+  with the largest window that fits when it is exceeded.
+mpirun -np N headrecon fit (built with HEADRECON_WITH_MPI): the files' batches are
+  split over the ranks, the statistics reduced, the plan written by rank 0.
 --threads N: BLAS threads for the statistics (default 1); N selection workers
   (each on one BLAS thread: selection makes many small LAPACK calls).)";
 
@@ -437,17 +460,23 @@ held-out split: whole sequences by default (--holdout-block N: runs of N tokens)
 inline void add_fit_command(Tool& tool) {
   struct Opts {
     FitConfig c;
-    std::vector<std::string> kinds;
+    std::vector<std::string> kinds, acts;
     std::string cache_dtype = "f32";
     bool fit_on_cache = false;
     std::uint64_t seed = 0;
-    CLI::Option *budget = nullptr, *kv_budget = nullptr, *kv_bytes = nullptr, *read_budget = nullptr;
+    CLI::Option *budget = nullptr, *kv_budget = nullptr, *kv_bytes = nullptr, *read_budget = nullptr, *window = nullptr;
   };
   auto o = std::make_shared<Opts>();
   FitConfig& c = o->c;
   CLI::App* cmd = tool.add("fit", "fit a plan on captured activations and print held-out R2 per layer x head, "
                                   "the KV bytes stored and read per token", [o] {
     FitConfig& c = o->c;
+    c.acts = o->acts.front();
+    c.more_acts.assign(o->acts.begin() + 1, o->acts.end());
+    if (o->window->count()) {
+      if (c.accumulate.scope == RefScope::same_layer) detail::fail("give --same-layer or --window, not both");
+      c.accumulate.scope = RefScope::cross_layer_window;
+    }
     if (!o->kinds.empty()) {
       c.kinds.clear();
       for (const auto& k : o->kinds) c.kinds.push_back(parse_kind(k));
@@ -465,12 +494,19 @@ inline void add_fit_command(Tool& tool) {
     const CacheType ct = CacheType::parse(o->cache_dtype);
     c.cache_dtype = ct.dtype;
     if (o->fit_on_cache) c.accumulate.cache_type = ct;
-    check_output_path("--out", c.out, {c.acts, c.wo, c.probe});
-    run_fit(c, std::cout);
+    std::vector<std::string> inputs{c.acts, c.wo, c.probe};
+    inputs.insert(inputs.end(), c.more_acts.begin(), c.more_acts.end());
+    check_output_path("--out", c.out, inputs);
+    std::ostream quiet(nullptr);  // MPI ranks other than 0 print nothing but errors
+    run_fit(c, FitComm().rank() == 0 ? std::cout : quiet);
     return 0;
   });
   cmd->footer(fit_help_footer);
-  cmd->add_option("--acts", c.acts, "activations file (headrecon synth, headrecon-engine capture)")->required();
+  cmd->add_option("--acts", o->acts,
+                  "activations file (headrecon synth, headrecon-engine capture); repeat for several: one token "
+                  "stream, split over the ranks under mpirun")
+      ->required()
+      ->allow_extra_args(false);
   cmd->add_option("--out", c.out, "plan file to write")->required();
   cmd->add_option("--kind", o->kinds, "kind to fit: k, v or q (repeat for several)")
       ->allow_extra_args(false)
@@ -511,6 +547,10 @@ inline void add_fit_command(Tool& tool) {
   cmd->add_option("--max-tokens", c.accumulate.max_tokens, "tokens used (0: all)")->check(integer_in(0, 1LL << 40));
   cmd->add_option("--threads", c.threads, "BLAS threads for the statistics; selection workers")
       ->check(integer_in(1, 1024));
+  o->window = cmd->add_option("--window", c.accumulate.window, "cross-layer references from layers l-W..l only")
+                  ->check(integer_in(0, 1 << 20));
+  cmd->add_option("--max-memory", c.max_memory, "bytes the statistics may take (default: available memory per rank)")
+      ->check(integer_in(1, 1LL << 50));
 }
 
 }  // namespace headrecon::cli

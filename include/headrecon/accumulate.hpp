@@ -16,6 +16,7 @@ namespace headrecon {
 
 struct AccumulateOptions {
   RefScope scope = RefScope::cross_layer;
+  std::int32_t window = 0;          ///< earlier layers a target may use under RefScope::cross_layer_window
   HoldoutSplit split{};
   std::int32_t sink_tokens = 0;     ///< tokens at positions < sink_tokens are skipped (kept exact by engines)
   std::size_t batch_tokens = 2048;  ///< tokens read per batch
@@ -53,7 +54,8 @@ inline HeadMoments accumulate(const ActivationReader& acts, Kind kind, const Acc
   if (!acts.has(kind)) detail::fail(acts.path(), ": no '", kind_name(kind), "' activations in this file");
   if (opt.batch_tokens == 0) detail::fail("accumulate: batch_tokens must be positive");
   const std::size_t L = acts.n_layers();
-  HeadMoments hm(std::int32_t(L), std::int32_t(acts.n_heads(kind)), std::int32_t(acts.head_dim()), opt.scope);
+  HeadMoments hm(std::int32_t(L), std::int32_t(acts.n_heads(kind)), std::int32_t(acts.head_dim()), opt.scope,
+                 opt.window);
   std::vector<std::vector<std::byte>> bufs(L);
   std::vector<AnyHeadsView> views(L);
   const bool round = opt.cache_type && kind != Kind::q;

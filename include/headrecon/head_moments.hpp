@@ -2,9 +2,11 @@
 /// @file head_moments.hpp
 /// Streaming statistics of every head of one kind (q, k or v) across layers,
 /// grouped so that any target can be fitted on any allowed reference set:
-/// one joint group per layer (same-layer references) or one group over all
-/// layers (references from the same or earlier layers).
+/// one joint group per layer (same-layer references), one group over all
+/// layers (references from the same or earlier layers), or one group per layer
+/// over a window of w earlier layers (references from layers l−w…l).
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -23,6 +25,7 @@ namespace headrecon {
 enum class RefScope : std::uint8_t {
   same_layer,    ///< only heads of the target's layer
   cross_layer,   ///< heads of the target's layer or any earlier layer
+  cross_layer_window,  ///< heads of layers l−w…l for a target in layer l (HeadMoments' window w)
 };
 
 /// A fit of one target on one reference set, scored in-sample and held-out;
@@ -43,23 +46,63 @@ struct Evaluation {
 };
 
 /// Train/held-out moments of all heads of one kind. Cross-layer statistics
-/// cost (L·H·d)² doubles twice; same-layer ones L·(H·d)².
+/// cost (L·H·d)² doubles twice; same-layer ones L·(H·d)²; a window of w layers
+/// Σ_l ((min(l, w) + 1)·H·d)² (see statistics_bytes).
 class HeadMoments {
  public:
-  HeadMoments(std::int32_t n_layers, std::int32_t n_heads, std::int32_t head_dim, RefScope scope)
-      : layers_(n_layers), heads_(n_heads), dim_(head_dim), scope_(scope) {
+  /// `window` (>= 0) is the number of earlier layers a target may draw on
+  /// under RefScope::cross_layer_window; other scopes ignore it.
+  HeadMoments(std::int32_t n_layers, std::int32_t n_heads, std::int32_t head_dim, RefScope scope,
+              std::int32_t window = 0)
+      : layers_(n_layers), heads_(n_heads), dim_(head_dim), scope_(scope),
+        window_(scope == RefScope::cross_layer_window ? window : 0) {
     if (n_layers <= 0 || n_heads <= 0 || head_dim <= 0)
       detail::fail("HeadMoments: layers, heads and head_dim must be positive (got ", n_layers, ", ",
                    n_heads, ", ", head_dim, ")");
-    const std::size_t groups = scope == RefScope::same_layer ? std::size_t(n_layers) : 1;
-    const std::size_t p = group_heads() * std::size_t(head_dim);
-    groups_.assign(groups, SplitMoments(p));
+    if (window_ < 0) detail::fail("HeadMoments: window must be >= 0, got ", window);
+    const std::size_t groups = scope == RefScope::cross_layer ? 1 : std::size_t(n_layers);
+    for (std::size_t g = 0; g < groups; ++g) groups_.emplace_back(group_dim(g));
+  }
+
+  /// Bytes the statistics of this shape and scope hold (train and held-out
+  /// co-moments in double, the per-accumulator float scratch of add_batch and
+  /// one gathered batch of `batch_tokens` rows): an estimate to check before allocating.
+  static double statistics_bytes(std::int32_t n_layers, std::int32_t n_heads, std::int32_t head_dim,
+                                 RefScope scope, std::int32_t window = 0, std::size_t batch_tokens = 2048) {
+    double total = 0.0, widest = 0.0;
+    const std::int32_t groups = scope == RefScope::cross_layer ? 1 : n_layers;
+    for (std::int32_t g = 0; g < groups; ++g) {
+      const std::int32_t layers = scope == RefScope::same_layer    ? 1
+                                  : scope == RefScope::cross_layer ? n_layers
+                                                                   : std::min(g, window) + 1;
+      const double p = double(layers) * double(n_heads) * double(head_dim);
+      total += 2.0 * (12.0 * p * p + 16.0 * p);  // m2 (double) + gram scratch (float), mean
+      widest = std::max(widest, p);
+    }
+    return total + 2.0 * 4.0 * double(batch_tokens) * widest;  // gather rows + centered batch
+  }
+  /// The largest window w (0…L−1) whose statistics_bytes fit `limit` bytes, or −1 when not even w = 0 does.
+  static std::int32_t largest_window(std::int32_t n_layers, std::int32_t n_heads, std::int32_t head_dim,
+                                     double limit, std::size_t batch_tokens = 2048) {
+    std::int32_t best = -1;
+    for (std::int32_t w = 0; w < n_layers; ++w) {
+      if (statistics_bytes(n_layers, n_heads, head_dim, RefScope::cross_layer_window, w, batch_tokens) > limit) break;
+      best = w;
+    }
+    return best;
   }
 
   std::int32_t n_layers() const { return layers_; }
   std::int32_t n_heads() const { return heads_; }
   std::int32_t head_dim() const { return dim_; }
   RefScope scope() const { return scope_; }
+  /// Earlier layers a target may draw on under RefScope::cross_layer_window (0 otherwise).
+  std::int32_t window() const { return window_; }
+  /// The accumulator groups (one per layer, or one for RefScope::cross_layer),
+  /// for serialization and reduction across processes.
+  std::size_t n_groups() const { return groups_.size(); }
+  SplitMoments& group_at(std::size_t g) { return groups_.at(g); }
+  const SplitMoments& group_at(std::size_t g) const { return groups_.at(g); }
   std::uint64_t train_count() const { return groups_[0].train.count(); }
   std::uint64_t heldout_count() const { return groups_[0].heldout.count(); }
 
@@ -87,15 +130,15 @@ class HeadMoments {
     }
     for (std::size_t g = 0; g < groups_.size(); ++g) {
       gather(layers, g, train_rows, token0);
-      groups_[g].train.add_batch(rows_.data(), train_rows.size(), group_dim());
+      groups_[g].train.add_batch(rows_.data(), train_rows.size(), group_dim(g));
       gather(layers, g, test_rows, token0);
-      groups_[g].heldout.add_batch(rows_.data(), test_rows.size(), group_dim());
+      groups_[g].heldout.add_batch(rows_.data(), test_rows.size(), group_dim(g));
     }
   }
 
   /// Adds another accumulator's statistics (same shape and scope).
   void merge(const HeadMoments& o) {
-    if (o.layers_ != layers_ || o.heads_ != heads_ || o.dim_ != dim_ || o.scope_ != scope_)
+    if (o.layers_ != layers_ || o.heads_ != heads_ || o.dim_ != dim_ || o.scope_ != scope_ || o.window_ != window_)
       detail::fail("HeadMoments::merge: shapes or scopes differ");
     for (std::size_t g = 0; g < groups_.size(); ++g) groups_[g].merge(o.groups_[g]);
   }
@@ -103,7 +146,8 @@ class HeadMoments {
   /// True when `ref` may serve as a reference of `target` under this scope.
   bool allowed(HeadId target, HeadId ref) const {
     if (ref == target) return false;
-    return scope_ == RefScope::same_layer ? ref.layer == target.layer : ref.layer <= target.layer;
+    if (scope_ == RefScope::same_layer) return ref.layer == target.layer;
+    return ref.layer <= target.layer && (scope_ == RefScope::cross_layer || ref.layer >= target.layer - window_);
   }
 
   /// Fits `target` on `refs` (training split) and scores it on both splits;
@@ -122,9 +166,9 @@ class HeadMoments {
     }
     const SplitMoments& g = groups_[group_of(target)];
     std::vector<std::size_t> blocks;
-    for (HeadId r : refs) blocks.push_back(block_of(r));
+    for (HeadId r : refs) blocks.push_back(block_in(r, group_of(target)));
     const auto x = head_columns(blocks, std::size_t(dim_));
-    const auto y = head_columns({block_of(target)}, std::size_t(dim_));
+    const auto y = head_columns({block_in(target, group_of(target))}, std::size_t(dim_));
     Evaluation ev;
     ev.map = fit_ridge(g.train, x, y, opt);
     ev.has_heldout = g.heldout.count() >= 2;
@@ -149,23 +193,35 @@ class HeadMoments {
     return ev;
   }
 
-  /// Training and held-out statistics of the group that holds `h`, and the
-  /// column index of component 0 of `h` in them.
+  /// Training and held-out statistics of the group that holds target `h`, and
+  /// the column index of component 0 of `h` in them; column(r, target) is the
+  /// column of reference r (allowed(target, r) or r == target) in target's group.
   const SplitMoments& group(HeadId h) const {
     check(h, "head");
     return groups_[group_of(h)];
   }
-  std::size_t column(HeadId h) const { return block_of(h) * std::size_t(dim_); }
+  std::size_t column(HeadId h) const { return block_in(h, group_of(h)) * std::size_t(dim_); }
+  std::size_t column(HeadId r, HeadId target) const {
+    if (!(r == target) && !allowed(target, r))
+      detail::fail("HeadMoments::column: head (", r.layer, ", ", r.head, ") is not in the group of (", target.layer,
+                   ", ", target.head, ")");
+    return block_in(r, group_of(target)) * std::size_t(dim_);
+  }
 
  private:
-  std::size_t group_heads() const {
-    return std::size_t(heads_) * (scope_ == RefScope::same_layer ? 1 : std::size_t(layers_));
+  // First layer and one-past-last layer of group g.
+  std::size_t first_layer(std::size_t g) const {
+    if (scope_ == RefScope::cross_layer) return 0;
+    if (scope_ == RefScope::same_layer) return g;
+    return g >= std::size_t(window_) ? g - std::size_t(window_) : 0;
   }
-  std::size_t group_dim() const { return group_heads() * std::size_t(dim_); }
-  std::size_t group_of(HeadId h) const { return scope_ == RefScope::same_layer ? std::size_t(h.layer) : 0; }
-  std::size_t block_of(HeadId h) const {
-    return scope_ == RefScope::same_layer ? std::size_t(h.head)
-                                          : std::size_t(h.layer) * std::size_t(heads_) + std::size_t(h.head);
+  std::size_t end_layer(std::size_t g) const { return scope_ == RefScope::cross_layer ? std::size_t(layers_) : g + 1; }
+  std::size_t group_dim(std::size_t g) const {
+    return (end_layer(g) - first_layer(g)) * std::size_t(heads_) * std::size_t(dim_);
+  }
+  std::size_t group_of(HeadId h) const { return scope_ == RefScope::cross_layer ? 0 : std::size_t(h.layer); }
+  std::size_t block_in(HeadId h, std::size_t g) const {
+    return (std::size_t(h.layer) - first_layer(g)) * std::size_t(heads_) + std::size_t(h.head);
   }
   void check(HeadId h, const char* what) const {
     if (h.layer < 0 || h.layer >= layers_ || h.head < 0 || h.head >= heads_)
@@ -176,10 +232,9 @@ class HeadMoments {
   // a non-finite value is an Error naming its layer, token, head and component.
   void gather(const std::vector<AnyHeadsView>& layers, std::size_t g, const std::vector<std::size_t>& sel,
               std::uint64_t token0) {
-    const std::size_t gd = group_dim(), d = std::size_t(dim_);
+    const std::size_t gd = group_dim(g), d = std::size_t(dim_);
     rows_.resize(sel.size() * gd);
-    const std::size_t l0 = scope_ == RefScope::same_layer ? g : 0;
-    const std::size_t l1 = scope_ == RefScope::same_layer ? g + 1 : layers.size();
+    const std::size_t l0 = first_layer(g), l1 = end_layer(g);
     for (std::size_t l = l0; l < l1; ++l) {
       layers[l].visit([&](auto v) {
         for (std::size_t r = 0; r < sel.size(); ++r)
@@ -199,6 +254,7 @@ class HeadMoments {
 
   std::int32_t layers_, heads_, dim_;
   RefScope scope_;
+  std::int32_t window_;
   std::vector<SplitMoments> groups_;
   std::vector<float> rows_;  // gather scratch
 };

@@ -99,6 +99,14 @@ class QueryMoments {
   std::int32_t n_heads() const { return heads_; }
   std::int32_t head_dim() const { return dim_; }
   std::uint64_t count() const { return m_.empty() ? 0 : m_[0].count(); }
+  /// Adds another accumulator's statistics (same shape).
+  void merge(const QueryMoments& o) {
+    if (o.layers_ != layers_ || o.heads_ != heads_ || o.dim_ != dim_) detail::fail("QueryMoments::merge: shapes differ");
+    for (std::size_t i = 0; i < m_.size(); ++i) m_[i].merge(o.m_[i]);
+  }
+  /// One accumulator per (layer, head), layer-major: for serialization and reduction across processes.
+  std::vector<Moments>& parts() { return m_; }
+  const std::vector<Moments>& parts() const { return m_; }
 
   /// Adds the tokens of `view` ([tokens, heads, d]) of layer `layer` whose
   /// position (nullable: token index) is at least `sink_tokens`.

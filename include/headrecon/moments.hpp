@@ -87,6 +87,20 @@ class Moments {
   /// Number of floating-point operations add_batch spends on n rows (the syrk).
   double batch_flops(std::size_t n) const { return double(n) * double(p_) * double(p_ + 1); }
 
+  /// Rebuilds an accumulator from its count, mean (p) and row-major p×p
+  /// co-moment, as read from count(), mean() and comoment() of another (for
+  /// instance received from another process). Throws Error on inconsistent sizes.
+  static Moments from_parts(std::uint64_t n, std::vector<double> mean, std::vector<double> m2) {
+    const std::size_t p = mean.size();
+    if (m2.size() != p * p) detail::fail("Moments::from_parts: co-moment has ", m2.size(), " entries, expected ", p * p);
+    Moments m;
+    m.p_ = p;
+    m.n_ = n;
+    m.mean_ = std::move(mean);
+    m.m2_ = std::move(m2);
+    return m;
+  }
+
  private:
   template <class Gram>
   void merge_centered(std::uint64_t nb, const double* mub, Gram gram) {

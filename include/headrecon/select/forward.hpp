@@ -86,7 +86,7 @@ inline std::vector<HeadId> forward_references(const HeadMoments& stats, HeadId t
     return v > 0.0 ? v * (1.0 + lambda) : 1.0;
   };
   std::vector<std::size_t> col(nc);
-  for (std::size_t c = 0; c < nc; ++c) col[c] = stats.column(candidates[c]);
+  for (std::size_t c = 0; c < nc; ++c) col[c] = stats.column(candidates[c], target);
   // Conditional blocks given the chosen set S, column-major d×d per candidate:
   // A_c = C_cc|S (with the ridge), B_c = C_cy|S.
   std::vector<double> a(nc * dd), b(nc * dd), own(nc, 0.0);

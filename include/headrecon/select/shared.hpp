@@ -93,7 +93,7 @@ class SharedSelection : public SelectionStrategy {
                                                const SelectionOptions& opt) {
     std::vector<HeadId> layer_refs, cached = sel.cached(stats.n_heads(), l - 1);
     for (std::int32_t h : set) layer_refs.push_back({l, h}), cached.push_back({l, h});
-    const bool pick = opt.max_refs > 0 || stats.scope() == RefScope::cross_layer;
+    const bool pick = opt.max_refs > 0 || stats.scope() != RefScope::same_layer;
     const int k = opt.max_refs > 0 ? opt.max_refs : int(set.size());
     std::vector<TargetChoice> out;
     for (std::int32_t h = 0; h < stats.n_heads(); ++h) {
