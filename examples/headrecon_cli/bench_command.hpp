@@ -115,7 +115,7 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   const std::vector<CacheType> types = {CacheType::parse("f32"), CacheType::parse("bf16"), CacheType::parse("q8_0"),
                                         CacheType::parse("q4_0r")};
   const std::vector<std::size_t> llama_ctx = cfg.quick ? std::vector<std::size_t>{1024}
-                                                       : std::vector<std::size_t>{4096, 8192, 32768};
+                                                       : std::vector<std::size_t>{4096, 32768};
   std::vector<std::size_t> thread_list = {1};
   if (cfg.threads > 1) thread_list.push_back(cfg.threads);
   for (const CacheType& dt : types)
@@ -124,7 +124,7 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   for (std::size_t T : cfg.quick ? std::vector<std::size_t>{} : std::vector<std::size_t>{8192, 32768})
     rows.push_back({&kLlama3_8B_2refs, T, CacheType::parse("f32"), 1});
   for (const CacheType& dt : types)
-    for (std::size_t T : cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{4096, 8192})
+    for (std::size_t T : cfg.quick ? std::vector<std::size_t>{1024} : std::vector<std::size_t>{8192})
       for (std::size_t th : thread_list) rows.push_back({&kSmolLM2, T, dt, th});
   for (const Row& r : rows) {
     AttentionProblem p(*r.shape, r.T, r.dt, r.threads, dram_bytes);
