@@ -22,10 +22,10 @@ bash examples/engine/prepare_text.sh >&2 || echo "demo.sh: no KJV text: the out-
 # pareto_kjv.svg out of domain) from the eval JSON.
 build/release/examples/engine/headrecon-engine demo --model "$model" --dir build/demo \
   --cache-dtype f32,q8_0r,q4_0r --chunk 64 "$@"
-python3 scripts/plot_pareto.py build/demo/pareto.svg build/demo/eval.json \
+/usr/bin/python3 scripts/plot_pareto.py build/demo/pareto.svg build/demo/eval.json \
   --title "SmolLM2-135M, held-out Linux docs: KV bytes per token vs perplexity"
 if [ -s build/demo/eval_kjv.json ]; then
-  python3 scripts/plot_pareto.py build/demo/pareto_kjv.svg build/demo/eval_kjv.json \
+  /usr/bin/python3 scripts/plot_pareto.py build/demo/pareto_kjv.svg build/demo/eval_kjv.json \
     --title "SmolLM2-135M, KJV (out of domain): KV bytes per token vs perplexity"
 fi
 echo "report: build/demo/summary.md (Pareto plots: build/demo/pareto.svg, pareto_kjv.svg)"

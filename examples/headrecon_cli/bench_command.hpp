@@ -164,7 +164,8 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   root["decode_attention"] = std::move(attn);
   if (!cfg.json_path.empty()) {
     write_stream_atomically(cfg.json_path, [&](std::ostream& f) { f << root.dump() << "\n"; });
-    os << "\nJSON written to " << cfg.json_path << "\n";
+    os << "\nJSON written to " << cfg.json_path << "; roofline plot: python3 scripts/plot_roofline.py "
+       << cfg.json_path << " roofline.svg\n";
   }
 }
 
