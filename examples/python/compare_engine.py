@@ -38,7 +38,7 @@ def gguf_to_hf_order(x):
 
 def mean_r2(cli, acts, kind):
     r = subprocess.run([cli, "fit", "--acts", acts, "--kind", kind, "--sink", "4", "--refs", "2",
-                        "--same-layer", "--out", acts + f".{kind}.plan"], capture_output=True, text=True)
+                        "--same-layer", "--holdout-block", "256", "--out", acts + f".{kind}.plan"], capture_output=True, text=True)
     if r.returncode:
         sys.exit(f"headrecon fit failed on {acts}:\n{r.stderr}")
     return float(re.search(rf"mean held-out R2 \({kind}\): (\S+)", r.stdout).group(1))
