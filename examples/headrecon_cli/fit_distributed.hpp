@@ -221,11 +221,20 @@ class FitSource {
                    opt.window);
     std::vector<std::vector<std::byte>> bufs(L);
     std::vector<AnyHeadsView> views(L);
+    // --fit-on-cache: K/V rounded as the cache gives them back (accumulate.hpp does the same).
+    const bool round = opt.cache_type && kind != Kind::q;
+    if (round && is_block_type(opt.cache_type->dtype) && first_->head_dim() % kQuantBlock != 0)
+      detail::fail("cache type ", opt.cache_type->name(), " needs head_dim a multiple of ", kQuantBlock, ", got ",
+                   first_->head_dim());
+    std::vector<std::vector<float>> rounded(round ? L : 0);
     comm_.collectively([&] {
       for (const Unit& u : my_units(opt)) {
         const ActivationReader& acts = reader(u.file);
         try {
-          for (std::size_t l = 0; l < L; ++l) views[l] = acts.read(l, kind, u.t0, u.n, bufs[l]);
+          for (std::size_t l = 0; l < L; ++l) {
+            views[l] = acts.read(l, kind, u.t0, u.n, bufs[l]);
+            if (round) views[l] = detail::roundtrip_view(views[l], *opt.cache_type, rounded[l]);
+          }
           const std::vector<std::int32_t> pos = acts.positions(u.t0, u.n);
           hm.add(views, u.token0, opt.split, pos.data(), opt.sink_tokens);
         } catch (const Error& e) {

@@ -32,6 +32,17 @@ done
 # Planted heads are found: greedy's held-out R2 is high and 50% of the KV cache is saved.
 expect_ok "greedy quality" "mean held-out R2 \(v\): 0\.9[5-9]" \
   "$tool" fit --acts "$acts" --kind v --refs 2 --out "$dir/g.plan" --same-layer
+# --fit-on-cache: the statistics see K/V as a q4_0 cache gives them back, so the
+# held-out R2 drops below the exact fit's (4-bit rounding is noise in X and Y).
+"$tool" synth --out "$dir/d32.safetensors" --layers 2 --heads 4 --dim 32 --tokens 3000 --seq-len 500 --noise 0.01 > /dev/null
+r2_exact=$("$tool" fit --acts "$dir/d32.safetensors" --kind v --refs 2 --out "$dir/e.plan" | sed -n 's/^mean held-out R2 (v): //p')
+r2_q4=$("$tool" fit --acts "$dir/d32.safetensors" --kind v --refs 2 --cache-dtype q4_0 --fit-on-cache --out "$dir/q.plan" |
+        sed -n 's/^mean held-out R2 (v): //p')
+if [ -n "$r2_exact" ] && [ -n "$r2_q4" ] && awk -v a="$r2_exact" -v b="$r2_q4" 'BEGIN { exit !(b < a - 0.005) }'; then
+  ok
+else
+  bad "fit-on-cache q4_0 should lower the held-out R2 ($r2_exact exact, $r2_q4 on the cache)"
+fi
 expect_ok "kv saved" "KV cache saved: 18 of 36 K/V heads rebuilt = 50\.0%" \
   "$tool" fit --acts "$acts" --kind k --kind v --refs 2 --out "$dir/kv.plan"
 expect_ok "budget 0.2 on 12 Q heads keeps round(2.4) = 2" "q: 3 layers x 12 heads.*keep 2, rebuild 10 per layer" \
