@@ -43,7 +43,7 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   const ParallelFor one, all = pool.parallel_for();
   const double fma = fma_peak_gflops(), triad = cfg.quick ? 0.0 : triad_gbps();
   const double fma_all = cfg.threads > 1 ? fma_peak_gflops(all) : fma;
-  const std::size_t dram_bytes = cfg.quick ? std::size_t(64) << 20 : std::size_t(1) << 30;
+  const std::size_t dram_bytes = cfg.quick ? std::size_t(8) << 20 : std::size_t(1) << 30;  // quick: a smoke run
   const double dram1 = dram_read_gbps(one, dram_bytes), dram_all = cfg.threads > 1 ? dram_read_gbps(all, dram_bytes) : dram1;
   ReconProblem gemm(cfg.quick ? 256 : 2048, 128);
   const double sgemm = gemm.flops() / seconds_per_call([&] { gemm.blas(); }, tmin) / 1e9;
@@ -112,8 +112,10 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   json attn = json::array();
   struct Row { const ModelShape* shape; std::size_t T; CacheType dt; std::size_t threads; };
   std::vector<Row> rows;
-  const std::vector<CacheType> types = {CacheType::parse("f32"), CacheType::parse("bf16"), CacheType::parse("q8_0"),
-                                        CacheType::parse("q4_0r")};
+  const std::vector<CacheType> types =
+      cfg.quick ? std::vector<CacheType>{CacheType::parse("f32"), CacheType::parse("q4_0r")}
+                : std::vector<CacheType>{CacheType::parse("f32"), CacheType::parse("bf16"), CacheType::parse("q8_0"),
+                                         CacheType::parse("q4_0r")};
   const std::vector<std::size_t> llama_ctx = cfg.quick ? std::vector<std::size_t>{1024}
                                                        : std::vector<std::size_t>{4096, 32768};
   std::vector<std::size_t> thread_list = {1};
