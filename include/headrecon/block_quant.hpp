@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "headrecon/dtype.hpp"
 
@@ -28,6 +29,14 @@ struct BlockQ4_0 {
   std::uint8_t qs[kQuantBlock / 2];
 };
 static_assert(sizeof(BlockQ8_0) == 34 && sizeof(BlockQ4_0) == 18, "llama.cpp block sizes");
+
+/// The f16 scale of the block at `p` (any byte address) as float; its values start at p + kBlockQsOffset.
+inline constexpr std::size_t kBlockQsOffset = 2;
+inline float block_scale(const unsigned char* p) {
+  f16_t h;
+  std::memcpy(&h, p, sizeof h);
+  return to_float(h);
+}
 
 /// One q8_0 block from 32 values (ggml's quantize_row_q8_0_ref).
 inline void quantize_block(const float* x, BlockQ8_0& y) {
@@ -76,11 +85,18 @@ inline void dequantize_block(const BlockQ4_0& b, float* x) {
 inline void quantize_row(const float* x, std::size_t n, DType t, void* out) {
   if (!is_block_type(t) || n % kQuantBlock != 0)
     detail::fail("quantize_row: ", n, " values of ", dtype_name(t), " (a block type, whole blocks of 32)");
+  // Blocks are copied byte-wise: a row may start at any byte (34- and 18-byte blocks pack with no padding).
+  unsigned char* o = static_cast<unsigned char*>(out);
   for (std::size_t b = 0; b < n / kQuantBlock; ++b) {
-    if (t == DType::q8_0)
-      quantize_block(x + b * kQuantBlock, static_cast<BlockQ8_0*>(out)[b]);
-    else
-      quantize_block(x + b * kQuantBlock, static_cast<BlockQ4_0*>(out)[b]);
+    if (t == DType::q8_0) {
+      BlockQ8_0 q;
+      quantize_block(x + b * kQuantBlock, q);
+      std::memcpy(o + b * sizeof q, &q, sizeof q);
+    } else {
+      BlockQ4_0 q;
+      quantize_block(x + b * kQuantBlock, q);
+      std::memcpy(o + b * sizeof q, &q, sizeof q);
+    }
   }
 }
 
@@ -88,11 +104,17 @@ inline void quantize_row(const float* x, std::size_t n, DType t, void* out) {
 inline void dequantize_row(const void* in, std::size_t n, DType t, float* x) {
   if (!is_block_type(t) || n % kQuantBlock != 0)
     detail::fail("dequantize_row: ", n, " values of ", dtype_name(t), " (a block type, whole blocks of 32)");
+  const unsigned char* p = static_cast<const unsigned char*>(in);
   for (std::size_t b = 0; b < n / kQuantBlock; ++b) {
-    if (t == DType::q8_0)
-      dequantize_block(static_cast<const BlockQ8_0*>(in)[b], x + b * kQuantBlock);
-    else
-      dequantize_block(static_cast<const BlockQ4_0*>(in)[b], x + b * kQuantBlock);
+    if (t == DType::q8_0) {
+      BlockQ8_0 q;
+      std::memcpy(&q, p + b * sizeof q, sizeof q);
+      dequantize_block(q, x + b * kQuantBlock);
+    } else {
+      BlockQ4_0 q;
+      std::memcpy(&q, p + b * sizeof q, sizeof q);
+      dequantize_block(q, x + b * kQuantBlock);
+    }
   }
 }
 

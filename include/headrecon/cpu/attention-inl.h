@@ -138,29 +138,29 @@ HWY_INLINE float LoadBlockI16(D16 d16, const unsigned char* p, DType t, hn::Vec<
   constexpr size_t N = hn::MaxLanes(D16()), n = kQuantBlock / N;
   static_assert(N <= kQuantBlock, "int16 vectors wider than a block");
   if (t == DType::q8_0) {
-    const auto* b = reinterpret_cast<const BlockQ8_0*>(p);
+    const auto* qs = reinterpret_cast<const int8_t*>(p + kBlockQsOffset);  // byte-addressed: blocks need no alignment
     const hn::Rebind<int8_t, D16> d8;
-    for (size_t m = 0; m < n; ++m) k[m] = hn::PromoteTo(d16, hn::LoadU(d8, b->qs + m * N));
-    return to_float(b->d);
+    for (size_t m = 0; m < n; ++m) k[m] = hn::PromoteTo(d16, hn::LoadU(d8, qs + m * N));
+    return block_scale(p);
   }
-  const auto* b = reinterpret_cast<const BlockQ4_0*>(p);  // byte j: value j (low nibble), value j + 16 (high)
+  const unsigned char* qs = p + kBlockQsOffset;  // byte j: value j (low nibble), value j + 16 (high)
 #if HWY_TARGET != HWY_SCALAR
   if constexpr (N == kQuantBlock) {
     const hn::Half<D16> dh;
     const hn::Rebind<uint8_t, decltype(dh)> d8;
-    const auto x = hn::BitCast(dh, hn::PromoteTo(hn::RebindToUnsigned<decltype(dh)>(), hn::LoadU(d8, b->qs)));
+    const auto x = hn::BitCast(dh, hn::PromoteTo(hn::RebindToUnsigned<decltype(dh)>(), hn::LoadU(d8, qs)));
     k[0] = hn::Sub(hn::Combine(d16, hn::ShiftRight<4>(x), hn::And(x, hn::Set(dh, 15))), hn::Set(d16, 8));
   } else
 #endif
   {
     const hn::Rebind<uint8_t, D16> d8;
     for (size_t m = 0; m < n / 2; ++m) {
-      const auto x = hn::BitCast(d16, hn::PromoteTo(hn::RebindToUnsigned<D16>(), hn::LoadU(d8, b->qs + m * N)));
+      const auto x = hn::BitCast(d16, hn::PromoteTo(hn::RebindToUnsigned<D16>(), hn::LoadU(d8, qs + m * N)));
       k[m] = hn::Sub(hn::And(x, hn::Set(d16, 15)), hn::Set(d16, 8));
       k[n / 2 + m] = hn::Sub(hn::ShiftRight<4>(x), hn::Set(d16, 8));
     }
   }
-  return to_float(b->d);
+  return block_scale(p);
 }
 
 // score_j[t] += q_j·k_t over a q8_0 / q4_0 stream, in integers: each block's

@@ -80,20 +80,24 @@ HWY_INLINE void BlocksToF32(const void* HWY_RESTRICT src, DType t, float* HWY_RE
   if (L > kQuantBlock / 2 || kQuantBlock % L != 0) return dequantize_row(src, n, t, dst);
   if (t == DType::q8_0) {
     const hn::Rebind<int8_t, decltype(di)> d8;
-    const auto* b = static_cast<const BlockQ8_0*>(src);
+    const auto* p = static_cast<const unsigned char*>(src);  // byte-addressed: blocks need no alignment
     for (size_t k = 0; k < n / kQuantBlock; ++k, dst += kQuantBlock) {
-      const auto d = hn::Set(df, to_float(b[k].d));
+      const unsigned char* blk = p + k * sizeof(BlockQ8_0);
+      const auto* qs = reinterpret_cast<const int8_t*>(blk + kBlockQsOffset);
+      const auto d = hn::Set(df, block_scale(blk));
       for (size_t i = 0; i < kQuantBlock; i += L)
-        hn::StoreU(hn::Mul(d, hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, b[k].qs + i)))), df, dst + i);
+        hn::StoreU(hn::Mul(d, hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, qs + i)))), df, dst + i);
     }
   } else {
     const hn::Rebind<uint8_t, decltype(di)> d8;
-    const auto* b = static_cast<const BlockQ4_0*>(src);
+    const auto* p = static_cast<const unsigned char*>(src);
     const auto mask = hn::Set(di, 15), eight = hn::Set(di, 8);
     for (size_t k = 0; k < n / kQuantBlock; ++k, dst += kQuantBlock) {
-      const auto d = hn::Set(df, to_float(b[k].d));
+      const unsigned char* blk = p + k * sizeof(BlockQ4_0);
+      const unsigned char* qs = blk + kBlockQsOffset;
+      const auto d = hn::Set(df, block_scale(blk));
       for (size_t i = 0; i < kQuantBlock / 2; i += L) {
-        const auto q = hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<decltype(di)>(), hn::LoadU(d8, b[k].qs + i)));
+        const auto q = hn::BitCast(di, hn::PromoteTo(hn::RebindToUnsigned<decltype(di)>(), hn::LoadU(d8, qs + i)));
         hn::StoreU(hn::Mul(d, hn::ConvertTo(df, hn::Sub(hn::And(q, mask), eight))), df, dst + i);
         hn::StoreU(hn::Mul(d, hn::ConvertTo(df, hn::Sub(hn::ShiftRight<4>(q), eight))), df, dst + kQuantBlock / 2 + i);
       }
