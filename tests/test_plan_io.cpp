@@ -89,7 +89,38 @@ void require_equal(const Plan& a, const Plan& b) {
         CHECK(std::memcmp(&ta.r2_heldout, &tb.r2_heldout, sizeof(float)) == 0);
       }
     }
+    REQUIRE(ka.has_latent() == kb.has_latent());
+    for (std::int32_t l = 0; l < a.n_layers; ++l) {
+      REQUIRE(ka.n_latent(l) == kb.n_latent(l));
+      for (std::size_t j = 0; j < ka.n_latent(l); ++j)
+        CHECK(same_bits(ka.latent[std::size_t(l)][j].projection, kb.latent[std::size_t(l)][j].projection));
+    }
   }
+}
+
+// make_plan() with latent K streams: two in layer 1 (head 0 rebuilt from
+// both), one in layer 2 (head 1 from head 0 and the stream, head 3 cross-layer
+// from layer 1's stream 1).
+Plan make_latent_plan() {
+  std::mt19937 rng(7);
+  std::normal_distribution<float> nd;
+  Plan p = make_plan();
+  KindPlan& k = p.kinds[0];
+  k.latent.resize(3);
+  auto stream = [&] {
+    LatentStream ls;
+    ls.projection.resize(4 * 4 * 4);
+    for (float& x : ls.projection) x = nd(rng);
+    return ls;
+  };
+  k.latent[1] = {stream(), stream()};
+  k.latent[2] = {stream()};
+  k.layers[1].push_back(make_target(1, 0, {{1, 4}, {1, 5}}, 4, rng));
+  k.layers[2].clear();
+  k.layers[2].push_back(make_target(2, 1, {{2, 0}, {2, 4}}, 4, rng));
+  k.layers[2].push_back(make_target(2, 3, {{1, 5}}, 4, rng));
+  p.validate();
+  return p;
 }
 
 /// A safetensors file held in memory, for crafting malformed plans.
@@ -151,7 +182,8 @@ TEST_CASE("plan_io: round trip is bitwise exact", "[plan_io]") {
   const SafetensorsFile f(path);
   const auto& md = f.metadata();
   CHECK(md.at("format") == "headrecon.plan");
-  CHECK(md.at("version") == "1");
+  CHECK(md.at("version") == "2");
+  CHECK(md.at("k.n_latent") == "0");
   CHECK(md.at("head_dim") == "4");
   CHECK(md.at("n_layers") == "3");
   CHECK(md.at("post_rope") == "false");
@@ -273,7 +305,8 @@ TEST_CASE("plan_io: malformed plans", "[plan_io]") {
            "is listed twice");
   }
   SECTION("format and version") {
-    expect(set_meta("version", "2"), "unsupported headrecon.plan version '2' (expected 1)");
+    expect(set_meta("version", "3"), "unsupported headrecon.plan version '3' (expected 2)");
+    expect([](RawFile& r) { r.meta.erase("k.n_latent"); }, "missing metadata key 'k.n_latent'");
     expect(set_meta("format", "headrecon.activations"),
            "metadata format is 'headrecon.activations', expected 'headrecon.plan'");
     expect([](RawFile& r) { r.meta.erase("version"); }, "missing metadata key 'version'");
@@ -302,7 +335,7 @@ TEST_CASE("plan_io: malformed plans", "[plan_io]") {
       auto& refs = r.at("k.0.1.refs");
       refs.shape = {5, 2};
       refs.bytes = i32_bytes({0, 0, 0, 2, 0, 3, 0, 0, 0, 0});
-    }, "tensor 'k.0.1.refs' lists 5 references, more than the 4 heads of layers 0..0");
+    }, "tensor 'k.0.1.refs' lists 5 references, more than the 4 heads and latent streams of layers 0..0");
   }
   SECTION("NaN or Inf anywhere") {
     const auto poke = [](std::string tensor, std::size_t index, float value) {
@@ -342,4 +375,58 @@ TEST_CASE("plan_io: malformed plans", "[plan_io]") {
     expect(rename("k.0.1.bias", "k.00.1.bias"), "leading zeros");
     expect(add("k.0.3.r2"), "target k.0.3 is missing tensor 'k.0.3.weight'");
   }
+}
+
+TEST_CASE("plan_io: latent streams round trip (version 2); version 1 files still load", "[plan_io][latent]") {
+  TempDir dir;
+  const std::string path = dir.file("plan.safetensors");
+  const Plan plan = make_latent_plan();
+  save_plan(plan, path);
+  const Plan back = load_plan(path);
+  require_equal(plan, back);
+  {
+    const SafetensorsFile f(path);
+    CHECK(f.metadata().at("version") == "2");
+    CHECK(f.metadata().at("k.n_latent") == "3");
+    CHECK(f.metadata().at("v.n_latent") == "0");
+    CHECK(f.get("k.1.latent.1").shape == std::vector<std::uint64_t>{16, 4});
+    CHECK(f.read_all<std::int32_t>("k.1.0.refs") == std::vector<std::int32_t>{1, 4, 1, 5});
+  }
+  // A version 1 file (written as version 1 writers did: no n_latent keys).
+  const std::string v1 = dir.file("v1.safetensors");
+  save_plan(make_plan(), v1);
+  {
+    RawFile raw(v1);
+    raw.meta["version"] = "1";
+    raw.meta.erase("k.n_latent");
+    raw.meta.erase("v.n_latent");
+    raw.write(v1);
+  }
+  const Plan old = load_plan(v1);
+  require_equal(old, make_plan());
+  CHECK_FALSE(old.kinds[0].has_latent());
+
+  const std::string bad = dir.file("bad.safetensors");
+  const auto expect = [&](auto mutate, const std::string& what) {
+    RawFile raw(path);
+    mutate(raw);
+    raw.write(bad);
+    REQUIRE_THROWS_WITH(load_plan(bad), Contains(bad) && Contains(what));
+  };
+  expect([](RawFile& r) { r.erase("k.1.latent.0"); }, "latent streams of layer 1 must be numbered 0..m-1");
+  expect([](RawFile& r) { r.at("k.2.latent.0").shape = {4, 16}; },
+         "tensor 'k.2.latent.0' has shape [4, 16], expected [n_heads*d, d] = [16, 4]");
+  expect([](RawFile& r) { r.at("k.2.latent.0").dtype = "I32"; }, "has dtype I32, expected F32");
+  expect([](RawFile& r) { r.meta["k.n_latent"] = "4"; }, "metadata 'k.n_latent' = 4 but the file holds 3");
+  expect([](RawFile& r) { r.meta["k.n_latent"] = "0"; }, "absent or 0");
+  expect([](RawFile& r) { r.meta["version"] = "1"; }, "absent or 0");
+  expect([](RawFile& r) { r.meta["version"] = "3"; }, "unsupported headrecon.plan version '3'");
+  expect([](RawFile& r) { r.at("k.2.latent.0").name = "k.2.latent.4"; }, "is not an integer in [0, 4)");
+  expect([](RawFile& r) { r.at("k.2.latent.0").name = "k.2.latent.00"; }, "without leading zeros");
+  expect([](RawFile& r) { std::memcpy(r.at("k.1.latent.1").bytes.data() + 8, "\x00\x00\xc0\x7f", 4); },
+         "latent stream k.1.1: non-finite projection nan at element 2");
+  expect([](RawFile& r) { r.at("k.2.1.refs").bytes = i32_bytes({2, 0, 2, 5}); },
+         "reference (2, 5) is out of range (layers 0..2, heads 0..3, latent streams 4..4)");
+  // A latent stream in a layer with none.
+  expect([](RawFile& r) { r.at("k.2.1.refs").bytes = i32_bytes({2, 0, 0, 4}); }, "reference (0, 4) is out of range");
 }

@@ -171,7 +171,8 @@ class KvStore {
 
   /// Stores K and V of positions [pos0, pos0 + n) of `layer` (views
   /// [n, n_kv_heads, head_dim], any layout and element type; K after RoPE):
-  /// every head of sink positions, the layer's cached heads after them,
+  /// every head of sink positions, the layer's cached heads after them and
+  /// its latent streams (Pᵀ of the token's heads, in double, rounded once),
   /// converted to the store's element type. Positions must have been
   /// extend()ed. Throws Error naming both shapes when a view does not fit.
   void append(SequenceId s, std::size_t layer, std::size_t pos0, AnyHeadsView k, AnyHeadsView v) {
@@ -195,14 +196,24 @@ class KvStore {
       const auto& cached = layout_->cached(side == 0 ? Kind::k : Kind::v, std::int32_t(layer));
       const HeadStream* sinks = side == 0 ? where.sink_k : where.sink_v;
       const HeadStream* body = side == 0 ? where.k : where.v;
+      const Kind kind = side == 0 ? Kind::k : Kind::v;
       x.visit([&](auto view) {
         for (std::size_t t = 0; t < n; ++t) {
           const std::size_t pos = pos0 + t;
           if (pos < geo_.sinks) {
             for (std::size_t h = 0; h < n_kv_heads(); ++h) store_row(view, t, h, sinks[h], pos);
-          } else {
-            for (std::size_t slot = 0; slot < cached.size(); ++slot)
-              store_row(view, t, std::size_t(cached[slot]), body[slot], pos - geo_.sinks);
+            continue;
+          }
+          bool projected = false;
+          for (std::size_t slot = 0; slot < cached.size(); ++slot) {
+            const std::int32_t id = cached[slot];
+            if (std::size_t(id) < n_kv_heads()) {
+              store_row(view, t, std::size_t(id), body[slot], pos - geo_.sinks);
+              continue;
+            }
+            if (!projected) load_layer(view, t), projected = true;
+            project(*layout_->latent(kind, std::int32_t(layer), id));
+            store_buffer(body[slot], pos - geo_.sinks);
           }
         }
       });
@@ -355,12 +366,38 @@ class KvStore {
 
   template <class View>
   void store_row(const View& view, std::size_t t, std::size_t h, const HeadStream& dst, std::size_t token) {
-    using T = std::remove_const_t<std::remove_pointer_t<decltype(view.data)>>;
     const std::size_t d = geo_.d;
-    const T* src = view.vec(t, h);
-    const std::ptrdiff_t sd = view.stride.dim;
+    const auto* src = view.vec(t, h);
+    for (std::size_t i = 0; i < d; ++i) row_[i] = to_float(src[std::ptrdiff_t(i) * view.stride.dim]);
+    store_buffer(dst, token);
+  }
+  /// Token t's heads of the layer, concatenated, into layer_row_ (double).
+  template <class View>
+  void load_layer(const View& view, std::size_t t) {
+    const std::size_t d = geo_.d, kv = n_kv_heads();
+    layer_row_.resize(kv * d);
+    for (std::size_t h = 0; h < kv; ++h) {
+      const auto* src = view.vec(t, h);
+      for (std::size_t i = 0; i < d; ++i) layer_row_[h * d + i] = double(to_float(src[std::ptrdiff_t(i) * view.stride.dim]));
+    }
+  }
+  /// row_ = Pᵀ layer_row_, accumulated in double and rounded once to float
+  /// (an independent implementation gets the same floats).
+  void project(const LatentStream& ls) {
+    const std::size_t d = geo_.d, p = layer_row_.size();
+    acc_.assign(d, 0.0);
+    const float* P = ls.projection.data();
+    for (std::size_t i = 0; i < p; ++i) {
+      const double xi = layer_row_[i];
+      const float* pr = P + i * d;
+      for (std::size_t j = 0; j < d; ++j) acc_[j] += xi * double(pr[j]);
+    }
+    for (std::size_t j = 0; j < d; ++j) row_[j] = float(acc_[j]);
+  }
+  /// Stores row_ (the model's frame) as the store's type at token `token` of `dst`.
+  void store_buffer(const HeadStream& dst, std::size_t token) {
+    const std::size_t d = geo_.d;
     float* x = row_.data();
-    for (std::size_t i = 0; i < d; ++i) x[i] = to_float(src[std::ptrdiff_t(i) * sd]);
     if (opt_.rotate) hadamard_rotate(x, d);
     void* out = dst.mutable_row_address(token);
     switch (opt_.dtype) {
@@ -386,6 +423,7 @@ class KvStore {
   std::vector<std::int32_t> free_;
   std::vector<LayerStreams> streams_;  // [max_sequences][n_layers]
   std::vector<float> row_;             // append's conversion buffer
+  std::vector<double> layer_row_, acc_;  // append's latent projection: the layer's heads, Pᵀx
 };
 
 }  // namespace headrecon

@@ -48,11 +48,35 @@ struct TargetMap {
   float r2_heldout = 0.f;     ///< Held-out R² (mean over dimensions, clipped at -1).
 };
 
+/// A latent stream: d components z = Pᵀ x of a layer, x = the layer's heads
+/// of one kind concatenated (head 0 first, n_heads·d values). The cache stores
+/// it like a head (the store projects at append time); targets reference
+/// latent stream j of layer l as head id {l, n_heads + j}.
+struct LatentStream {
+  std::vector<float> projection;  ///< row-major [n_heads·d, d]: column j gives component j
+};
+
 /// One kind's plan: the head count and the rebuilt heads of every layer.
 struct KindPlan {
   Kind kind = Kind::k;
   std::int32_t n_heads = 0;  ///< heads per layer of this kind (Q heads differ from KV heads under GQA)
   std::vector<std::vector<TargetMap>> layers;  ///< [n_layers] targets, sorted by head
+  /// [n_layers] latent streams per layer (empty: none; a plan of format
+  /// version 1 has none). At most n_heads per layer.
+  std::vector<std::vector<LatentStream>> latent;
+
+  /// Latent streams of `layer`.
+  std::size_t n_latent(std::int32_t layer) const {
+    return layer >= 0 && std::size_t(layer) < latent.size() ? latent[std::size_t(layer)].size() : 0;
+  }
+  /// True when `id` names a latent stream (head index n_heads + j).
+  bool is_latent(HeadId id) const { return id.head >= n_heads; }
+  /// True when any layer has a latent stream.
+  bool has_latent() const {
+    for (const auto& l : latent)
+      if (!l.empty()) return true;
+    return false;
+  }
 
   /// Heads of `layer` that stay cached (every head that is not a target).
   std::vector<std::int32_t> cached_heads(std::int32_t layer) const {
@@ -125,6 +149,23 @@ inline void Plan::validate() const {
       detail::fail("plan: kind ", kn, ": n_heads must be in [1, ", limits::max_heads, "], got ", kp.n_heads);
     if (kp.layers.size() != std::size_t(n_layers))
       detail::fail("plan: kind ", kn, " has ", kp.layers.size(), " layers, expected ", n_layers);
+    if (!kp.latent.empty() && kp.latent.size() != std::size_t(n_layers))
+      detail::fail("plan: kind ", kn, " has latent streams for ", kp.latent.size(), " layers, expected ", n_layers);
+    for (std::size_t l = 0; l < kp.latent.size(); ++l) {
+      if (kp.latent[l].size() > std::size_t(kp.n_heads))
+        detail::fail("plan: kind ", kn, " layer ", l, " has ", kp.latent[l].size(),
+                     " latent streams, more than its ", kp.n_heads, " heads");
+      for (std::size_t j = 0; j < kp.latent[l].size(); ++j) {
+        const auto& pr = kp.latent[l][j].projection;
+        if (pr.size() != std::size_t(kp.n_heads) * d * d)
+          detail::fail("plan: latent stream ", kn, ".", l, ".", j, ": projection has ", pr.size(),
+                       " elements, expected ", std::size_t(kp.n_heads) * d * d);
+        for (std::size_t i = 0; i < pr.size(); ++i)
+          if (!std::isfinite(pr[i]))
+            detail::fail("plan: latent stream ", kn, ".", l, ".", j, ": non-finite projection ", pr[i],
+                         " at element ", i);
+      }
+    }
     for (std::size_t l = 0; l < kp.layers.size(); ++l) {
       for (const TargetMap& t : kp.layers[l]) {
         const auto where = [&] {
@@ -136,9 +177,14 @@ inline void Plan::validate() const {
         if (t.refs.empty()) detail::fail("plan: target ", where(), " has no references");
         for (std::size_t r = 0; r < t.refs.size(); ++r) {
           const HeadId ref = t.refs[r];
-          if (ref.layer < 0 || ref.layer > std::int32_t(l) || ref.head < 0 || ref.head >= kp.n_heads)
+          if (ref.layer < 0 || ref.layer > std::int32_t(l) || ref.head < 0 ||
+              ref.head >= kp.n_heads + std::int32_t(kp.n_latent(ref.layer)))
             detail::fail("plan: target ", where(), ": reference (", ref.layer, ", ", ref.head,
-                         ") is out of range (layers 0..", l, ", heads 0..", kp.n_heads - 1, ")");
+                         ") is out of range (layers 0..", l, ", heads 0..", kp.n_heads - 1,
+                         kp.n_latent(ref.layer) ? ", latent streams " + std::to_string(kp.n_heads) + ".." +
+                                                      std::to_string(kp.n_heads + std::int32_t(kp.n_latent(ref.layer)) - 1)
+                                                : std::string(),
+                         ")");
           if (kp.find(ref))
             detail::fail("plan: target ", where(), ": reference (", ref.layer, ", ", ref.head,
                          ") is itself rebuilt, so its K/V would not be cached");

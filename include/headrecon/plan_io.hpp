@@ -2,14 +2,20 @@
 /// @file plan_io.hpp
 /// Saving and loading a Plan as a `headrecon.plan` safetensors file.
 ///
-/// Metadata: format = headrecon.plan, version = 1, head_dim, n_layers,
-/// post_rope (true/false), sink_tokens, kinds ("k,v"), {kind}.n_heads.
+/// Metadata: format = headrecon.plan, version = 2, head_dim, n_layers,
+/// post_rope (true/false), sink_tokens, kinds ("k,v"), {kind}.n_heads,
+/// {kind}.n_latent (latent streams of the kind over all layers).
 /// Tensors per target {kind}.{layer}.{head}: .weight F32 [k*d, d], .bias F32
-/// [d], .refs I32 [k, 2] (layer, head), .r2 F32 [1].
+/// [d], .refs I32 [k, 2] (layer, head), .r2 F32 [1]. A reference names a
+/// cached head (0 <= head < n_heads) or latent stream j of that layer
+/// (head = n_heads + j). Tensors per latent stream {kind}.{layer}.latent.{j}:
+/// F32 [n_heads*d, d], the projection z = Pᵀ x of the layer's heads
+/// concatenated (version 2; streams of a layer numbered 0..m−1 without gaps,
+/// m <= n_heads). Version 1 files (no latent streams) still load.
 ///
 /// Limits (limits.hpp): head_dim <= 4096, n_layers <= 4096, n_heads <= 4096
-/// per kind; every weight, bias and R² finite. A reader checks each number
-/// before it allocates anything for it.
+/// per kind; every weight, bias, projection and R² finite. A reader checks
+/// each number before it allocates anything for it.
 
 #include <array>
 #include <cstdint>
@@ -29,7 +35,7 @@ namespace headrecon {
 
 namespace detail {
 inline constexpr std::string_view plan_format = "headrecon.plan";
-inline constexpr std::string_view plan_version = "1";
+inline constexpr std::string_view plan_version = "2";
 /// The tensors of one target, in the order of a PlanSlots array.
 inline constexpr std::array<std::string_view, 4> plan_fields = {"weight", "bias", "refs", "r2"};
 using PlanSlots = std::array<const TensorInfo*, plan_fields.size()>;
@@ -40,7 +46,7 @@ inline bool plan_reserved_key(const std::string& key) {
   for (auto k : fixed)
     if (key == k) return true;
   for (auto k : {"q", "k", "v"})
-    if (key == std::string(k) + ".n_heads") return true;
+    if (key == std::string(k) + ".n_heads" || key == std::string(k) + ".n_latent") return true;
   return false;
 }
 
@@ -61,6 +67,9 @@ inline void write_plan_metadata(SafetensorsWriter& w, const Plan& plan) {
     if (!kinds.empty()) kinds += ',';
     kinds += kind_name(kp.kind);
     w.set_metadata(std::string(kind_name(kp.kind)) + ".n_heads", std::to_string(kp.n_heads));
+    std::size_t n_latent = 0;
+    for (const auto& l : kp.latent) n_latent += l.size();
+    w.set_metadata(std::string(kind_name(kp.kind)) + ".n_latent", std::to_string(n_latent));
   }
   w.set_metadata("kinds", kinds);
 }
@@ -68,7 +77,9 @@ inline void write_plan_metadata(SafetensorsWriter& w, const Plan& plan) {
 /// The plan-wide metadata as a Plan with its kinds and empty layers; every
 /// number is checked against limits.hpp before the layers are allocated.
 inline Plan read_plan_metadata(const Metadata& md, const std::string& path) {
-  meta_check_format(md, path, plan_format, plan_version);
+  const auto v = md.find("version");
+  const bool v1 = v != md.end() && v->second == "1";
+  meta_check_format(md, path, plan_format, v1 ? std::string_view("1") : plan_version);
   constexpr std::uint64_t i32max = std::uint64_t(std::numeric_limits<std::int32_t>::max());
   Plan plan;
   plan.head_dim = std::int32_t(meta_uint(md, path, "head_dim", 1, limits::max_head_dim));
@@ -91,6 +102,8 @@ inline Plan read_plan_metadata(const Metadata& md, const std::string& path) {
     kp.kind = kind;
     kp.n_heads = std::int32_t(meta_uint(md, path, name + ".n_heads", 1, limits::max_heads));
     kp.layers.resize(std::size_t(plan.n_layers));
+    if (!v1 && meta_uint(md, path, name + ".n_latent", 0, std::uint64_t(plan.n_layers) * std::uint64_t(kp.n_heads)) > 0)
+      kp.latent.resize(std::size_t(plan.n_layers));
     plan.kinds.push_back(std::move(kp));
     if (comma == std::string::npos) break;
     start = comma + 1;
@@ -101,8 +114,9 @@ inline Plan read_plan_metadata(const Metadata& md, const std::string& path) {
 /// Where a tensor KIND.LAYER.HEAD.FIELD belongs.
 struct PlanTensorName {
   std::size_t kind_index = 0;  // into Plan::kinds
-  std::int32_t layer = 0, head = 0;
+  std::int32_t layer = 0, head = 0;  // latent: head = the stream's index j
   std::size_t field = 0;  // into plan_fields
+  bool latent = false;    // KIND.LAYER.latent.J
 };
 
 /// Parses tensor name `name` against the kinds and counts of `plan`; throws
@@ -110,7 +124,8 @@ struct PlanTensorName {
 inline PlanTensorName parse_plan_tensor_name(const Plan& plan, const std::string& kinds, const std::string& path,
                                              const std::string& name) {
   const auto bad = [&](const auto&... why) {
-    fail(path, ": unexpected tensor '", name, "': ", why..., " (expected KIND.LAYER.HEAD.{weight,bias,refs,r2})");
+    fail(path, ": unexpected tensor '", name, "': ", why...,
+         " (expected KIND.LAYER.HEAD.{weight,bias,refs,r2} or KIND.LAYER.latent.J)");
   };
   std::vector<std::string_view> parts;
   std::string_view rest = name;
@@ -130,11 +145,22 @@ inline PlanTensorName parse_plan_tensor_name(const Plan& plan, const std::string
   std::uint64_t layer = 0, head = 0;
   if (!parse_decimal(parts[1], std::uint64_t(plan.n_layers), layer) || layer >= std::uint64_t(plan.n_layers))
     bad("layer '", parts[1], "' is not an integer in [0, ", plan.n_layers, ")");
+  out.layer = std::int32_t(layer);
+  if (parts[2] == "latent") {
+    if (kp.latent.empty()) bad("latent streams in a file whose metadata '", kind_name(kp.kind), ".n_latent' is absent or 0");
+    std::uint64_t j = 0;
+    if (!parse_decimal(parts[3], std::uint64_t(kp.n_heads), j) || j >= std::uint64_t(kp.n_heads))
+      bad("latent stream '", parts[3], "' is not an integer in [0, ", kp.n_heads, ")");
+    if (std::string(kind_name(kp.kind)) + "." + std::to_string(layer) + ".latent." + std::to_string(j) != name)
+      bad("layer and stream must be written without leading zeros");
+    out.head = std::int32_t(j);
+    out.latent = true;
+    return out;
+  }
   if (!parse_decimal(parts[2], std::uint64_t(kp.n_heads), head) || head >= std::uint64_t(kp.n_heads))
     bad("head '", parts[2], "' is not an integer in [0, ", kp.n_heads, ")");
   if (target_prefix(kp.kind, std::int64_t(layer), std::int64_t(head)) + "." + std::string(parts[3]) != name)
     bad("layer and head must be written without leading zeros");
-  out.layer = std::int32_t(layer);
   out.head = std::int32_t(head);
   out.field = plan_fields.size();
   for (std::size_t i = 0; i < plan_fields.size(); ++i)
@@ -165,7 +191,7 @@ inline TargetMap read_plan_target(const SafetensorsFile& f, const PlanSlots& slo
   const std::uint64_t k = refs_t.shape[0];
   if (k > max_refs)
     fail(path, ": tensor '", refs_t.name, "' lists ", k, " references, more than the ", max_refs,
-         " heads of layers 0..", layer);
+         " heads and latent streams of layers 0..", layer);
   check(*slots[0], "F32", {k * d, d}, "[k*d, d]");
   check(*slots[1], "F32", {d}, "[d]");
   check(*slots[3], "F32", {1}, "[1]");
@@ -211,7 +237,20 @@ inline void save_plan(const Plan& plan, const std::string& path,
         w.add(p + ".refs", "I32", {k, 2}, refs.data(), refs.size() * sizeof(std::int32_t));
         w.add(p + ".r2", "F32", {1}, &t.r2_heldout, sizeof(float));
       }
+  const auto latent_name = [](const KindPlan& kp, std::size_t l, std::size_t j) {
+    return std::string(kind_name(kp.kind)) + "." + std::to_string(l) + ".latent." + std::to_string(j);
+  };
+  for (const KindPlan& kp : plan.kinds)
+    for (std::size_t l = 0; l < kp.latent.size(); ++l)
+      for (std::size_t j = 0; j < kp.latent[l].size(); ++j)
+        w.reserve(latent_name(kp, l, j), "F32", {std::uint64_t(kp.n_heads) * d, d});
   w.begin_stream();
+  for (const KindPlan& kp : plan.kinds)
+    for (std::size_t l = 0; l < kp.latent.size(); ++l)
+      for (std::size_t j = 0; j < kp.latent[l].size(); ++j) {
+        const auto& pr = kp.latent[l][j].projection;
+        w.write_rows(latent_name(kp, l, j), 0, pr.data(), pr.size() * sizeof(float));
+      }
   for (const KindPlan& kp : plan.kinds)
     for (const auto& layer : kp.layers)
       for (const TargetMap& t : layer) {
@@ -235,15 +274,41 @@ inline Plan load_plan(const std::string& path) {
   // Group tensors by target (kind index, layer, head); slots follow plan_fields.
   using Key = std::tuple<std::size_t, std::int32_t, std::int32_t>;
   std::map<Key, detail::PlanSlots> targets;
+  std::map<Key, const TensorInfo*> latent;
   for (const TensorInfo& t : f.tensors()) {
     const detail::PlanTensorName n = detail::parse_plan_tensor_name(plan, kinds, path, t.name);
-    targets[Key{n.kind_index, n.layer, n.head}][n.field] = &t;  // a new entry starts all null
+    if (n.latent)
+      latent[Key{n.kind_index, n.layer, n.head}] = &t;
+    else
+      targets[Key{n.kind_index, n.layer, n.head}][n.field] = &t;  // a new entry starts all null
+  }
+  for (const auto& [key, info] : latent) {  // map order: by kind, layer, stream
+    const auto& [kind_index, layer, j] = key;
+    KindPlan& kp = plan.kinds[kind_index];
+    auto& streams = kp.latent[std::size_t(layer)];
+    if (std::size_t(j) != streams.size())
+      detail::fail(path, ": tensor '", info->name, "': latent streams of layer ", layer, " must be numbered 0..m-1 (stream ",
+                   streams.size(), " is missing)");
+    const std::uint64_t d = std::uint64_t(plan.head_dim);
+    if (info->dtype != "F32") detail::fail(path, ": tensor '", info->name, "' has dtype ", info->dtype, ", expected F32");
+    if (info->shape != std::vector<std::uint64_t>{std::uint64_t(kp.n_heads) * d, d})
+      detail::fail(path, ": tensor '", info->name, "' has shape ", detail::shape_str(info->shape),
+                   ", expected [n_heads*d, d] = [", std::uint64_t(kp.n_heads) * d, ", ", d, "]");
+    streams.push_back(LatentStream{f.read_all<float>(info->name)});
+  }
+  for (const KindPlan& kp : plan.kinds) {
+    if (kp.latent.empty()) continue;
+    std::size_t n = 0;
+    for (const auto& l : kp.latent) n += l.size();
+    const std::string key = std::string(kind_name(kp.kind)) + ".n_latent";
+    const std::uint64_t want = detail::meta_uint(f.metadata(), path, key, 0, std::numeric_limits<std::uint32_t>::max());
+    if (n != want) detail::fail(path, ": metadata '", key, "' = ", want, " but the file holds ", n, " latent streams");
   }
   for (const auto& [key, slots] : targets) {
     const auto& [kind_index, layer, head] = key;
     KindPlan& kp = plan.kinds[kind_index];
     const std::string prefix = detail::target_prefix(kp.kind, layer, head);
-    const std::uint64_t max_refs = std::uint64_t(layer + 1) * std::uint64_t(kp.n_heads);
+    const std::uint64_t max_refs = std::uint64_t(layer + 1) * std::uint64_t(kp.n_heads) * (kp.latent.empty() ? 1 : 2);
     kp.layers[std::size_t(layer)].push_back(  // map order: sorted by head
         detail::read_plan_target(f, slots, layer, head, std::uint64_t(plan.head_dim), max_refs, prefix));
   }

@@ -1,9 +1,10 @@
 #pragma once
 /// @file ref_cache.hpp
 /// The layout of a reference-only KV cache for a plan: per layer, which K and
-/// V heads are stored (and in which slot), which heads each layer's kernels
-/// read (its own cached heads, then earlier layers' heads used as
-/// references), and exactly how many bytes it takes.
+/// V streams are stored (and in which slot: the cached heads, then the
+/// layer's latent streams, id n_kv_heads + j), which streams each layer's
+/// kernels read (its own, then earlier layers' streams used as references),
+/// and exactly how many bytes it takes.
 
 #include <algorithm>
 #include <cstddef>
@@ -31,9 +32,10 @@ class RefCacheLayout {
       side.resize(std::size_t(plan.n_layers));
       for (std::int32_t l = 0; l < plan.n_layers; ++l) {
         Layer& L = side[std::size_t(l)];
-        L.slot.assign(std::size_t(n_kv_heads), -1);
-        for (std::int32_t h = 0; h < n_kv_heads; ++h)
-          if (!kp || !kp->find({l, h})) {
+        const std::int32_t n_latent = kp ? std::int32_t(kp->n_latent(l)) : 0;
+        L.slot.assign(std::size_t(n_kv_heads + n_latent), -1);
+        for (std::int32_t h = 0; h < n_kv_heads + n_latent; ++h)
+          if (h >= n_kv_heads || !kp || !kp->find({l, h})) {
             L.slot[std::size_t(h)] = std::int32_t(L.cached.size());
             L.cached.push_back(h);
             L.streams.push_back({l, h});
@@ -55,9 +57,17 @@ class RefCacheLayout {
   std::int32_t head_dim() const { return plan_->head_dim; }
   std::int32_t sink_tokens() const { return plan_->sink_tokens; }
 
-  /// Heads of `layer` stored in the cache, in slot order.
+  /// Streams of `layer` stored in the cache, in slot order: cached heads, then
+  /// latent streams (id n_kv_heads() + j).
   const std::vector<std::int32_t>& cached(Kind k, std::int32_t layer) const { return side(k, layer).cached; }
-  /// Slot of head h in its layer's cache, or −1 when it is rebuilt.
+  /// The latent stream `id` (n_kv_heads() + j) of `layer`, or nullptr for a head.
+  const LatentStream* latent(Kind k, std::int32_t layer, std::int32_t id) const {
+    side(k, layer);
+    const KindPlan* kp = plan_->find(k);
+    if (!kp || id < heads_) return nullptr;
+    return &kp->latent.at(std::size_t(layer)).at(std::size_t(id - heads_));
+  }
+  /// Slot of stream h (head, or latent n_kv_heads() + j) in its layer's cache, or −1 when it is rebuilt.
   std::int32_t slot(Kind k, std::int32_t layer, std::int32_t h) const {
     return side(k, layer).slot.at(std::size_t(h));
   }
