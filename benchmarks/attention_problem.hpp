@@ -112,7 +112,7 @@ struct AttentionProblem {
     Plan plan = Plan::none(L, std::int32_t(d));
     plan.sink_tokens = std::int32_t(sinks);
     for (Kind k : {Kind::k, Kind::v}) {
-      KindPlan kp{k, std::int32_t(kv), std::vector<std::vector<TargetMap>>(n_layers)};
+      KindPlan kp{k, std::int32_t(kv), std::vector<std::vector<TargetMap>>(n_layers), {}};
       for (std::size_t h = cached; h < kv; ++h) {
         TargetMap t;
         t.target = {0, std::int32_t(h)};

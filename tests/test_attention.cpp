@@ -58,7 +58,7 @@ Plan make_plan(std::size_t n_kv, std::size_t d, std::int32_t sinks, std::mt19937
     for (auto& b : t.bias) b = 0.5f * g(rng);
     return t;
   };
-  KindPlan k{Kind::k, std::int32_t(n_kv), {{}, {}}}, v{Kind::v, std::int32_t(n_kv), {{}, {}}};
+  KindPlan k{Kind::k, std::int32_t(n_kv), {{}, {}}, {}}, v{Kind::v, std::int32_t(n_kv), {{}, {}}, {}};
   if (n_kv >= 3) {
     k.layers[1].push_back(target(1, 1, {{1, 0}, {1, 2}}));
     v.layers[1].push_back(target(1, 2, {{1, 0}, {1, 1}}));

@@ -1,6 +1,7 @@
 // KvStore and attention over it (cpu/kv_attention.hpp) against a plain
 // scalar reference: contiguous and paged storage, f32/f16/bf16, three
-// sequences of different lengths (one shorter than the sink count), block
+// sequences of different lengths (one shorter than the sink count), plans with
+// head and latent references (the store projects latent streams at append), block
 // sizes that do not divide the lengths, appends in uneven chunks. Decode for
 // a batch and chunked prefill equal ordinary attention without a plan and
 // reconstruct-then-attend with one; split-K gives the same bits for 1..8
@@ -24,14 +25,18 @@ namespace {
 
 constexpr std::size_t kLayers = 2, kKv = 4, kGroup = 2, kDim = 64, kSinks = 4;
 
-// Layer 1 rebuilds K head 1 from (1.0, 1.2), K head 3 from (0.3, 1.0)
+// mode 1: layer 1 rebuilds K head 1 from (1.0, 1.2), K head 3 from (0.3, 1.0)
 // (cross-layer) and V head 2 from (1.0, 1.1); layer 0 rebuilds V head 0 from 0.1.
-Plan make_plan(bool with_targets, std::mt19937& rng) {
+// mode 2 (latent streams, ids kKv + j): layer 1 keeps two latent K streams,
+// K head 1 from (1.0, latent 0), K head 3 from (0.3, latent 1); layer 0 one
+// latent V stream, V head 0 from it alone; V head 2 of layer 1 as in mode 1.
+// mode 0: no targets.
+Plan make_plan(int mode, std::mt19937& rng) {
   Plan plan;
   plan.head_dim = kDim;
   plan.n_layers = kLayers;
   plan.sink_tokens = kSinks;
-  if (!with_targets) return plan;
+  if (mode == 0) return plan;
   std::normal_distribution<float> g;
   auto target = [&](std::int32_t layer, std::int32_t head, std::vector<HeadId> refs) {
     TargetMap t;
@@ -43,10 +48,21 @@ Plan make_plan(bool with_targets, std::mt19937& rng) {
     for (auto& b : t.bias) b = 0.5f * g(rng);
     return t;
   };
-  KindPlan k{Kind::k, kKv, {{}, {}}}, v{Kind::v, kKv, {{}, {}}};
-  k.layers[1].push_back(target(1, 1, {{1, 0}, {1, 2}}));
-  k.layers[1].push_back(target(1, 3, {{0, 3}, {1, 0}}));
-  v.layers[0].push_back(target(0, 0, {{0, 1}}));
+  auto stream = [&] {
+    LatentStream ls;
+    ls.projection.resize(kKv * kDim * kDim);
+    for (auto& w : ls.projection) w = g(rng) / std::sqrt(float(kKv * kDim));
+    return ls;
+  };
+  KindPlan k{Kind::k, kKv, {{}, {}}, {}}, v{Kind::v, kKv, {{}, {}}, {}};
+  const std::int32_t z = kKv;  // latent stream 0
+  if (mode == 2) {
+    k.latent = {{}, {stream(), stream()}};
+    v.latent = {{stream()}, {}};
+  }
+  k.layers[1].push_back(target(1, 1, {{1, 0}, mode == 2 ? HeadId{1, z} : HeadId{1, 2}}));
+  k.layers[1].push_back(target(1, 3, {{0, 3}, mode == 2 ? HeadId{1, z + 1} : HeadId{1, 0}}));
+  v.layers[0].push_back(target(0, 0, {mode == 2 ? HeadId{0, z} : HeadId{0, 1}}));
   v.layers[1].push_back(target(1, 2, {{1, 0}, {1, 1}}));
   plan.kinds = {k, v};
   plan.validate();
@@ -59,6 +75,9 @@ struct SeqData {
   std::vector<float> k, v;
   std::vector<float> sk, sv;  // k, v as the store returns them to attention (stored(), below)
   std::vector<float> fk;      // k as stored, in the store's (rotated) frame
+  // Latent streams z = Pᵀx ([layer][pos][j][dim], j < kKv), projected in double and
+  // rounded once as the store does: stored (szk, szv) and in the stored frame (fzk).
+  std::vector<float> szk, szv, fzk;
   float kat(std::size_t l, std::size_t t, std::size_t h, std::size_t i) const { return k[((l * len + t) * kKv + h) * kDim + i]; }
   float vat(std::size_t l, std::size_t t, std::size_t h, std::size_t i) const { return v[((l * len + t) * kKv + h) * kDim + i]; }
 };
@@ -97,6 +116,7 @@ void effective(const Plan& plan, CacheType dt, const SeqData& s, Kind kind, std:
                std::vector<double>& out) {
   (void)dt;
   auto at = [&](std::size_t layer, std::size_t head, std::size_t i) {
+    if (head >= kKv) return double((kind == Kind::k ? s.szk : s.szv)[((layer * s.len + t) * kKv + head - kKv) * kDim + i]);
     return double((kind == Kind::k ? s.sk : s.sv)[((layer * s.len + t) * kKv + head) * kDim + i]);
   };
   const KindPlan* kp = plan.find(kind);
@@ -131,7 +151,8 @@ double score_quant_bound(const Plan& plan, CacheType dt, const SeqData& s, std::
     return u;
   };
   auto stored_k = [&](std::size_t layer, std::size_t head) {
-    const float* x = &s.fk[((layer * s.len + t) * kKv + head) * kDim];
+    const float* x = head >= kKv ? &s.fzk[((layer * s.len + t) * kKv + head - kKv) * kDim]
+                                 : &s.fk[((layer * s.len + t) * kKv + head) * kDim];
     return [x](std::size_t i) { return x[i]; };
   };
   std::vector<double> u(kDim);
@@ -189,7 +210,7 @@ struct Fixture {
   std::vector<SeqData> data;
   std::vector<SequenceId> ids;
 
-  Fixture(bool targets, KvStoreOptions o, std::mt19937& rng, std::vector<std::size_t> lens)
+  Fixture(int targets, KvStoreOptions o, std::mt19937& rng, std::vector<std::size_t> lens)
       : plan(make_plan(targets, rng)),
         layout(plan, kKv),
         opt(o),
@@ -197,7 +218,7 @@ struct Fixture {
         store(layout, o, pool.data(), pool.size()) {
     std::normal_distribution<float> g;
     for (std::size_t len : lens) {
-      SeqData s{len, std::vector<float>(kLayers * len * kKv * kDim), std::vector<float>(kLayers * len * kKv * kDim), {}, {}, {}};
+      SeqData s{len, std::vector<float>(kLayers * len * kKv * kDim), std::vector<float>(kLayers * len * kKv * kDim), {}, {}, {}, {}, {}, {}};
       for (auto& x : s.k) x = g(rng);
       for (auto& x : s.v) x = g(rng);
       s.sk.resize(s.k.size());
@@ -209,6 +230,32 @@ struct Fixture {
         const auto a = stored({o.dtype, o.rotate}, &s.k[r]), b = stored({o.dtype, o.rotate}, &s.v[r]);
         std::copy(a.begin(), a.end(), s.sk.begin() + std::ptrdiff_t(r));
         std::copy(b.begin(), b.end(), s.sv.begin() + std::ptrdiff_t(r));
+      }
+      s.szk.assign(s.k.size(), 0.f);
+      s.szv.assign(s.k.size(), 0.f);
+      s.fzk.assign(s.k.size(), 0.f);
+      for (Kind kind : {Kind::k, Kind::v}) {
+        const KindPlan* kp = plan.find(kind);
+        if (!kp) continue;
+        for (std::size_t l = 0; l < kLayers; ++l)
+          for (std::size_t j = 0; j < kp->n_latent(std::int32_t(l)); ++j)
+            for (std::size_t t = 0; t < len; ++t) {
+              const float* x = (kind == Kind::k ? s.k : s.v).data() + (l * len + t) * kKv * kDim;
+              const auto& P = kp->latent[l][j].projection;
+              std::vector<float> z(kDim);
+              for (std::size_t c = 0; c < kDim; ++c) {
+                double acc = 0;
+                for (std::size_t i = 0; i < kKv * kDim; ++i) acc += double(x[i]) * double(P[i * kDim + c]);
+                z[c] = float(acc);
+              }
+              const std::size_t at = ((l * len + t) * kKv + j) * kDim;
+              const auto a = stored({o.dtype, o.rotate}, z.data());
+              std::copy(a.begin(), a.end(), (kind == Kind::k ? s.szk : s.szv).begin() + std::ptrdiff_t(at));
+              if (kind == Kind::k) {
+                const auto fr = stored_frame({o.dtype, o.rotate}, z.data());
+                std::copy(fr.begin(), fr.end(), s.fzk.begin() + std::ptrdiff_t(at));
+              }
+            }
       }
       data.push_back(std::move(s));
       ids.push_back(store.add_sequence());
@@ -353,7 +400,7 @@ TEST_CASE("KvStore stores what the plan keeps, in the store's element type", "[s
 TEST_CASE("decode for a batch and chunked prefill equal the scalar reference", "[store][attention]") {
   std::mt19937 rng(7);
   for (CacheType dt : kTypes)
-    for (bool targets : {false, true})
+    for (int targets : {0, 1, 2})
       for (bool is_paged : {true, false}) {
         Fixture f(targets, is_paged ? paged(dt, 5, 80) : contiguous(dt, 130), rng, {130, 2, 61});
         AttentionLimits lim;
@@ -362,7 +409,8 @@ TEST_CASE("decode for a batch and chunked prefill equal the scalar reference", "
         lim.max_tokens = 130;
         lim.split_tokens = 40;  // several tasks, none aligned to the lengths
         AttentionWorkspace ws(f.store, lim);
-        const std::string what = dt.name() + (targets ? " plan" : " full") + (is_paged ? " paged" : " contiguous");
+        const std::string what = dt.name() + (targets == 2 ? " latent plan" : targets ? " plan" : " full") +
+                                 (is_paged ? " paged" : " contiguous");
         for (std::size_t l = 0; l < kLayers; ++l) {
           // Decode: the last position of each sequence.
           const auto q = random_q(3, rng);

@@ -102,7 +102,7 @@ Plan llama_plan(std::size_t refs) {
   std::mt19937 rng(7);
   std::normal_distribution<float> g;
   for (Kind k : {Kind::k, Kind::v}) {
-    KindPlan kp{k, int(kKV), {{}}};
+    KindPlan kp{k, int(kKV), {{}}, {}};
     for (std::size_t h = kCached; h < kKV; ++h) {
       TargetMap t;
       t.target = {0, int(h)};

@@ -88,11 +88,24 @@ inline LlamaEngine::KvTransform simulate_plan_transform(const headrecon::Plan& p
                                                         KvCache& cache) {
   return [&plan, &c, &cache](std::size_t l, std::size_t pos0, std::size_t n, float* k, float* v) {
     const std::size_t d = c.head_dim, KD = c.kv_dim();
-    std::vector<float> y(d), earlier(d);
+    std::vector<float> y(d), earlier(d), latent;
     for (const auto& kp : plan.kinds) {
       if (kp.kind == headrecon::Kind::q) continue;
       const bool is_k = kp.kind == headrecon::Kind::k;
       float* cur = is_k ? k : v;
+      // Latent streams of this layer from the exact heads, before any is overwritten
+      // (projected in double and rounded once, as the store does).
+      const std::size_t nl = kp.n_latent(std::int32_t(l));
+      latent.assign(n * nl * d, 0.f);
+      for (std::size_t i = 0; i < n; ++i)
+        for (std::size_t j = 0; j < nl; ++j) {
+          const float* P = kp.latent[l][j].projection.data();
+          for (std::size_t o = 0; o < d; ++o) {
+            double acc = 0;
+            for (std::size_t x = 0; x < KD; ++x) acc += double(cur[i * KD + x]) * double(P[x * d + o]);
+            latent[(i * nl + j) * d + o] = float(acc);
+          }
+        }
       for (const auto& t : kp.layers.at(l))
         for (std::size_t i = 0; i < n; ++i) {
           const std::size_t p = pos0 + i;
@@ -101,7 +114,12 @@ inline LlamaEngine::KvTransform simulate_plan_transform(const headrecon::Plan& p
           for (std::size_t r = 0; r < t.refs.size(); ++r) {
             const auto ref = t.refs[r];
             const float* x = cur + i * KD + std::size_t(ref.head) * d;
-            if (std::size_t(ref.layer) != l) {
+            if (kp.is_latent(ref)) {
+              if (std::size_t(ref.layer) != l)
+                fail("simulated reconstruction: ", headrecon::kind_name(kp.kind), " head ", t.target.layer, ".",
+                     t.target.head, " reads a latent stream of layer ", ref.layer, " (only same-layer latent streams are simulated)");
+              x = latent.data() + (i * nl + std::size_t(ref.head - kp.n_heads)) * d;
+            } else if (std::size_t(ref.layer) != l) {
               cache.read(kp.kind, std::size_t(ref.layer), p, std::size_t(ref.head), earlier.data());
               x = earlier.data();
             }
@@ -158,6 +176,14 @@ inline std::string plan_key(const headrecon::Plan& p) {
   std::string s = std::to_string(p.sink_tokens);
   for (const auto& kp : p.kinds) {
     s += "|" + std::string(headrecon::kind_name(kp.kind));
+    for (std::size_t l = 0; l < kp.latent.size(); ++l)
+      for (const auto& ls : kp.latent[l]) {
+        double sum = 0;  // a latent stream: its layer and a checksum of its projection
+        for (std::size_t i = 0; i < ls.projection.size(); ++i) sum += double(ls.projection[i]) * double(i % 7 + 1);
+        char buf[48];
+        std::snprintf(buf, sizeof buf, ";z%zu:%.9g", l, sum);
+        s += buf;
+      }
     for (const auto& layer : kp.layers)
       for (const auto& t : layer) {
         auto refs = t.refs;

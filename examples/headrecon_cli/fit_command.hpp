@@ -23,6 +23,7 @@
 #include "headrecon/accumulate.hpp"
 #include "headrecon/blas_threads.hpp"
 #include "headrecon/calibrate.hpp"
+#include "headrecon/latent.hpp"
 #include "headrecon/plan_io.hpp"
 #include "headrecon/projections_io.hpp"
 #include "headrecon/select.hpp"
@@ -54,6 +55,10 @@ struct FitConfig {
   std::string probe;               ///< direct probe CSV (headrecon-engine probe): per-layer weights of strategy loss
 
   bool whole_model() const { return !std::isnan(kv_budget) || kv_bytes > 0 || !std::isnan(read_budget); }
+  /// Strategies whose plans cache latent streams (latent.hpp).
+  bool latent() const { return strategy == "latent" || strategy == "hybrid"; }
+  /// Strategies that cost targets by the loss metrics (--wo; optional for latent and hybrid).
+  bool uses_metrics() const { return strategy == "loss" || (latent() && !wo.empty()); }
 };
 
 struct KindSummary {
@@ -63,7 +68,10 @@ struct KindSummary {
   bool heldout = true;
 };
 
-inline std::string head_name(HeadId h) { return std::to_string(h.layer) + "." + std::to_string(h.head); }
+/// "L.H" for a head, "L.zJ" for latent stream J of a kind with `n_heads` heads.
+inline std::string head_name(HeadId h, std::int32_t n_heads = std::numeric_limits<std::int32_t>::max()) {
+  return std::to_string(h.layer) + "." + (h.head >= n_heads ? "z" + std::to_string(h.head - n_heads) : std::to_string(h.head));
+}
 
 inline std::string fmt(const char* f, double v) {
   char buf[64];
@@ -163,6 +171,17 @@ inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts)
       if (k == Kind::q) detail::fail("strategy loss rebuilds k and v (queries are not cached)");
   }
   if (!cfg.probe.empty() && cfg.strategy != "loss") detail::fail("--probe calibrates strategy loss only");
+  if (cfg.latent()) {
+    if (std::isnan(cfg.kv_budget) && cfg.kv_bytes == 0)
+      detail::fail("strategy ", cfg.strategy, " allocates a whole-model budget: give --kv-budget F or --kv-bytes N");
+    if (!std::isnan(cfg.read_budget))
+      detail::fail("strategy ", cfg.strategy, " reads what it stores (same-layer streams): drop --read-budget");
+    if (cfg.accumulate.cache_type)
+      detail::fail("--fit-on-cache applies to head references; strategy ", cfg.strategy,
+                   " projects latent streams from exact K/V");
+    if (!cfg.wo.empty() && !acts.has(Kind::q))
+      detail::fail(acts.path(), ": --wo (loss-weighted latent streams) needs the queries (capture with q) for the key metric");
+  }
   if (cfg.strategy == "loss") {
     if (cfg.wo.empty())
       detail::fail("strategy loss needs --wo FILE: the model's output projections (headrecon-engine capture "
@@ -230,7 +249,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   }
   ResidualMetrics metrics;
   double t_metrics = 0.0;
-  if (cfg.strategy == "loss") {
+  if (cfg.uses_metrics()) {
     const auto t0 = clock::now();
     const ScopedBlasThreads threads(cfg.threads);
     const QueryMoments qm = source.queries(cfg.accumulate);
@@ -252,6 +271,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   if (!source.is_root()) return {};  // selection, maps and the plan are rank 0's
 
   std::vector<Selection> sels;
+  LatentModelResult latent;  // strategies latent and hybrid
   std::vector<std::unique_ptr<SelectionStrategy>> strategies;
   SelectionOptions sel_opt = cfg.select;
   if (fit.ridge == RidgeMode::fixed) sel_opt.fit = fit;  // score candidates with the user's λ
@@ -264,7 +284,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   auto t0 = clock::now();
   std::vector<KindCosts> costs;
   for (std::size_t i = 0; i < cfg.kinds.size(); ++i) {
-    const HeadMetrics* m = cfg.strategy != "loss" ? nullptr : cfg.kinds[i] == Kind::k ? &metrics.key : &metrics.value;
+    const HeadMetrics* m = !cfg.uses_metrics() ? nullptr : cfg.kinds[i] == Kind::k ? &metrics.key : &metrics.value;
     costs.emplace_back(cfg.kinds[i], &stats[i], m);
   }
   if (!cfg.probe.empty()) {
@@ -282,7 +302,16 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
     for (Kind k : {Kind::k, Kind::v})
       if (std::find(cfg.kinds.begin(), cfg.kinds.end(), k) == cfg.kinds.end()) fixed += acts.n_layers() * std::size_t(n_kv);
     ThreadPool pool(std::size_t(cfg.threads));
-    sels = select_model(cfg.strategy, costs, budget, fixed, sel_opt, &graph_params, pool.parallel_for());
+    if (cfg.latent()) {
+      if (budget.max_cached < fixed) detail::fail("KV budget of ", budget.max_cached, " streams is below the ", fixed, " streams of the kinds not fitted");
+      LatentModelOptions lo;
+      lo.hybrid = cfg.strategy == "hybrid";
+      lo.fit = fit;
+      lo.parallel = pool.parallel_for();
+      latent = select_latent_model(costs, budget.max_cached - fixed, lo);
+    } else {
+      sels = select_model(cfg.strategy, costs, budget, fixed, sel_opt, &graph_params, pool.parallel_for());
+    }
   } else if (cfg.strategy == "loss") {
     // Per-layer budget, loss-aware within each layer: exactly H − keep targets per layer and kind.
     BudgetLimits lim;
@@ -320,14 +349,18 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
     const auto kn = std::string(kind_name(kind));
     t0 = clock::now();
     std::vector<TargetReport> report;
-    plan.kinds.push_back(build_kind_plan(st, sels[ki], kind, fit, &report));
+    if (cfg.latent()) {
+      plan.kinds.push_back(std::move(latent.kinds[ki]));
+      report.swap(latent.reports[ki]);
+    } else {
+      plan.kinds.push_back(build_kind_plan(st, sels[ki], kind, fit, &report));
+    }
     const double t_fit = secs(t0);
     const bool heldout = st.heldout_count() >= 2;
     const std::string r2_label = heldout ? "held-out R2" : "in-sample R2";
 
     const std::int32_t H = st.n_heads();
-    std::size_t rebuilt = 0;
-    for (const auto& l : sels[ki].layers) rebuilt += l.size();
+    const std::size_t rebuilt = plan.kinds.back().n_targets();
     os << "\n== " << kn << ": " << acts.n_layers() << " layers x " << H << " heads; strategy " << cfg.strategy << ", ";
     if (cfg.whole_model())
       os << "whole-model KV budget (" << rebuilt << " of " << std::size_t(H) * acts.n_layers() << " rebuilt)";
@@ -336,6 +369,16 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
          << ", rebuild " << H - cached_count(H, cfg.select.budget) << " per layer)";
     os << ", refs <= " << (cfg.select.max_refs ? std::to_string(cfg.select.max_refs) : "default") << ", "
        << scope_name(st.scope(), st.window()) << ", ridge " << cfg.ridge << "\n";
+    if (cfg.latent()) {
+      std::size_t n_lat = 0;
+      std::string per_layer;
+      for (std::size_t l = 0; l < latent.split[ki].size(); ++l) {
+        n_lat += latent.split[ki][l].second;
+        per_layer += " " + std::to_string(latent.split[ki][l].first) + "+" + std::to_string(latent.split[ki][l].second);
+      }
+      os << "   " << n_lat << " latent streams (" << (cfg.uses_metrics() ? "loss-weighted" : "variance-weighted")
+         << " principal directions); per layer, heads kept + latent streams:" << per_layer << "\n";
+    }
     if (cfg.strategy == "graph" && !strategies.empty())
       if (auto* g = dynamic_cast<GraphSelection*>(strategies[ki].get()))
         os << "   graph: edge threshold " << fmt("%.3f", g->threshold) << ", " << g->min_refs << ".." << g->max_refs
@@ -370,7 +413,7 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
     double sum = 0.0;
     for (const auto& r : report) {
       std::string refs;
-      for (HeadId h : r.refs) refs += " " + head_name(h);
+      for (HeadId h : r.refs) refs += " " + head_name(h, H);
       os << "  " << kn << " " << head_name(r.target) << " <-" << refs;
       if (heldout)
         os << "   R2 held-out " << fmt("%.4f", r.r2_heldout) << ", in-sample " << fmt("%.4f", r.r2_in_sample)
@@ -392,9 +435,17 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
   std::size_t kv_rebuilt = 0;
   for (const auto& s : out)
     if (s.kind != Kind::q) kv_rebuilt += s.rebuilt;
-  os << "\nKV cache saved: " << kv_rebuilt << " of " << all_streams << " K/V heads rebuilt = "
-     << fmt("%.1f", all_streams ? 100.0 * double(kv_rebuilt) / double(all_streams) : 0.0)
-     << "% of the KV cache (per token after the " << cfg.accumulate.sink_tokens << " sink tokens)\n";
+  if (cfg.latent()) {
+    const std::size_t saved = all_streams - latent.cached - (all_streams - cfg.kinds.size() * acts.n_layers() * std::size_t(n_kv));
+    os << "\nKV cache saved: " << saved << " of " << all_streams << " K/V head streams ("
+       << kv_rebuilt << " heads rebuilt, latent streams stored in their place) = "
+       << fmt("%.1f", 100.0 * double(saved) / double(all_streams)) << "% of the KV cache (per token after the "
+       << cfg.accumulate.sink_tokens << " sink tokens)\n";
+  } else {
+    os << "\nKV cache saved: " << kv_rebuilt << " of " << all_streams << " K/V heads rebuilt = "
+       << fmt("%.1f", all_streams ? 100.0 * double(kv_rebuilt) / double(all_streams) : 0.0)
+       << "% of the KV cache (per token after the " << cfg.accumulate.sink_tokens << " sink tokens)\n";
+  }
   if (acts.has(Kind::k) || acts.has(Kind::v)) {
     Plan kv = plan;
     kv.kinds.erase(std::remove_if(kv.kinds.begin(), kv.kinds.end(), [](const KindPlan& k) { return k.kind == Kind::q; }),
@@ -443,6 +494,11 @@ inline const char* const fit_help_footer = R"(budget: --budget F keeps round(F*H
 strategy loss: rebuilds what costs the model least (key errors through the queries,
   value errors through the output projection, --wo from headrecon-engine capture
   --projections); greedy: best held-out R2 first.
+strategy latent: each layer caches R principal directions of its heads (latent streams,
+  projected at append time); hybrid: cached heads kept exact plus principal directions
+  of the other heads' residual. Both need --kv-budget/--kv-bytes, allocate it exactly
+  across layers and K/V, weigh directions by the loss metrics with --wo (variance
+  without), and read only what they store (same-layer streams). Plan format version 2.
 --cache-dtype T: f32, f16, bf16, q8_0, q4_0 (r suffix: Hadamard-rotated, e.g. q4_0r), what
   bytes count in; --fit-on-cache fits the maps on K/V as that cache gives them back.
 held-out split: whole sequences by default (--holdout-block N: runs of N tokens).
@@ -511,7 +567,7 @@ inline void add_fit_command(Tool& tool) {
   cmd->add_option("--kind", o->kinds, "kind to fit: k, v or q (repeat for several)")
       ->allow_extra_args(false)
       ->default_str("k");
-  cmd->add_option("--strategy", c.strategy, "greedy|loss|shared|graph|fixed|random");
+  cmd->add_option("--strategy", c.strategy, "greedy|loss|latent|hybrid|shared|graph|fixed|random");
   o->budget = cmd->add_option("--budget", c.select.budget, "fraction of each layer's heads kept")->check(finite());
   o->kv_budget = cmd->add_option("--kv-budget", c.kv_budget, "fraction of all K and V heads kept (whole model)")
                      ->check(finite())

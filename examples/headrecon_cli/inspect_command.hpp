@@ -26,15 +26,20 @@ inline void run_inspect(const std::string& path, std::ostream& os) {
        << " rebuilt (" << fmt("%.1f", total ? 100.0 * double(rebuilt) / double(total) : 0.0) << "%), "
        << params << " map parameters (" << fmt("%.2f", double(params) * 4.0 / 1048576.0) << " MiB)";
     if (rebuilt) os << ", mean held-out R2 " << fmt("%.4f", r2 / double(rebuilt));
+    std::size_t n_latent = 0;
+    for (std::int32_t l = 0; l < plan.n_layers; ++l) n_latent += kp.n_latent(l);
+    if (n_latent)
+      os << "; " << n_latent << " latent streams (zJ: principal directions of a layer's heads, projected at append time)";
     os << "\n";
     for (std::int32_t l = 0; l < plan.n_layers; ++l) {
       os << "  layer " << l << ": cached";
       for (std::int32_t h : kp.cached_heads(l)) os << " " << h;
+      for (std::size_t j = 0; j < kp.n_latent(l); ++j) os << " z" << j;
       for (const auto& t : kp.layers[std::size_t(l)]) {
         double wn = 0.0;
         for (float w : t.weight) wn += double(w) * double(w);
         os << " | " << t.target.head << " <-";
-        for (HeadId r : t.refs) os << " " << head_name(r);
+        for (HeadId r : t.refs) os << " " << head_name(r, kp.n_heads);
         os << " (R2 " << fmt("%.3f", t.r2_heldout) << ", |W| " << fmt("%.2f", std::sqrt(wn)) << ")";
       }
       os << "\n";

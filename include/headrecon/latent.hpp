@@ -279,7 +279,7 @@ inline LatentLayerFit fit_latent_layer(const HeadMoments& stats, const HeadMetri
         metric_trace(gm[std::size_t(tg[a])], residual_comoment(side, x, y, map), double(side.count()));
     TargetMap tm;
     tm.target = {layer, tg[a]};
-    tm.refs = refs;
+    tm.refs = std::vector<HeadId>(refs);  // (copy-assignment trips a GCC 12 -Wnonnull false positive)
     tm.weight.assign(map.weight.begin(), map.weight.end());
     tm.bias.assign(map.bias.begin(), map.bias.end());
     for (float f : tm.weight)

@@ -241,7 +241,7 @@ Plan make_plan(std::size_t n_kv, std::size_t d, std::int32_t sinks, std::mt19937
     return t;
   };
   const auto n = std::int32_t(n_kv);
-  KindPlan k{Kind::k, n, {{}, {}}}, v{Kind::v, n, {{}, {}}};
+  KindPlan k{Kind::k, n, {{}, {}}, {}}, v{Kind::v, n, {{}, {}}, {}};
   for (std::int32_t h = 1; h < n; h += 2) {
     std::vector<HeadId> refs = {{1, h - 1}};
     if ((h + 1) % n != h - 1) refs.push_back({1, (h + 1) % n});

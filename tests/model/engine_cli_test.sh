@@ -100,6 +100,23 @@ grep -q "^l,f32,K+V,4,.*,$(( (4 * 180 + 28 * 121) * 64 * 4 )),$(( (4 * 180 + 28 
   --kv-budget 0.67 --refs 2 --sink 4 --probe "$tmp/probe.csv" --out "$tmp/loss2.safetensors" > "$tmp/fitp.txt" ||
   fail "fit --probe: $(tail -3 "$tmp/fitp.txt")"
 grep -q "groups calibrate the costs" "$tmp/fitp.txt" || fail "fit --probe: $(head -5 "$tmp/fitp.txt")"
+# A hybrid plan (kept heads + latent streams, plan format 2) at 50% of the KV
+# bytes: the store projects the latent streams at append time; the measured
+# perplexity equals the simulated one (latent streams computed from the full
+# cache's exact K/V), and the store allocates exactly 90 streams per token.
+"$headrecon" fit --acts "$tmp/qkv.safetensors" --wo "$tmp/wo.safetensors" --kind k --kind v --strategy hybrid \
+  --kv-budget 0.5 --same-layer --sink 4 --out "$tmp/hybrid.safetensors" > "$tmp/fith.txt" ||
+  fail "fit --strategy hybrid: $(tail -3 "$tmp/fith.txt")"
+grep -q "stored 23040 of 46080 (50.0%), read per decode step 23040 " "$tmp/fith.txt" ||
+  fail "fit hybrid bytes: $(grep bytes "$tmp/fith.txt")"
+"$engine" eval --model "$model" --text "$tmp/docs/b.txt" --seqs 1 --seq-len 32 --plan "h=$tmp/hybrid.safetensors" \
+  --sinks 4 --variants k,v,kv --simulate --csv "$tmp/evalh.csv" > "$tmp/evalh.txt" || fail "eval of the hybrid plan"
+awk -F, 'NR == 1 { for (i = 1; i <= NF; ++i) col[$i] = i; next } {
+  p = $col["ppl"]; sp = $col["simulated_ppl"]; d = p - sp; if (d < 0) d = -d
+  if (sp == "" || d > 1e-3 * p) { print "row " NR ": ppl " p " vs simulated " sp; bad = 1 }
+} END { exit bad }' "$tmp/evalh.csv" || fail "hybrid plan: measured != simulated: $(cat "$tmp/evalh.csv")"
+grep -q "^h,f32,K+V,4,.*,$(( (4 * 180 + 28 * 90) * 64 * 4 )),$(( (4 * 180 + 28 * 90) * 64 * 4 ))," "$tmp/evalh.csv" ||
+  fail "hybrid plan bytes: $(cat "$tmp/evalh.csv")"
 
 # Errors are reported, not crashed on.
 if "$engine" capture --model "$model" --ids "1 2 3" --tokens 10 --out "$tmp/x.safetensors" 2> "$tmp/err.txt"; then
