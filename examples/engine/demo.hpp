@@ -28,6 +28,7 @@
 #include "eval.hpp"
 #include "headrecon/accumulate.hpp"
 #include "headrecon/calibrate.hpp"
+#include "headrecon/latent.hpp"
 #include "headrecon/plan_io.hpp"
 #include "headrecon/select.hpp"
 #include "llama.hpp"
@@ -70,7 +71,8 @@ struct DemoOptions {
   std::vector<PlanSpec> plans{
       {"greedy-same-r1", "greedy", false, 2, 0, true}, {"greedy-cross-r1", "greedy", true, 2, 5, true},
       {"shared-same-r1", "shared", false, 2, 0, false}, {"shared-cross-r1", "shared", true, 2, 0, false},
-      {"greedy-same-r2", "greedy", false, 1, 0, false}, {"greedy-cross-r2", "greedy", true, 1, 5, false}};
+      {"greedy-same-r2", "greedy", false, 1, 0, false}, {"greedy-cross-r2", "greedy", true, 1, 5, false},
+      {"hybrid-r1", "hybrid", false, 2, 0, false}};
   bool speed = true;
   SpeedOptions speed_opt;
 };
@@ -176,6 +178,16 @@ inline ModelAnalysis analyze_file(const std::string& acts_path, const std::strin
     parallel_for(o.plans.size(), o.threads, [&](std::size_t i) {
       const PlanSpec& ps = o.plans[i];
       const headrecon::HeadMoments& st = ps.cross ? cross : same;
+      if (ps.strategy == "hybrid" || ps.strategy == "latent") {
+        // Latent streams: `keep` streams per layer on average, allocated over the layers.
+        headrecon::LatentModelOptions lo;
+        lo.hybrid = ps.strategy == "hybrid";
+        auto r = headrecon::select_latent_model({headrecon::KindCosts(kind, &st)},
+                                                std::size_t(ps.keep) * std::size_t(st.n_layers()), lo);
+        kps[i] = std::move(r.kinds[0]);
+        reps[i].swap(r.reports[0]);
+        return;
+      }
       headrecon::SelectionOptions so;
       so.budget = double(ps.keep) / double(st.n_heads());
       so.max_refs = ps.max_refs;
@@ -488,7 +500,10 @@ inline void demo_write_summary(const DemoOptions& o, const LlamaConfig& c, const
         "= bytes allocated for one sequence of "
      << o.eval_len << " tokens (" << cache_type_names(o.cache_dtypes)
      << "), equal to RefCacheLayout::bytes. Plans: `rN` = N of 3 KV heads per layer rebuilt; `same`/`cross` = "
-        "references from the same layer / also from earlier layers; `greedy`/`shared` = selection strategy. "
+        "references from the same layer / also from earlier layers; `greedy`/`shared` = selection strategy; "
+        "`hybrid-r1`: per kind as many stored streams as r1 (2 per layer on average, allocated over the layers), each "
+        "layer storing heads and/or latent streams (principal directions of its heads, variance-weighted, projected "
+        "at append time). "
         "Maps fitted on positions >= "
      << o.fit_sink << " (ridge by GCV); sink 0 applies the same maps to every position. Applied K / V / K+V: the "
         "other kind fully cached. Rows marked `= X` have the same plan content as X (result reused).\n\n";

@@ -6,6 +6,7 @@
 // as many threads. Static Highway target of this build.
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <ostream>
 #include <string>
 #include <vector>
@@ -19,6 +20,7 @@
 #include "headrecon/thread_pool.hpp"
 #include "machine_limits.hpp"
 #include "recon_problem.hpp"
+#include "roofline_svg.hpp"
 
 extern "C" void openblas_set_num_threads(int);
 
@@ -28,7 +30,17 @@ struct BenchConfig {
   bool quick = false;     // small sizes (CI smoke run)
   std::size_t threads = 2;  // the attention rows run on 1 and on this many threads
   std::string json_path;  // empty: no JSON
+  std::string plot_path;  // roofline SVG; empty: next to the JSON (NAME.json -> NAME.roofline.svg), none without JSON
 };
+
+/// Where the roofline plot goes: --plot, else next to the JSON.
+inline std::string roofline_path(const BenchConfig& cfg) {
+  if (!cfg.plot_path.empty() || cfg.json_path.empty()) return cfg.plot_path;
+  const std::string& j = cfg.json_path;
+  const std::size_t dot = j.rfind('.'), slash = j.find_last_of('/');
+  const std::string stem = dot != std::string::npos && (slash == std::string::npos || dot > slash) ? j.substr(0, dot) : j;
+  return stem + ".roofline.svg";
+}
 
 inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   using namespace headrecon::bench;
@@ -110,6 +122,7 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   os << "  model           cache  context  thr  full us   abs us  full/abs  abs/refs  rta/abs  full GB/s  of DRAM"
         "  abs GB/s  of DRAM  abs of FMA\n";
   json attn = json::array();
+  std::map<std::size_t, RooflinePanel> panels;  // by thread count
   struct Row { const ModelShape* shape; std::size_t T; CacheType dt; std::size_t threads; };
   std::vector<Row> rows;
   const std::vector<CacheType> types =
@@ -143,6 +156,12 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
                   r.shape->name.c_str(), r.dt.name().c_str(), r.T, r.threads, tf * 1e6, ta * 1e6, tf / ta, ta / tr,
                   rta, gf, gf / dram, ga, ga / dram, fl / peak);
     os << line;
+    RooflinePanel& panel = panels[r.threads];
+    panel.threads = r.threads, panel.dram_gbps = dram, panel.peak_gflops = peak;
+    const std::string label = r.shape->name.substr(0, r.shape->name.find('-')) + " " + r.dt.name() + " " +
+                              std::to_string(r.T / 1024) + "k";
+    panel.points.push_back({label, r.dt.name(), false, p.flops(false) / p.full_bytes(), p.flops(false) / tf / 1e9});
+    panel.points.push_back({label, r.dt.name(), true, p.flops(true) / p.ref_bytes(), fl});
     attn.push_back({{"model", r.shape->name},
                     {"cache", r.dt.name()},
                     {"context", r.T},
@@ -166,8 +185,16 @@ inline void run_bench(const BenchConfig& cfg, std::ostream& os) {
   root["decode_attention"] = std::move(attn);
   if (!cfg.json_path.empty()) {
     write_stream_atomically(cfg.json_path, [&](std::ostream& f) { f << root.dump() << "\n"; });
-    os << "\nJSON written to " << cfg.json_path << "; roofline plot: python3 scripts/plot_roofline.py "
-       << cfg.json_path << " roofline.svg\n";
+    os << "\nJSON written to " << cfg.json_path << "\n";
+  }
+  if (const std::string plot = roofline_path(cfg); !plot.empty()) {
+    std::vector<RooflinePanel> list;
+    for (auto& [th, pnl] : panels) list.push_back(std::move(pnl));
+    write_stream_atomically(plot, [&](std::ostream& f) {
+      write_roofline_svg(f, list, std::string("decode attention against the limits measured in this run (") +
+                                      hwy::TargetName(HWY_STATIC_TARGET) + ")");
+    });
+    os << "roofline plot written to " << plot << "\n";
   }
 }
 
@@ -176,11 +203,15 @@ inline void add_bench_command(Tool& tool) {
   auto c = std::make_shared<BenchConfig>();
   CLI::App* cmd = tool.add("bench", "kernel speed as ratios against baselines measured in the same run", [c] {
     if (!c->json_path.empty()) check_output_path("--json", c->json_path);
+    if (const std::string plot = roofline_path(*c); !plot.empty()) check_output_path("--plot", plot);
     run_bench(*c, std::cout);
     return 0;
   });
   cmd->add_flag("--quick", c->quick, "small sizes (a smoke run)");
-  cmd->add_option("--json", c->json_path, "also write the results as JSON");
+  cmd->add_option("--json", c->json_path, "also write the results as JSON (and the roofline plot next to it)");
+  cmd->add_option("--plot", c->plot_path,
+                  "roofline plot (SVG: flop per byte against GFLOP/s under the measured roofs; default: next to "
+                  "--json, NAME.roofline.svg)");
   cmd->add_option("--threads", c->threads, "decode attention also on this many threads (split-K)")
       ->check(integer_in(1, 1024));
 }

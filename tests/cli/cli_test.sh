@@ -56,6 +56,17 @@ expect_ok inspect "k: 6 heads/layer, 9 of 18 rebuilt" "$tool" inspect "$dir/gree
 # The bench command runs end to end (small sizes) and writes valid JSON.
 expect_ok "bench --quick" "decode attention" "$tool" bench --quick --json "$dir/bench.json"
 if python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert d['reconstruction'] and d['decode_attention']" "$dir/bench.json" 2>/dev/null; then ok; else bad "bench JSON"; fi
+# ... and the roofline plot next to the JSON: one panel per thread count (1 and 2), a roof and two points
+# (full and absorbed) per decode-attention row, as well-formed SVG.
+if python3 - "$dir/bench.json" "$dir/bench.roofline.svg" <<'PY' 2>/dev/null; then ok; else bad "bench roofline SVG"; fi
+import json, sys, xml.etree.ElementTree as ET
+rows = json.load(open(sys.argv[1]))["decode_attention"]
+svg = ET.parse(sys.argv[2]).getroot()
+ns = "{http://www.w3.org/2000/svg}"
+assert len(svg.findall(f".//{ns}polyline")) == len({r["threads"] for r in rows}) == 2
+labels = [t.text for t in svg.iter(f"{ns}text") if t.text and t.text.endswith("k") and " " in t.text]
+assert len(labels) == 2 * len(rows), (len(labels), len(rows))
+PY
 
 expect_fail "missing file" "nope\.safetensors" "$tool" fit --acts "$dir/nope.safetensors" --out "$dir/x.plan"
 expect_fail "bad kind" "unknown kind 'x'" "$tool" fit --acts "$acts" --kind x --out "$dir/x.plan"
