@@ -264,3 +264,90 @@ TEST_CASE("select_latent_model meets the budget exactly and equals brute force",
     }
   REQUIRE_THROWS_WITH(select_latent_model(kinds, 3), Catch::Contains("below one stream per layer and kind (4)"));
 }
+
+TEST_CASE("refit with earlier layers' streams: maps applied to the tokens give the reported R2", "[latent]") {
+  // Both layers mix the same 12 factors (plus noise): layer 1 is predictable from layer 0.
+  constexpr std::size_t n = 3000, rank = 12;
+  std::mt19937 rng(12);
+  std::normal_distribution<double> g;
+  Data d{n, {}};
+  std::vector<std::vector<double>> f(kLayers, std::vector<double>(kP * rank));
+  for (auto& fl : f)
+    for (auto& v : fl) v = g(rng);
+  d.x.assign(kLayers, std::vector<float>(n * kP));
+  std::vector<double> s(rank);
+  for (std::size_t t = 0; t < n; ++t) {
+    for (auto& v : s) v = g(rng);
+    for (std::int32_t l = 0; l < kLayers; ++l)
+      for (std::size_t i = 0; i < kP; ++i) {
+        double acc = 0.3 * g(rng);
+        for (std::size_t k = 0; k < rank; ++k) acc += f[std::size_t(l)][i * rank + k] * s[k];
+        d.x[std::size_t(l)][t * kP + i] = float(acc);
+      }
+  }
+  HeadMoments same(kLayers, kHeads, kDim, RefScope::same_layer), wide(kLayers, kHeads, kDim, RefScope::cross_layer_window, 1);
+  std::vector<AnyHeadsView> views;
+  for (const auto& x : d.x)
+    views.push_back(erase(make_view<const float>(x.data(), x.size(), Extents3{n, kHeads, kDim}, Layout::token_major)));
+  same.add(views, 0, HoldoutSplit{0.0, 64});
+  wide.add(views, 0, HoldoutSplit{0.0, 64});
+  const FitOptions ols{RidgeMode::fixed, 0.0};
+  LatentModelOptions o;
+  o.fit = ols;
+  LatentModelResult r = select_latent_model({KindCosts(Kind::k, &wide)}, 3, o);  // 3 streams over 2 layers
+  const LatentModelResult before = select_latent_model({KindCosts(Kind::k, &same)}, 3, o);
+  REQUIRE_THROWS_WITH(refit_with_earlier_layers(r, {KindCosts(Kind::k, &same)}, 1),
+                      Catch::Contains("need statistics of those layers"));
+  refit_with_earlier_layers(r, {KindCosts(Kind::k, &wide)}, 1, ols);
+  Plan plan;
+  plan.head_dim = kDim;
+  plan.n_layers = kLayers;
+  plan.kinds = r.kinds;
+  plan.validate();
+  const KindPlan& kp = plan.kinds[0];
+  REQUIRE(!kp.layers[1].empty());
+  bool reads_earlier = false;
+  for (const TargetMap& tm : kp.layers[1]) {
+    double sse = 0, sst = 0, mean[kDim] = {};
+    for (std::size_t t = 0; t < n; ++t)
+      for (std::size_t j = 0; j < std::size_t(kDim); ++j) mean[j] += d.x[1][t * kP + std::size_t(tm.target.head) * kDim + j] / double(n);
+    double r2_sum = 0;
+    for (std::size_t j = 0; j < std::size_t(kDim); ++j) {
+      sse = sst = 0;
+      for (std::size_t t = 0; t < n; ++t) {
+        double y = tm.bias[j];
+        for (std::size_t ri = 0; ri < tm.refs.size(); ++ri) {
+          const HeadId id = tm.refs[ri];
+          const float* x = d.x[std::size_t(id.layer)].data() + t * kP;
+          for (std::size_t i = 0; i < std::size_t(kDim); ++i) {
+            double src;
+            if (id.head < kHeads) {
+              src = x[std::size_t(id.head) * kDim + i];
+            } else {
+              const auto& P = kp.latent[std::size_t(id.layer)][std::size_t(id.head - kHeads)].projection;
+              double z = 0;
+              for (std::size_t c = 0; c < kP; ++c) z += double(x[c]) * double(P[c * kDim + i]);
+              src = z;
+            }
+            y += src * double(tm.weight[(ri * kDim + i) * kDim + j]);
+          }
+        }
+        const double truth = d.x[1][t * kP + std::size_t(tm.target.head) * kDim + j];
+        sse += (truth - y) * (truth - y);
+        sst += (truth - mean[j]) * (truth - mean[j]);
+      }
+      r2_sum += 1 - sse / sst;
+    }
+    for (HeadId id : tm.refs) reads_earlier = reads_earlier || id.layer == 0;
+    const TargetReport* rep = nullptr;
+    for (const auto& x : r.reports[0])
+      if (x.target == tm.target) rep = &x;
+    REQUIRE(rep);
+    CHECK(rep->r2_in_sample == Approx(r2_sum / kDim).margin(1e-4));
+    const TargetReport* old = nullptr;
+    for (const auto& x : before.reports[0])
+      if (x.target == tm.target) old = &x;
+    if (old) CHECK(rep->r2_in_sample >= old->r2_in_sample - 1e-9);
+  }
+  CHECK(reads_earlier);
+}

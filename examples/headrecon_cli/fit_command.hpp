@@ -175,7 +175,11 @@ inline void check_fit_config(const FitConfig& cfg, const ActivationReader& acts)
     if (std::isnan(cfg.kv_budget) && cfg.kv_bytes == 0)
       detail::fail("strategy ", cfg.strategy, " allocates a whole-model budget: give --kv-budget F or --kv-bytes N");
     if (!std::isnan(cfg.read_budget))
-      detail::fail("strategy ", cfg.strategy, " reads what it stores (same-layer streams): drop --read-budget");
+      detail::fail("strategy ", cfg.strategy, " has no read budget (it reads its layer's streams, with --window W also "
+                   "those of the W previous layers): drop --read-budget");
+    if (cfg.accumulate.scope == RefScope::cross_layer)
+      detail::fail("strategy ", cfg.strategy, ": give --same-layer (each layer rebuilt from its own stored streams) or "
+                   "--window W (also from the stored streams of the W previous layers)");
     if (cfg.accumulate.cache_type)
       detail::fail("--fit-on-cache applies to head references; strategy ", cfg.strategy,
                    " projects latent streams from exact K/V");
@@ -309,6 +313,8 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
       lo.fit = fit;
       lo.parallel = pool.parallel_for();
       latent = select_latent_model(costs, budget.max_cached - fixed, lo);
+      if (cfg.accumulate.scope == RefScope::cross_layer_window)
+        refit_with_earlier_layers(latent, costs, cfg.accumulate.window, fit, pool.parallel_for());
     } else {
       sels = select_model(cfg.strategy, costs, budget, fixed, sel_opt, &graph_params, pool.parallel_for());
     }
@@ -498,7 +504,9 @@ strategy latent: each layer caches R principal directions of its heads (latent s
   projected at append time); hybrid: cached heads kept exact plus principal directions
   of the other heads' residual. Both need --kv-budget/--kv-bytes, allocate it exactly
   across layers and K/V, weigh directions by the loss metrics with --wo (variance
-  without), and read only what they store (same-layer streams). Plan format version 2.
+  without). --same-layer: a layer reads only what it stores; --window W: the maps also
+  read the stored streams of the W previous layers (no extra storage, more reads).
+  Plan format version 2.
 --cache-dtype T: f32, f16, bf16, q8_0, q4_0 (r suffix: Hadamard-rotated, e.g. q4_0r), what
   bytes count in; --fit-on-cache fits the maps on K/V as that cache gives them back.
 held-out split: whole sequences by default (--holdout-block N: runs of N tokens).

@@ -307,7 +307,7 @@ struct LatentModelResult {
   std::vector<KindPlan> kinds;                    ///< one per KindCosts, same order
   std::vector<std::vector<TargetReport>> reports; ///< per kind, targets layer by layer
   std::size_t cached = 0;                         ///< stored streams per token, all kinds
-  double total_cost = 0.0;                        ///< Σ weighted held-out losses
+  double total_cost = 0.0;                        ///< Σ weighted held-out losses of the selection (same-layer streams)
   /// Per kind and layer: heads kept exact and latent streams.
   std::vector<std::vector<std::pair<std::size_t, std::size_t>>> split;
 };
@@ -406,6 +406,108 @@ inline LatentModelResult select_latent_model(const std::vector<KindCosts>& kinds
     res.reports[ki].insert(res.reports[ki].end(), f.report.begin(), f.report.end());
   }
   return res;
+}
+
+/// Refits every target of `res` (from select_latent_model on the same `kinds`)
+/// on its layer's stored streams plus those of the `window` earlier layers
+/// (their kept heads and latent streams: a stream a later layer can read at no
+/// extra storage). The statistics must cover those layers: scope
+/// cross_layer_window with a window >= `window`, or cross_layer. Stored bytes do
+/// not change; each layer then reads its own streams and the window's. Losses,
+/// R² and reports are updated (held-out when there is a split).
+inline void refit_with_earlier_layers(LatentModelResult& res, const std::vector<KindCosts>& kinds, std::int32_t window,
+                                      const FitOptions& fit = {}, const ParallelFor& parallel = {}) {
+  if (window <= 0) return;
+  if (res.kinds.size() != kinds.size()) detail::fail("latent refit: ", res.kinds.size(), " kinds fitted, ", kinds.size(), " given");
+  const std::int32_t L = kinds[0].stats->n_layers();
+  const std::size_t H = std::size_t(kinds[0].stats->n_heads()), d = std::size_t(kinds[0].stats->head_dim());
+  for (const auto& k : kinds) {
+    const RefScope sc = k.stats->scope();
+    if (sc == RefScope::same_layer || (sc == RefScope::cross_layer_window && k.stats->window() < window))
+      detail::fail("latent refit: references from ", window, " earlier layers need statistics of those layers "
+                   "(a cross-layer window >= ", window, "), have ",
+                   sc == RefScope::same_layer ? std::string("same-layer statistics")
+                                              : "a window of " + std::to_string(k.stats->window()));
+  }
+  struct Job {
+    std::size_t kind;
+    std::int32_t layer;
+  };
+  std::vector<Job> jobs;
+  for (std::size_t ki = 0; ki < kinds.size(); ++ki)
+    for (std::int32_t l = 1; l < L; ++l)
+      if (!res.kinds[ki].layers[std::size_t(l)].empty()) jobs.push_back({ki, l});
+  std::vector<std::vector<TargetReport>> new_reports(jobs.size());
+  parallel(jobs.size(), [&](std::size_t ji, std::size_t) {
+    const ScopedBlasThreads one_thread(1);
+    const std::size_t ki = jobs[ji].kind;
+    const std::int32_t l = jobs[ji].layer;
+    KindPlan& kp = res.kinds[ki];
+    const HeadMoments& st = *kinds[ki].stats;
+    const HeadId anchor{l, 0};
+    const SplitMoments& g = st.group(anchor);
+    const bool heldout = g.heldout.count() >= 2;
+    // Streams: the layer's own (kept heads, then latent), then each earlier layer's in the window.
+    std::vector<HeadId> refs;
+    const std::int32_t l0 = std::max(0, l - window);
+    for (std::int32_t src = l; src >= l0; --src) {
+      for (std::int32_t h = 0; h < std::int32_t(H); ++h)
+        if (!kp.find({src, h})) refs.push_back({src, h});
+      for (std::size_t j = 0; j < kp.n_latent(src); ++j) refs.push_back({src, std::int32_t(H + j)});
+    }
+    // Input columns: every head of layers l0..l in the target's group.
+    std::vector<std::size_t> cols;
+    for (std::int32_t src = l0; src <= l; ++src)
+      for (std::size_t h = 0; h < H; ++h)
+        for (std::size_t i = 0; i < d; ++i) cols.push_back(st.column({src, std::int32_t(h)}, anchor) + i);
+    auto col_of = [&](std::int32_t layer, std::size_t h) { return (std::size_t(layer - l0) * H + h) * d; };
+    auto& targets = kp.layers[std::size_t(l)];
+    const std::size_t nin = refs.size() * d, q = nin + targets.size() * d;
+    std::vector<double> t(cols.size() * q, 0.0);
+    for (std::size_t r = 0; r < refs.size(); ++r) {
+      const HeadId id = refs[r];
+      if (std::size_t(id.head) < H) {
+        for (std::size_t i = 0; i < d; ++i) t[(col_of(id.layer, std::size_t(id.head)) + i) * q + r * d + i] = 1.0;
+      } else {
+        const auto& P = kp.latent[std::size_t(id.layer)][std::size_t(id.head) - H].projection;
+        for (std::size_t i = 0; i < H * d; ++i)
+          for (std::size_t k = 0; k < d; ++k) t[(col_of(id.layer, 0) + i) * q + r * d + k] = double(P[i * d + k]);
+      }
+    }
+    for (std::size_t a = 0; a < targets.size(); ++a)
+      for (std::size_t i = 0; i < d; ++i)
+        t[(col_of(l, std::size_t(targets[a].target.head)) + i) * q + nin + a * d + i] = 1.0;
+    const Moments train = detail::transform_moments(g.train, cols, t, q);
+    const Moments held = heldout ? detail::transform_moments(g.heldout, cols, t, q) : Moments(q);
+    std::vector<std::size_t> x(nin);
+    for (std::size_t i = 0; i < nin; ++i) x[i] = i;
+    for (std::size_t a = 0; a < targets.size(); ++a) {
+      TargetMap& tm = targets[a];
+      std::vector<std::size_t> y(d);
+      for (std::size_t i = 0; i < d; ++i) y[i] = nin + a * d + i;
+      const LinearMap map = fit_ridge(train, x, y, fit);
+      const R2Score in = score_r2(train, x, y, map);
+      const R2Score ho = heldout ? score_r2(held, x, y, map) : in;
+      std::vector<float> w(map.weight.begin(), map.weight.end()), b(map.bias.begin(), map.bias.end());
+      for (float f : w)
+        if (!std::isfinite(f)) detail::fail("latent refit: map of ", kind_name(kp.kind), " head ", l, ".", tm.target.head, " outside float range");
+      for (float f : b)
+        if (!std::isfinite(f)) detail::fail("latent refit: map of ", kind_name(kp.kind), " head ", l, ".", tm.target.head, " outside float range");
+      tm.refs = std::vector<HeadId>(refs);
+      tm.weight = std::move(w);
+      tm.bias = std::move(b);
+      tm.r2_heldout = float(ho.mean);
+      new_reports[ji].push_back({tm.target, tm.refs, ho.mean, in.mean, ho.weighted, heldout, map.lambda, map.method,
+                                 map.rank, map.in_dim});
+    }
+  });
+  // Reports keep their order (LatentModelResult::total_cost stays the selection's same-layer cost).
+  for (std::size_t ji = 0; ji < jobs.size(); ++ji) {
+    auto& rep = res.reports[jobs[ji].kind];
+    for (const TargetReport& r : new_reports[ji])
+      for (TargetReport& old : rep)
+        if (old.target == r.target) old = r;
+  }
 }
 
 }  // namespace headrecon

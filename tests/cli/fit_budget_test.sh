@@ -34,18 +34,24 @@ expect_ok "inspect budget plan" "rebuilt" "$tool" inspect "$dir/loss.plan"
 # Latent and hybrid plans: the budget met exactly in streams (heads + latent), reads = stores.
 for strat in latent hybrid; do
   expect_ok "kv-budget $strat" "stored 672 of 1024 \(65\.6%\), read per decode step 672 " \
-    "$tool" fit --acts "$acts" --kind k --kind v --strategy $strat --kv-budget 0.67 --out "$dir/$strat.plan"
+    "$tool" fit --acts "$acts" --kind k --kind v --strategy $strat --kv-budget 0.67 --same-layer --out "$dir/$strat.plan"
 done
+# --window 1: the same stored bytes, each layer also reads the previous layer's streams.
+expect_ok "hybrid window" "stored 672 of 1024 \(65\.6%\), read per decode step (8[0-9][0-9]|1[0-9][0-9][0-9]) " \
+  "$tool" fit --acts "$acts" --kind k --kind v --strategy hybrid --kv-budget 0.67 --window 1 --out "$dir/hw.plan"
+expect_ok "inspect hybrid window" "<- [0-9.z ]*[0-9]+\.z?[0-9]+ .*\(R2" "$tool" inspect "$dir/hw.plan"
+expect_fail "latent scope" "give --same-layer .* or --window W" \
+  "$tool" fit --acts "$acts" --kind k --kind v --strategy latent --kv-budget 0.5 --out "$dir/x.plan"
 expect_ok "latent weighted by the loss" "loss-weighted principal directions" \
-  "$tool" fit --acts "$acts" --wo "$wo" --kind k --kind v --strategy latent --kv-budget 0.5 --out "$dir/lw.plan"
+  "$tool" fit --acts "$acts" --wo "$wo" --kind k --kind v --strategy latent --kv-budget 0.5 --same-layer --out "$dir/lw.plan"
 expect_ok "inspect latent plan" "latent streams \(zJ" "$tool" inspect "$dir/latent.plan"
 expect_ok "inspect latent refs" "<- [0-9]+\.z0" "$tool" inspect "$dir/latent.plan"
 expect_fail "latent needs a model budget" "strategy latent allocates a whole-model budget" \
   "$tool" fit --acts "$acts" --kind k --kind v --strategy latent --out "$dir/x.plan"
 expect_fail "latent budget too small" "below one stream per layer and kind \(8\)" \
-  "$tool" fit --acts "$acts" --kind k --kind v --strategy latent --kv-budget 0.2 --out "$dir/x.plan"
-expect_fail "latent reads what it stores" "drop --read-budget" \
-  "$tool" fit --acts "$acts" --kind k --kind v --strategy hybrid --kv-budget 0.5 --read-budget 0.6 --out "$dir/x.plan"
+  "$tool" fit --acts "$acts" --kind k --kind v --strategy latent --kv-budget 0.2 --same-layer --out "$dir/x.plan"
+expect_fail "latent has no read budget" "drop --read-budget" \
+  "$tool" fit --acts "$acts" --kind k --kind v --strategy hybrid --kv-budget 0.5 --read-budget 0.6 --same-layer --out "$dir/x.plan"
 # Bytes per token: 448 f16 bytes = 28 streams of 8 x 2 bytes.
 expect_ok "kv-bytes f16" "stored 448 of 512" \
   "$tool" fit --acts "$acts" --kind k --kind v --kv-bytes 448 --cache-dtype f16 --out "$dir/b.plan"
