@@ -72,7 +72,7 @@ struct DemoOptions {
       {"greedy-same-r1", "greedy", false, 2, 0, true}, {"greedy-cross-r1", "greedy", true, 2, 5, true},
       {"shared-same-r1", "shared", false, 2, 0, false}, {"shared-cross-r1", "shared", true, 2, 0, false},
       {"greedy-same-r2", "greedy", false, 1, 0, false}, {"greedy-cross-r2", "greedy", true, 1, 5, false},
-      {"hybrid-r1", "hybrid", false, 2, 0, false}};
+      {"hybrid-same-r1", "hybrid", false, 2, 0, false}, {"hybrid-w2-r1", "hybrid", true, 2, 0, false}};
   bool speed = true;
   SpeedOptions speed_opt;
 };
@@ -182,8 +182,9 @@ inline ModelAnalysis analyze_file(const std::string& acts_path, const std::strin
         // Latent streams: `keep` streams per layer on average, allocated over the layers.
         headrecon::LatentModelOptions lo;
         lo.hybrid = ps.strategy == "hybrid";
-        auto r = headrecon::select_latent_model({headrecon::KindCosts(kind, &st)},
-                                                std::size_t(ps.keep) * std::size_t(st.n_layers()), lo);
+        const std::vector<headrecon::KindCosts> costs{headrecon::KindCosts(kind, &st)};
+        auto r = headrecon::select_latent_model(costs, std::size_t(ps.keep) * std::size_t(st.n_layers()), lo);
+        if (ps.cross) headrecon::refit_with_earlier_layers(r, costs, 2);  // maps also read the 2 previous layers' streams
         kps[i] = std::move(r.kinds[0]);
         reps[i].swap(r.reports[0]);
         return;
@@ -388,7 +389,7 @@ inline std::vector<SpeedRow> demo_speed(const LlamaModel& model, const DemoText&
   std::vector<headrecon::Plan> sp;
   std::vector<SpeedConfig> cfgs{{"full", nullptr}};
   auto timed = [](const std::string& n) {
-    return n == "greedy-same-r1" || n == "greedy-cross-r1" || n == "greedy-cross-r2";
+    return n == "greedy-same-r1" || n == "greedy-cross-r1" || n == "greedy-cross-r2" || n == "hybrid-same-r1";
   };
   for (const auto& ep : eval_plans)
     if (timed(ep.name)) sp.push_back(plan_variant(ep.plan, Apply::kv, o.fit_sink));
@@ -501,9 +502,9 @@ inline void demo_write_summary(const DemoOptions& o, const LlamaConfig& c, const
      << o.eval_len << " tokens (" << cache_type_names(o.cache_dtypes)
      << "), equal to RefCacheLayout::bytes. Plans: `rN` = N of 3 KV heads per layer rebuilt; `same`/`cross` = "
         "references from the same layer / also from earlier layers; `greedy`/`shared` = selection strategy; "
-        "`hybrid-r1`: per kind as many stored streams as r1 (2 per layer on average, allocated over the layers), each "
+        "`hybrid-*-r1`: per kind as many stored streams as r1 (2 per layer on average, allocated over the layers), each "
         "layer storing heads and/or latent streams (principal directions of its heads, variance-weighted, projected "
-        "at append time). "
+        "at append time); `w2`: the maps also read the 2 previous layers' stored streams. "
         "Maps fitted on positions >= "
      << o.fit_sink << " (ridge by GCV); sink 0 applies the same maps to every position. Applied K / V / K+V: the "
         "other kind fully cached. Rows marked `= X` have the same plan content as X (result reused).\n\n";

@@ -23,7 +23,7 @@ if [ ! -d "$docs" ]; then
   done
 fi
 "$engine" demo --model "$model" --dir "$tmp/out" --docs "$docs" --kjv "$tmp/none.txt" --calib-tokens 1024 \
-  --random-tokens 1024 --seq-len 256 --eval-seqs 2 --eval-len 32 --max-k 2 --q-window 1 --plans greedy-same-r1,hybrid-r1 \
+  --random-tokens 1024 --seq-len 256 --eval-seqs 2 --eval-len 32 --max-k 2 --q-window 1 --plans greedy-same-r1,hybrid-w2-r1 \
   --speed-context 256 > "$tmp/demo.txt" 2>&1 || { tail -20 "$tmp/demo.txt"; fail "demo exited with an error"; }
 out=$tmp/out
 for f in summary.md r2.csv r2_heatmap.svg eval.csv eval.json eval.md demo.log plans/greedy-same-r1.safetensors; do
@@ -34,7 +34,7 @@ for s in "## R2 of each head" "### Held-out" "## Perplexity through the referenc
   grep -qF "$s" "$out/summary.md" || fail "summary.md lacks '$s'"
 done
 grep -qE '^\| greedy-same-r1 +\| f32 +\| K\+V' "$out/summary.md" || fail "summary.md lacks the greedy-same-r1 K+V row"
-grep -qE '^\| hybrid-r1 +\| f32 +\| K\+V' "$out/summary.md" || fail "summary.md lacks the hybrid-r1 K+V row"
+grep -qE '^\| hybrid-w2-r1 +\| f32 +\| K\+V' "$out/summary.md" || fail "summary.md lacks the hybrid-w2-r1 K+V row"
 # r2.csv: trained and random, q/k/v, same- and cross-layer, k = 1..2 (K/V same-layer: 2 candidates).
 [ "$(head -1 "$out/r2.csv")" = "model,kind,scope,layer,head,k,r2_heldout,r2_in_sample,refs" ] || fail "r2.csv header"
 # per model: q same 270x2, q window 270x2, k/v same 90x2 each, k/v cross (layer 0: 2 candidates) 90x2 each
