@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <ostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -86,26 +87,33 @@ inline DecodePplStats decode_perplexity(const LlamaModel& model, const std::vect
 /// (the memory is not saved); attention then runs over the full cache.
 inline LlamaEngine::KvTransform simulate_plan_transform(const headrecon::Plan& plan, const LlamaConfig& c,
                                                         KvCache& cache) {
-  return [&plan, &c, &cache](std::size_t l, std::size_t pos0, std::size_t n, float* k, float* v) {
+  // Latent streams of every (kind, layer) by position, [pos][stream][d], computed from
+  // the exact heads when the layer is appended (later layers may read them).
+  auto latent = std::make_shared<std::vector<std::vector<float>>>(2 * c.n_layer);
+  return [&plan, &c, &cache, latent](std::size_t l, std::size_t pos0, std::size_t n, float* k, float* v) {
     const std::size_t d = c.head_dim, KD = c.kv_dim();
-    std::vector<float> y(d), earlier(d), latent;
+    std::vector<float> y(d), earlier(d);
     for (const auto& kp : plan.kinds) {
       if (kp.kind == headrecon::Kind::q) continue;
       const bool is_k = kp.kind == headrecon::Kind::k;
       float* cur = is_k ? k : v;
-      // Latent streams of this layer from the exact heads, before any is overwritten
+      auto lat = [&](std::size_t layer) -> std::vector<float>& { return (*latent)[(is_k ? 0 : c.n_layer) + layer]; };
+      // This layer's latent streams from the exact heads, before any is overwritten
       // (projected in double and rounded once, as the store does).
       const std::size_t nl = kp.n_latent(std::int32_t(l));
-      latent.assign(n * nl * d, 0.f);
-      for (std::size_t i = 0; i < n; ++i)
-        for (std::size_t j = 0; j < nl; ++j) {
-          const float* P = kp.latent[l][j].projection.data();
-          for (std::size_t o = 0; o < d; ++o) {
-            double acc = 0;
-            for (std::size_t x = 0; x < KD; ++x) acc += double(cur[i * KD + x]) * double(P[x * d + o]);
-            latent[(i * nl + j) * d + o] = float(acc);
+      if (nl > 0) {
+        auto& z = lat(l);
+        if (z.size() < (pos0 + n) * nl * d) z.resize((pos0 + n) * nl * d);
+        for (std::size_t i = 0; i < n; ++i)
+          for (std::size_t j = 0; j < nl; ++j) {
+            const float* P = kp.latent[l][j].projection.data();
+            for (std::size_t o = 0; o < d; ++o) {
+              double acc = 0;
+              for (std::size_t x = 0; x < KD; ++x) acc += double(cur[i * KD + x]) * double(P[x * d + o]);
+              z[((pos0 + i) * nl + j) * d + o] = float(acc);
+            }
           }
-        }
+      }
       for (const auto& t : kp.layers.at(l))
         for (std::size_t i = 0; i < n; ++i) {
           const std::size_t p = pos0 + i;
@@ -115,10 +123,8 @@ inline LlamaEngine::KvTransform simulate_plan_transform(const headrecon::Plan& p
             const auto ref = t.refs[r];
             const float* x = cur + i * KD + std::size_t(ref.head) * d;
             if (kp.is_latent(ref)) {
-              if (std::size_t(ref.layer) != l)
-                fail("simulated reconstruction: ", headrecon::kind_name(kp.kind), " head ", t.target.layer, ".",
-                     t.target.head, " reads a latent stream of layer ", ref.layer, " (only same-layer latent streams are simulated)");
-              x = latent.data() + (i * nl + std::size_t(ref.head - kp.n_heads)) * d;
+              const std::size_t src = std::size_t(ref.layer), m = kp.n_latent(ref.layer);
+              x = lat(src).data() + (p * m + std::size_t(ref.head - kp.n_heads)) * d;
             } else if (std::size_t(ref.layer) != l) {
               cache.read(kp.kind, std::size_t(ref.layer), p, std::size_t(ref.head), earlier.data());
               x = earlier.data();

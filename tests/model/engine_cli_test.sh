@@ -109,8 +109,15 @@ grep -q "groups calibrate the costs" "$tmp/fitp.txt" || fail "fit --probe: $(hea
   fail "fit --strategy hybrid: $(tail -3 "$tmp/fith.txt")"
 grep -q "stored 23040 of 46080 (50.0%), read per decode step 23040 " "$tmp/fith.txt" ||
   fail "fit hybrid bytes: $(grep bytes "$tmp/fith.txt")"
+# The same budget with --window 2: the maps also read the 2 previous layers' streams (latent ones included).
+"$headrecon" fit --acts "$tmp/qkv.safetensors" --wo "$tmp/wo.safetensors" --kind k --kind v --strategy hybrid \
+  --kv-budget 0.5 --window 2 --sink 4 --out "$tmp/hybridw.safetensors" > "$tmp/fithw.txt" ||
+  fail "fit --strategy hybrid --window 2: $(tail -3 "$tmp/fithw.txt")"
+grep -q "stored 23040 of 46080 (50.0%), read per decode step [3-9][0-9]\{4\} " "$tmp/fithw.txt" ||
+  fail "fit hybrid window bytes: $(grep bytes "$tmp/fithw.txt")"
 "$engine" eval --model "$model" --text "$tmp/docs/b.txt" --seqs 1 --seq-len 32 --plan "h=$tmp/hybrid.safetensors" \
-  --sinks 4 --variants k,v,kv --simulate --csv "$tmp/evalh.csv" > "$tmp/evalh.txt" || fail "eval of the hybrid plan"
+  --plan "hw=$tmp/hybridw.safetensors" --sinks 4 --variants k,v,kv --simulate --csv "$tmp/evalh.csv" > "$tmp/evalh.txt" ||
+  fail "eval of the hybrid plans"
 awk -F, 'NR == 1 { for (i = 1; i <= NF; ++i) col[$i] = i; next } {
   p = $col["ppl"]; sp = $col["simulated_ppl"]; d = p - sp; if (d < 0) d = -d
   if (sp == "" || d > 1e-3 * p) { print "row " NR ": ppl " p " vs simulated " sp; bad = 1 }

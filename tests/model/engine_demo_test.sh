@@ -41,8 +41,9 @@ grep -qE '^\| hybrid-w2-r1 +\| f32 +\| K\+V' "$out/summary.md" || fail "summary.
 [ "$(tail -n +2 "$out/r2.csv" | wc -l)" = $(( 2 * (270 * 2 * 2 + 90 * 2 * 4) )) ] || fail "r2.csv rows: $(wc -l < "$out/r2.csv")"
 head -c 5 "$out/r2_heatmap.svg" | grep -q "<svg" || fail "r2_heatmap.svg is not SVG"
 [ "$(grep -c "<rect" "$out/r2_heatmap.svg")" -gt $(( 12 * 30 * 3 )) ] || fail "r2_heatmap.svg has too few cells"
-# eval.csv: full + K, V, K+V at sinks 0 and 4; allocated bytes = layout bytes; measured = simulated ppl.
-[ "$(wc -l < "$out/eval.csv")" = 8 ] || fail "eval.csv rows: $(cat "$out/eval.csv")"
+# eval.csv: full + greedy-same-r1 K, V, K+V at sinks 0 and 4 + hybrid-w2-r1 K, V, K+V at sink 4;
+# allocated bytes = layout bytes; measured = simulated ppl.
+[ "$(wc -l < "$out/eval.csv")" = 11 ] || fail "eval.csv rows: $(cat "$out/eval.csv")"
 awk -F, 'NR == 1 { for (i = 1; i <= NF; ++i) col[$i] = i; next } {
   al = $col["kv_bytes_allocated"]; la = $col["kv_bytes_layout"]; p = $col["ppl"]; sp = $col["simulated_ppl"]
   if (al != la) { print "row " NR ": allocated " al " != layout " la; bad = 1 }
