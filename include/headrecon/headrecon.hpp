@@ -20,6 +20,7 @@
 #include "headrecon/head_moments.hpp"
 #include "headrecon/head_stream.hpp"
 #include "headrecon/kv_store.hpp"
+#include "headrecon/latent.hpp"
 #include "headrecon/limits.hpp"
 #include "headrecon/loss_metric.hpp"
 #include "headrecon/moments.hpp"
