@@ -24,6 +24,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$tool" fit --acts "$tmp/acts.safetensors" --kind q --budget 0.3 --refs 2 --out "$out/plan/greedy-q.safetensors" >/dev/null
 "$tool" fit --acts "$tmp/acts.safetensors" --kind v --strategy shared --same-layer --out "$out/plan/shared-v.safetensors" >/dev/null
 "$tool" fit --acts "$tmp/acts.safetensors" --kind k --strategy fixed --fixed "1.2=1.0,0.1" --out "$out/plan/fixed-k.safetensors" >/dev/null
+"$tool" fit --acts "$tmp/acts.safetensors" --kind k --kind v --strategy hybrid --kv-budget 0.5 --window 1 --out "$out/plan/hybrid-kv.safetensors" >/dev/null
 cp "$out"/plan/*.safetensors "$out"/activations/*.safetensors "$out/safetensors/"
 
 # JSON: each header, behind the fuzz target's 2-byte data size (little-endian).
