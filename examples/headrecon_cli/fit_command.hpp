@@ -378,9 +378,11 @@ inline std::vector<KindSummary> run_fit(const FitConfig& cfg, std::ostream& os) 
     if (cfg.latent()) {
       std::size_t n_lat = 0;
       std::string per_layer;
-      for (std::size_t l = 0; l < latent.split[ki].size(); ++l) {
-        n_lat += latent.split[ki][l].second;
-        per_layer += " " + std::to_string(latent.split[ki][l].first) + "+" + std::to_string(latent.split[ki][l].second);
+      const KindPlan& kp = plan.kinds.back();
+      for (std::int32_t l = 0; l < std::int32_t(kp.layers.size()); ++l) {  // kept = heads not rebuilt
+        const std::size_t kept = std::size_t(kp.n_heads) - kp.layers[std::size_t(l)].size(), m = kp.n_latent(l);
+        n_lat += m;
+        per_layer += " " + std::to_string(kept) + "+" + std::to_string(m);
       }
       os << "   " << n_lat << " latent streams (" << (cfg.uses_metrics() ? "loss-weighted" : "variance-weighted")
          << " principal directions); per layer, heads kept + latent streams:" << per_layer << "\n";

@@ -111,6 +111,45 @@ inline std::vector<double> conditional_cov(const std::vector<double>& c, std::si
   if (b) *b = std::move(bb);
   return out;
 }
+
+/// A target's map, report and loss (fit_stream_target()).
+struct StreamTargetFit {
+  TargetMap map;
+  TargetReport report;
+  double loss = 0.0;  ///< held-out (else in-sample) E[eᵀGe]; 0 without a metric
+};
+
+/// Ridge map of columns y0..y0+d−1 of `train` (transformed moments) on columns
+/// `x` (the streams `refs`), scored on `held` (null: in-sample), with the loss
+/// under `metric` when given; `who` names the caller if a map exceeds float range.
+inline StreamTargetFit fit_stream_target(const Moments& train, const Moments* held, const std::vector<std::size_t>& x,
+                                         std::size_t y0, std::size_t d, HeadId target, const std::vector<HeadId>& refs,
+                                         const FitOptions& fit, const char* who, Kind kind,
+                                         const std::vector<double>* metric = nullptr) {
+  std::vector<std::size_t> y(d);
+  for (std::size_t i = 0; i < d; ++i) y[i] = y0 + i;
+  const LinearMap map = fit_ridge(train, x, y, fit);
+  const R2Score in = score_r2(train, x, y, map);
+  const R2Score ho = held ? score_r2(*held, x, y, map) : in;
+  StreamTargetFit out;
+  if (metric) {
+    const Moments& side = held ? *held : train;
+    out.loss = metric_trace(*metric, residual_comoment(side, x, y, map), double(side.count()));
+  }
+  TargetMap& tm = out.map;
+  tm.target = target;
+  tm.refs = std::vector<HeadId>(refs);  // (copy-assignment trips a GCC 12 -Wnonnull false positive)
+  tm.weight.assign(map.weight.begin(), map.weight.end());
+  tm.bias.assign(map.bias.begin(), map.bias.end());
+  for (const std::vector<float>* v : {&tm.weight, &tm.bias})
+    for (float f : *v)
+      if (!std::isfinite(f))
+        fail(who, ": map of ", kind_name(kind), " head ", target.layer, ".", target.head, " outside float range");
+  tm.r2_heldout = float(ho.mean);
+  out.report = {target, refs, ho.mean, in.mean, ho.weighted, held != nullptr, map.lambda, map.method, map.rank,
+                map.in_dim};
+  return out;
+}
 }  // namespace detail
 
 /// Fits `layer` of `stats` with `n_kept` heads kept exact and `n_latent`
@@ -269,28 +308,12 @@ inline LatentLayerFit fit_latent_layer(const HeadMoments& stats, const HeadMetri
   for (std::int32_t h : out.kept) refs.push_back({layer, h});
   for (std::size_t j = 0; j < n_latent; ++j) refs.push_back({layer, std::int32_t(H + j)});
   for (std::size_t a = 0; a < tg.size(); ++a) {
-    std::vector<std::size_t> y(d);
-    for (std::size_t i = 0; i < d; ++i) y[i] = nk + r + a * d + i;
-    const LinearMap map = fit_ridge(train, x, y, fit);
-    const R2Score in = score_r2(train, x, y, map);
-    const R2Score ho = heldout ? score_r2(held, x, y, map) : in;
-    const Moments& side = heldout ? held : train;
-    const double loss =
-        metric_trace(gm[std::size_t(tg[a])], residual_comoment(side, x, y, map), double(side.count()));
-    TargetMap tm;
-    tm.target = {layer, tg[a]};
-    tm.refs = std::vector<HeadId>(refs);  // (copy-assignment trips a GCC 12 -Wnonnull false positive)
-    tm.weight.assign(map.weight.begin(), map.weight.end());
-    tm.bias.assign(map.bias.begin(), map.bias.end());
-    for (float f : tm.weight)
-      if (!std::isfinite(f)) detail::fail("latent: map of ", kind_name(kind), " head ", layer, ".", tg[a], " outside float range");
-    for (float f : tm.bias)
-      if (!std::isfinite(f)) detail::fail("latent: map of ", kind_name(kind), " head ", layer, ".", tg[a], " outside float range");
-    tm.r2_heldout = float(ho.mean);
-    out.targets.push_back(std::move(tm));
-    out.report.push_back({{layer, tg[a]}, refs, ho.mean, in.mean, ho.weighted, heldout, map.lambda, map.method, map.rank,
-                          map.in_dim});
-    out.loss += loss;  // without a metric G = I / tr Σ: SSE / (n·tr Σ) = 1 − weighted R²
+    detail::StreamTargetFit f = detail::fit_stream_target(train, heldout ? &held : nullptr, x, nk + r + a * d, d,
+                                                          {layer, tg[a]}, refs, fit, "latent", kind,
+                                                          &gm[std::size_t(tg[a])]);
+    out.targets.push_back(std::move(f.map));
+    out.report.push_back(std::move(f.report));
+    out.loss += f.loss;  // without a metric G = I / tr Σ: SSE / (n·tr Σ) = 1 − weighted R²
   }
   return out;
 }
@@ -308,8 +331,6 @@ struct LatentModelResult {
   std::vector<std::vector<TargetReport>> reports; ///< per kind, targets layer by layer
   std::size_t cached = 0;                         ///< stored streams per token, all kinds
   double total_cost = 0.0;                        ///< Σ weighted held-out losses of the selection (same-layer streams)
-  /// Per kind and layer: heads kept exact and latent streams.
-  std::vector<std::vector<std::pair<std::size_t, std::size_t>>> split;
 };
 
 /// Latent (or hybrid) references under a whole-model budget of `max_cached`
@@ -380,7 +401,6 @@ inline LatentModelResult select_latent_model(const std::vector<KindCosts>& kinds
   res.cached = b_best;
   res.kinds.resize(kinds.size());
   res.reports.resize(kinds.size());
-  res.split.assign(kinds.size(), std::vector<std::pair<std::size_t, std::size_t>>(std::size_t(L)));
   for (std::size_t ki = 0; ki < kinds.size(); ++ki) {
     KindPlan& kp = res.kinds[ki];
     kp.kind = kinds[ki].kind;
@@ -395,12 +415,8 @@ inline LatentModelResult select_latent_model(const std::vector<KindCosts>& kinds
   }
   for (std::size_t gi = 0; gi < G; ++gi) {
     const std::size_t ki = gi / std::size_t(L), l = gi % std::size_t(L), s = chosen[gi];
-    if (s == H) {
-      res.split[ki][l] = {H, 0};
-      continue;
-    }
+    if (s == H) continue;
     LatentLayerFit& f = fits[best[gi][s]];
-    res.split[ki][l] = {f.kept.size(), f.latent.size()};
     res.kinds[ki].layers[l] = std::move(f.targets);
     res.kinds[ki].latent[l] = std::move(f.latent);
     res.reports[ki].insert(res.reports[ki].end(), f.report.begin(), f.report.end());
@@ -482,23 +498,10 @@ inline void refit_with_earlier_layers(LatentModelResult& res, const std::vector<
     std::vector<std::size_t> x(nin);
     for (std::size_t i = 0; i < nin; ++i) x[i] = i;
     for (std::size_t a = 0; a < targets.size(); ++a) {
-      TargetMap& tm = targets[a];
-      std::vector<std::size_t> y(d);
-      for (std::size_t i = 0; i < d; ++i) y[i] = nin + a * d + i;
-      const LinearMap map = fit_ridge(train, x, y, fit);
-      const R2Score in = score_r2(train, x, y, map);
-      const R2Score ho = heldout ? score_r2(held, x, y, map) : in;
-      std::vector<float> w(map.weight.begin(), map.weight.end()), b(map.bias.begin(), map.bias.end());
-      for (float f : w)
-        if (!std::isfinite(f)) detail::fail("latent refit: map of ", kind_name(kp.kind), " head ", l, ".", tm.target.head, " outside float range");
-      for (float f : b)
-        if (!std::isfinite(f)) detail::fail("latent refit: map of ", kind_name(kp.kind), " head ", l, ".", tm.target.head, " outside float range");
-      tm.refs = std::vector<HeadId>(refs);
-      tm.weight = std::move(w);
-      tm.bias = std::move(b);
-      tm.r2_heldout = float(ho.mean);
-      new_reports[ji].push_back({tm.target, tm.refs, ho.mean, in.mean, ho.weighted, heldout, map.lambda, map.method,
-                                 map.rank, map.in_dim});
+      detail::StreamTargetFit f = detail::fit_stream_target(train, heldout ? &held : nullptr, x, nin + a * d, d,
+                                                            targets[a].target, refs, fit, "latent refit", kp.kind);
+      targets[a] = std::move(f.map);
+      new_reports[ji].push_back(std::move(f.report));
     }
   });
   // Reports keep their order (LatentModelResult::total_cost stays the selection's same-layer cost).

@@ -308,7 +308,8 @@ inline Plan load_plan(const std::string& path) {
     const auto& [kind_index, layer, head] = key;
     KindPlan& kp = plan.kinds[kind_index];
     const std::string prefix = detail::target_prefix(kp.kind, layer, head);
-    const std::uint64_t max_refs = std::uint64_t(layer + 1) * std::uint64_t(kp.n_heads) * (kp.latent.empty() ? 1 : 2);
+    std::uint64_t max_refs = 0;  // every head and latent stream of layers 0..layer (latent streams are read above)
+    for (std::int32_t l = 0; l <= layer; ++l) max_refs += std::uint64_t(kp.n_heads) + kp.n_latent(l);
     kp.layers[std::size_t(layer)].push_back(  // map order: sorted by head
         detail::read_plan_target(f, slots, layer, head, std::uint64_t(plan.head_dim), max_refs, prefix));
   }
