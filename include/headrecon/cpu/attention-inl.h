@@ -5,7 +5,9 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <numeric>
 
 #include "headrecon/cpu/attention_args.hpp"
 #include "headrecon/cpu/attention_driver.hpp"
@@ -33,14 +35,23 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 namespace attn {
-// Rows of a block as f32 pointers: in place for f32 streams, else converted into scratch.
-HWY_INLINE void BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, float* HWY_RESTRICT scratch,
+// Rows of a block as f32 pointers: converted into scratch, or for f32
+// streams copied there when `pack` (several passes will read them: rows a
+// token stride apart alias in L1, contiguous ones do not), else in place.
+HWY_INLINE void BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, bool pack, float* HWY_RESTRICT scratch,
                           const float** rows) {
   const void* at[kAttnBlock];
   s.row_addresses(t0, nb, at);
   for (size_t t = 0; t < nb; ++t) {
     switch (s.dtype) {
-      case DType::f32: rows[t] = static_cast<const float*>(at[t]); break;
+      case DType::f32:
+        if (pack) {
+          std::memcpy(scratch + t * d, at[t], d * sizeof(float));
+          rows[t] = scratch + t * d;
+        } else {
+          rows[t] = static_cast<const float*>(at[t]);
+        }
+        break;
       case DType::f16: RowToF32(static_cast<const f16_t*>(at[t]), scratch + t * d, d); rows[t] = scratch + t * d; break;
       case DType::bf16: RowToF32(static_cast<const bf16_t*>(at[t]), scratch + t * d, d); rows[t] = scratch + t * d; break;
       case DType::q8_0:
@@ -85,41 +96,53 @@ HWY_INLINE void Sum4(D d, hn::Vec<D> a0, hn::Vec<D> a1, hn::Vec<D> a2, hn::Vec<D
 #endif
 }
 
-// score_j[t] += q_j·rows[t] for t < nb and J (1 or 2) query vectors; register
-// tile of J queries × 4 tokens, horizontal sums reduced four tokens at once.
-template <size_t J>
-HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const float* const* rows, size_t nb, size_t d,
+// Tokens per score tile: J·U accumulators, U token vectors and one query
+// vector must fit the register file (16 on AVX2, 32 on AVX-512).
+constexpr size_t kScoreTokens = HWY_MAX_BYTES >= 64 ? 4 : 3;
+// Query vectors per f32 score tile.
+constexpr size_t kScoreJobs = 4;
+
+// score_j[t] += q_j·rows[t] for t < nb and J query vectors (J·U a multiple
+// of 4): register tile of J queries × U tokens over the whole head, each
+// token vector loaded once for the J queries, horizontal sums reduced four
+// accumulators at once.
+template <size_t J, size_t U>
+HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const float* const* rows, size_t t, size_t nb, size_t d,
                         float* const* HWY_RESTRICT scores) {
+  static_assert((J * U) % 4 == 0, "the tile reduces four accumulators at once");
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
   const size_t dv = d - d % L;
-  size_t t = 0;
-  for (; t + 4 <= nb; t += 4) {
-    hn::Vec<decltype(df)> acc[J][4];
+  for (; t + U <= nb; t += U) {
+    hn::Vec<decltype(df)> acc[J * U];
     HEADRECON_ATTN_UNROLL
-    for (size_t j = 0; j < J; ++j) {
-      HEADRECON_ATTN_UNROLL
-      for (size_t u = 0; u < 4; ++u) acc[j][u] = hn::Zero(df);
-    }
+    for (size_t k = 0; k < J * U; ++k) acc[k] = hn::Zero(df);
     for (size_t i = 0; i < dv; i += L) {
-      const auto x0 = hn::LoadU(df, rows[t] + i), x1 = hn::LoadU(df, rows[t + 1] + i);
-      const auto x2 = hn::LoadU(df, rows[t + 2] + i), x3 = hn::LoadU(df, rows[t + 3] + i);
+      hn::Vec<decltype(df)> x[U];
+      HEADRECON_ATTN_UNROLL
+      for (size_t u = 0; u < U; ++u) x[u] = hn::LoadU(df, rows[t + u] + i);
       HEADRECON_ATTN_UNROLL
       for (size_t j = 0; j < J; ++j) {
         const auto qv = hn::LoadU(df, qs[j] + i);
-        acc[j][0] = hn::MulAdd(qv, x0, acc[j][0]);
-        acc[j][1] = hn::MulAdd(qv, x1, acc[j][1]);
-        acc[j][2] = hn::MulAdd(qv, x2, acc[j][2]);
-        acc[j][3] = hn::MulAdd(qv, x3, acc[j][3]);
+        HEADRECON_ATTN_UNROLL
+        for (size_t u = 0; u < U; ++u) acc[j * U + u] = hn::MulAdd(qv, x[u], acc[j * U + u]);
       }
     }
-    for (size_t j = 0; j < J; ++j) {
+    HEADRECON_ATTN_UNROLL
+    for (size_t k = 0; k < J * U; k += 4) {
       alignas(16) float s4[4];
-      Sum4(df, acc[j][0], acc[j][1], acc[j][2], acc[j][3], s4);
-      for (size_t i = dv; i < d; ++i)  // components past the last full vector
-        for (size_t u = 0; u < 4; ++u) s4[u] += qs[j][i] * rows[t + u][i];
-      for (size_t u = 0; u < 4; ++u) scores[j][t + u] += s4[u];
+      Sum4(df, acc[k], acc[k + 1], acc[k + 2], acc[k + 3], s4);
+      for (size_t m = 0; m < 4; ++m) {
+        const size_t j = (k + m) / U, u = (k + m) % U;
+        for (size_t i = dv; i < d; ++i) s4[m] += qs[j][i] * rows[t + u][i];  // past the last full vector
+        scores[j][t + u] += s4[m];
+      }
     }
+  }
+  constexpr size_t step = 4 / std::gcd(J, size_t(4));  // the next narrower tile that still reduces by four
+  if constexpr (U > step) {
+    if (t < nb) ScoresJ<J, U - step>(qs, rows, t, nb, d, scores);
+    return;
   }
   for (; t < nb; ++t)
     for (size_t j = 0; j < J; ++j) {
@@ -257,11 +280,13 @@ HWY_INLINE void Scores(const float* HWY_RESTRICT q, const float* const* rows, si
                        float* HWY_RESTRICT score) {
   const float* qs[1] = {q};
   float* ss[1] = {score};
-  ScoresJ<1>(qs, rows, nb, d, ss);
+  ScoresJ<1, 4>(qs, rows, 0, nb, d, ss);
 }
 
-// Jobs per register tile: 4 with 32 vector registers (AVX-512), else 2.
+// Jobs per quantized score tile: 4 with 32 vector registers (AVX-512), else 2.
 constexpr size_t kTileJobs = HWY_MAX_BYTES >= 64 ? 4 : 2;
+// Jobs per value tile (its columns are chosen to fit the registers).
+constexpr size_t kValueJobs = 4;
 
 // acc_j[i0 .. i0 + C·L) += Σ_t p_j[t]·rows[t][…] for J jobs on the same rows:
 // each row vector is loaded once for the J jobs (loads, not FMAs, bound the
@@ -300,8 +325,11 @@ HWY_INLINE void AccumulateJobs(const float* const* ps, const float* const* rows,
                                float* const* accs) {
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
+  // Columns per tile: J·C accumulators + C row vectors + one broadcast fit the registers.
+  constexpr size_t C = J <= 2 || HWY_MAX_BYTES >= 64 ? 4 : 3;
   size_t i = 0;
-  for (; i + 4 * L <= d; i += 4 * L) AccumulateTile<J, 4>(ps, rows, nb, i, accs);
+  for (; i + C * L <= d; i += C * L) AccumulateTile<J, C>(ps, rows, nb, i, accs);
+  for (; i + 2 * L <= d; i += 2 * L) AccumulateTile<J, 2>(ps, rows, nb, i, accs);
   for (; i + L <= d; i += L) AccumulateTile<J, 1>(ps, rows, nb, i, accs);
   for (; i < d; ++i)
     for (size_t j = 0; j < J; ++j)
@@ -320,7 +348,7 @@ template <size_t J>
 HWY_INLINE void ScoresUpTo(size_t n, const float* const* qs, const float* const* rows, size_t nb, size_t d,
                            float* const* ss) {
   if constexpr (J > 0) {
-    if (n == J) return ScoresJ<J>(qs, rows, nb, d, ss);
+    if (n == J) return ScoresJ<J, (J * kScoreTokens) % 4 == 0 ? kScoreTokens : 4>(qs, rows, 0, nb, d, ss);
     return ScoresUpTo<J - 1>(n, qs, rows, nb, d, ss);
   }
 }
@@ -442,7 +470,8 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
   const SequenceStreams& cache = R.cache;
   const size_t d = p.head_dim, H = p.n_q_heads, G = H / p.n_kv_heads, B = kAttnBlock, M = R.n_rows;
   const size_t qf = attention_query_floats(p), sf = attention_state_floats(p), S = cache.n_sink;
-  constexpr size_t TJ = attn::kTileJobs;
+  constexpr size_t TJ = attn::kTileJobs, TS = attn::kScoreJobs, TV = attn::kValueJobs;
+  static_assert(TS >= TJ, "score arrays hold either tile");
   float* sc = c.scratch;       // [M][H][B]
   float* conv = sc + M * H * B;  // [B][d]
   for (size_t r = 0; r < M; ++r) {
@@ -467,10 +496,10 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     }
     // Scores, tiled over (row, job) pairs that share a stream: f32 dot
     // products, or for q8_0 / q4_0 streams integer ones with quantized queries.
-    const float* qs[TJ];
-    const int16_t* qi[TJ];
-    const float* qsc[TJ];
-    float* ss[TJ];
+    const float* qs[TS];
+    const int16_t* qi[TS];
+    const float* qsc[TS];
+    float* ss[TS];
     size_t n = 0;
     const HeadStream* cur = nullptr;
     const void* at[kAttnBlock];
@@ -478,24 +507,29 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       if (n && is_block_type(cur->dtype))
         attn::ScoresQuantUpTo<TJ>(n, qi, qsc, cur->dtype, at, nb, d, ss);
       else if (n)
-        attn::ScoresUpTo<TJ>(n, qs, rows, nb, d, ss);
+        attn::ScoresUpTo<TS>(n, qs, rows, nb, d, ss);
       n = 0;
     };
     auto add_score_job = [&](size_t r, size_t vec, size_t head) {
       qs[n] = qv(r) + vec * d, ss[n] = sc + (r * H + head) * B;
       if (is_block_type(cur->dtype)) qi[n] = qint(r, vec), qsc[n] = qscale(r, vec);
-      if (++n == TJ) flush_scores();
+      if (++n == (is_block_type(cur->dtype) ? TJ : TS)) flush_scores();
     };
-    auto use_stream = [&](const HeadStream& st, size_t t0) {
+    auto use_stream = [&](const HeadStream& st, size_t t0, size_t jobs) {
       cur = &st;
       if (is_block_type(st.dtype))
         st.row_addresses(t0, nb, at);
       else
-        attn::BlockRows(st, t0, nb, d, conv, rows);
+        attn::BlockRows(st, t0, nb, d, jobs > TS, conv, rows);
     };
+    auto live = [&] {
+      size_t m = 0;
+      for (size_t r = 0; r < M; ++r) m += R.row_len[r] > b0;
+      return m;
+    }();
     if (sink) {
       for (size_t g = 0; g < p.n_kv_heads; ++g) {
-        use_stream(cache.sink_k[g], b0);
+        use_stream(cache.sink_k[g], b0, live * G);
         for (size_t r = 0; r < M; ++r)
           if (R.row_len[r] > b0)
             for (size_t h = g * G; h < (g + 1) * G; ++h) add_score_job(r, h, h);
@@ -505,7 +539,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       for (size_t s = 0; s < p.n_k_streams; ++s) {
         const auto& jobs = p.k_jobs[s];
         if (jobs.empty()) continue;
-        use_stream(cache.k[s], b0 - S);
+        use_stream(cache.k[s], b0 - S, live * jobs.size());
         for (size_t r = 0; r < M; ++r)
           if (R.row_len[r] > b0)
             for (const auto& job : jobs) add_score_job(r, job.vec, job.head);
@@ -530,20 +564,20 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       }
     }
     // Values, tiled the same way.
-    const float* ps[TJ];
-    float* as[TJ];
+    const float* ps[TV];
+    float* as[TV];
     auto flush_values = [&] {
-      if (n) attn::AccumulateUpTo<TJ>(n, ps, rows, nb, d, as);
+      if (n) attn::AccumulateUpTo<TV>(n, ps, rows, nb, d, as);
       n = 0;
     };
     if (sink) {
       for (size_t g = 0; g < p.n_kv_heads; ++g) {
-        attn::BlockRows(cache.sink_v[g], b0, nb, d, conv, rows);
+        attn::BlockRows(cache.sink_v[g], b0, nb, d, live * G > TS, conv, rows);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
           for (size_t h = g * G; h < (g + 1) * G; ++h) {
             ps[n] = sc + (r * H + h) * B, as[n] = acc(r) + h * d;
-            if (++n == TJ) flush_values();
+            if (++n == TV) flush_values();
           }
         }
         flush_values();
@@ -552,12 +586,12 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       for (size_t s = 0; s < p.n_v_streams; ++s) {
         const auto& jobs = p.v_jobs[s];
         if (jobs.empty()) continue;
-        attn::BlockRows(cache.v[s], b0 - S, nb, d, conv, rows);
+        attn::BlockRows(cache.v[s], b0 - S, nb, d, live * jobs.size() > TS, conv, rows);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
           for (const auto& job : jobs) {
             ps[n] = sc + (r * H + job.head) * B, as[n] = acc(r) + job.vec * d;
-            if (++n == TJ) flush_values();
+            if (++n == TV) flush_values();
           }
         }
         flush_values();
