@@ -8,6 +8,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 
 #include "headrecon/cpu/attention_args.hpp"
 #include "headrecon/cpu/attention_driver.hpp"
@@ -35,28 +36,42 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 namespace attn {
-// Rows of a block as f32 pointers: converted into scratch, or for f32
-// streams copied there when `pack` (several passes will read them: rows a
-// token stride apart alias in L1, contiguous ones do not), else in place.
-HWY_INLINE void BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, bool pack, float* HWY_RESTRICT scratch,
-                          const float** rows) {
-  const void* at[kAttnBlock];
+// A block's rows: `at` = their addresses; unless they are read in place
+// (returns their type: f32, f16 or bf16 rows that `pack` does not ask for),
+// `rows` = f32 rows, converted into scratch (always for block types), copied
+// there when `pack` (several tiles will read them: rows a token stride apart
+// alias in L1, contiguous ones do not), or f32 rows in place; returns f32.
+HWY_INLINE DType BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, bool pack, float* HWY_RESTRICT scratch,
+                           const float** rows, const void** at) {
   s.row_addresses(t0, nb, at);
+  if (!pack && !is_block_type(s.dtype)) {
+    if (s.dtype != DType::f32) return s.dtype;
+    for (size_t t = 0; t < nb; ++t) rows[t] = static_cast<const float*>(at[t]);
+    return DType::f32;
+  }
   for (size_t t = 0; t < nb; ++t) {
+    float* dst = scratch + t * d;
     switch (s.dtype) {
-      case DType::f32:
-        if (pack) {
-          std::memcpy(scratch + t * d, at[t], d * sizeof(float));
-          rows[t] = scratch + t * d;
-        } else {
-          rows[t] = static_cast<const float*>(at[t]);
-        }
-        break;
-      case DType::f16: RowToF32(static_cast<const f16_t*>(at[t]), scratch + t * d, d); rows[t] = scratch + t * d; break;
-      case DType::bf16: RowToF32(static_cast<const bf16_t*>(at[t]), scratch + t * d, d); rows[t] = scratch + t * d; break;
+      case DType::f32: std::memcpy(dst, at[t], d * sizeof(float)); break;
+      case DType::f16: RowToF32(static_cast<const f16_t*>(at[t]), dst, d); break;
+      case DType::bf16: RowToF32(static_cast<const bf16_t*>(at[t]), dst, d); break;
       case DType::q8_0:
-      case DType::q4_0: BlocksToF32(at[t], s.dtype, scratch + t * d, d); rows[t] = scratch + t * d; break;
+      case DType::q4_0: BlocksToF32(at[t], s.dtype, dst, d); break;
     }
+    rows[t] = dst;
+  }
+  return DType::f32;
+}
+
+// A vector of f32 from L elements at p (f32, or f16 / bf16 widened).
+template <class D, class T>
+HWY_INLINE hn::Vec<D> LoadF32(D df, const T* HWY_RESTRICT p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return hn::LoadU(df, p);
+  } else if constexpr (std::is_same_v<T, f16_t>) {
+    return hn::PromoteTo(df, hn::LoadU(hn::Rebind<hwy::float16_t, D>(), reinterpret_cast<const hwy::float16_t*>(p)));
+  } else {
+    return hn::PromoteTo(df, hn::LoadU(hn::Rebind<hwy::bfloat16_t, D>(), reinterpret_cast<const hwy::bfloat16_t*>(p)));
   }
 }
 
@@ -106,8 +121,8 @@ constexpr size_t kScoreJobs = 4;
 // of 4): register tile of J queries × U tokens over the whole head, each
 // token vector loaded once for the J queries, horizontal sums reduced four
 // accumulators at once.
-template <size_t J, size_t U>
-HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const float* const* rows, size_t t, size_t nb, size_t d,
+template <size_t J, size_t U, class T = float>
+HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const T* const* rows, size_t t, size_t nb, size_t d,
                         float* const* HWY_RESTRICT scores) {
   static_assert((J * U) % 4 == 0, "the tile reduces four accumulators at once");
   const hn::ScalableTag<float> df;
@@ -120,7 +135,7 @@ HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const float* const*
     for (size_t i = 0; i < dv; i += L) {
       hn::Vec<decltype(df)> x[U];
       HEADRECON_ATTN_UNROLL
-      for (size_t u = 0; u < U; ++u) x[u] = hn::LoadU(df, rows[t + u] + i);
+      for (size_t u = 0; u < U; ++u) x[u] = LoadF32(df, rows[t + u] + i);
       HEADRECON_ATTN_UNROLL
       for (size_t j = 0; j < J; ++j) {
         const auto qv = hn::LoadU(df, qs[j] + i);
@@ -134,22 +149,22 @@ HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const float* const*
       Sum4(df, acc[k], acc[k + 1], acc[k + 2], acc[k + 3], s4);
       for (size_t m = 0; m < 4; ++m) {
         const size_t j = (k + m) / U, u = (k + m) % U;
-        for (size_t i = dv; i < d; ++i) s4[m] += qs[j][i] * rows[t + u][i];  // past the last full vector
+        for (size_t i = dv; i < d; ++i) s4[m] += qs[j][i] * to_float(rows[t + u][i]);  // past the last full vector
         scores[j][t + u] += s4[m];
       }
     }
   }
   constexpr size_t step = 4 / std::gcd(J, size_t(4));  // the next narrower tile that still reduces by four
   if constexpr (U > step) {
-    if (t < nb) ScoresJ<J, U - step>(qs, rows, t, nb, d, scores);
+    if (t < nb) ScoresJ<J, U - step, T>(qs, rows, t, nb, d, scores);
     return;
   }
   for (; t < nb; ++t)
     for (size_t j = 0; j < J; ++j) {
       auto a = hn::Zero(df);
-      for (size_t i = 0; i < dv; i += L) a = hn::MulAdd(hn::LoadU(df, qs[j] + i), hn::LoadU(df, rows[t] + i), a);
+      for (size_t i = 0; i < dv; i += L) a = hn::MulAdd(hn::LoadU(df, qs[j] + i), LoadF32(df, rows[t] + i), a);
       float s = hn::GetLane(hn::SumOfLanes(df, a));
-      for (size_t i = dv; i < d; ++i) s += qs[j][i] * rows[t][i];
+      for (size_t i = dv; i < d; ++i) s += qs[j][i] * to_float(rows[t][i]);
       scores[j][t] += s;
     }
 }
@@ -291,8 +306,8 @@ constexpr size_t kValueJobs = 4;
 // acc_j[i0 .. i0 + C·L) += Σ_t p_j[t]·rows[t][…] for J jobs on the same rows:
 // each row vector is loaded once for the J jobs (loads, not FMAs, bound the
 // untiled loop), J·C independent accumulator chains.
-template <size_t J, size_t C>
-HWY_INLINE void AccumulateTile(const float* const* HWY_RESTRICT ps, const float* const* rows, size_t nb, size_t i0,
+template <size_t J, size_t C, class T>
+HWY_INLINE void AccumulateTile(const float* const* HWY_RESTRICT ps, const T* const* rows, size_t nb, size_t i0,
                                float* const* HWY_RESTRICT accs) {
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
@@ -305,7 +320,7 @@ HWY_INLINE void AccumulateTile(const float* const* HWY_RESTRICT ps, const float*
   for (size_t t = 0; t < nb; ++t) {
     hn::Vec<decltype(df)> x[C];
     HEADRECON_ATTN_UNROLL
-    for (size_t c = 0; c < C; ++c) x[c] = hn::LoadU(df, rows[t] + i0 + c * L);
+    for (size_t c = 0; c < C; ++c) x[c] = LoadF32(df, rows[t] + i0 + c * L);
     HEADRECON_ATTN_UNROLL
     for (size_t j = 0; j < J; ++j) {
       const auto pv = hn::Set(df, ps[j][t]);
@@ -320,20 +335,20 @@ HWY_INLINE void AccumulateTile(const float* const* HWY_RESTRICT ps, const float*
   }
 }
 
-template <size_t J>
-HWY_INLINE void AccumulateJobs(const float* const* ps, const float* const* rows, size_t nb, size_t d,
+template <size_t J, class T = float>
+HWY_INLINE void AccumulateJobs(const float* const* ps, const T* const* rows, size_t nb, size_t d,
                                float* const* accs) {
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
   // Columns per tile: J·C accumulators + C row vectors + one broadcast fit the registers.
   constexpr size_t C = J <= 2 || HWY_MAX_BYTES >= 64 ? 4 : 3;
   size_t i = 0;
-  for (; i + C * L <= d; i += C * L) AccumulateTile<J, C>(ps, rows, nb, i, accs);
-  for (; i + 2 * L <= d; i += 2 * L) AccumulateTile<J, 2>(ps, rows, nb, i, accs);
-  for (; i + L <= d; i += L) AccumulateTile<J, 1>(ps, rows, nb, i, accs);
+  for (; i + C * L <= d; i += C * L) AccumulateTile<J, C, T>(ps, rows, nb, i, accs);
+  for (; i + 2 * L <= d; i += 2 * L) AccumulateTile<J, 2, T>(ps, rows, nb, i, accs);
+  for (; i + L <= d; i += L) AccumulateTile<J, 1, T>(ps, rows, nb, i, accs);
   for (; i < d; ++i)
     for (size_t j = 0; j < J; ++j)
-      for (size_t t = 0; t < nb; ++t) accs[j][i] += ps[j][t] * rows[t][i];
+      for (size_t t = 0; t < nb; ++t) accs[j][i] += ps[j][t] * to_float(rows[t][i]);
 }
 
 // acc += Σ_t p[t]·rows[t] (one job).
@@ -344,21 +359,21 @@ HWY_INLINE void Accumulate(const float* HWY_RESTRICT p, const float* const* rows
   AccumulateJobs<1>(ps, rows, nb, d, accs);
 }
 
-template <size_t J>
-HWY_INLINE void ScoresUpTo(size_t n, const float* const* qs, const float* const* rows, size_t nb, size_t d,
+template <size_t J, class T>
+HWY_INLINE void ScoresUpTo(size_t n, const float* const* qs, const T* const* rows, size_t nb, size_t d,
                            float* const* ss) {
   if constexpr (J > 0) {
-    if (n == J) return ScoresJ<J, (J * kScoreTokens) % 4 == 0 ? kScoreTokens : 4>(qs, rows, 0, nb, d, ss);
-    return ScoresUpTo<J - 1>(n, qs, rows, nb, d, ss);
+    if (n == J) return ScoresJ<J, (J * kScoreTokens) % 4 == 0 ? kScoreTokens : 4, T>(qs, rows, 0, nb, d, ss);
+    return ScoresUpTo<J - 1, T>(n, qs, rows, nb, d, ss);
   }
 }
 
-template <size_t J>
-HWY_INLINE void AccumulateUpTo(size_t n, const float* const* ps, const float* const* rows, size_t nb, size_t d,
+template <size_t J, class T>
+HWY_INLINE void AccumulateUpTo(size_t n, const float* const* ps, const T* const* rows, size_t nb, size_t d,
                                float* const* accs) {
   if constexpr (J > 0) {
-    if (n == J) return AccumulateJobs<J>(ps, rows, nb, d, accs);
-    return AccumulateUpTo<J - 1>(n, ps, rows, nb, d, accs);
+    if (n == J) return AccumulateJobs<J, T>(ps, rows, nb, d, accs);
+    return AccumulateUpTo<J - 1, T>(n, ps, rows, nb, d, accs);
   }
 }
 
@@ -485,7 +500,21 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
   };
   auto qscale = [&](size_t r, size_t vec) { return qv(r) + p.n_qvecs * d + H + p.n_qvecs * d / 2 + vec * (d / kQuantBlock); };
   auto acc = [&](size_t r) { return c.state + r * sf + 3 * H; };
-  const float* rows[kAttnBlock];
+  const float* rows[kAttnBlock];  // f32 rows (rows_t == f32), else rows read in place from `at`
+  const void* at[kAttnBlock];
+  DType rows_t = DType::f32;
+  // Runs kernel(rows) with the block's rows typed as they are read.
+  auto with_rows = [&](size_t nb, auto&& kernel) {
+    if (rows_t == DType::f32) return kernel(rows);
+    if (rows_t == DType::f16) {
+      const f16_t* r[kAttnBlock];
+      for (size_t t = 0; t < nb; ++t) r[t] = static_cast<const f16_t*>(at[t]);
+      return kernel(r);
+    }
+    const bf16_t* r[kAttnBlock];
+    for (size_t t = 0; t < nb; ++t) r[t] = static_cast<const bf16_t*>(at[t]);
+    return kernel(r);
+  };
 
   auto block = [&](bool sink, size_t b0, size_t nb) {
     for (size_t r = 0; r < M; ++r) {
@@ -502,12 +531,11 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     float* ss[TS];
     size_t n = 0;
     const HeadStream* cur = nullptr;
-    const void* at[kAttnBlock];
     auto flush_scores = [&] {
       if (n && is_block_type(cur->dtype))
         attn::ScoresQuantUpTo<TJ>(n, qi, qsc, cur->dtype, at, nb, d, ss);
       else if (n)
-        attn::ScoresUpTo<TS>(n, qs, rows, nb, d, ss);
+        with_rows(nb, [&](const auto* rs) { attn::ScoresUpTo<TS>(n, qs, rs, nb, d, ss); });
       n = 0;
     };
     auto add_score_job = [&](size_t r, size_t vec, size_t head) {
@@ -520,7 +548,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       if (is_block_type(st.dtype))
         st.row_addresses(t0, nb, at);
       else
-        attn::BlockRows(st, t0, nb, d, jobs > TS, conv, rows);
+        rows_t = attn::BlockRows(st, t0, nb, d, jobs > TS, conv, rows, at);
     };
     auto live = [&] {
       size_t m = 0;
@@ -567,12 +595,12 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     const float* ps[TV];
     float* as[TV];
     auto flush_values = [&] {
-      if (n) attn::AccumulateUpTo<TV>(n, ps, rows, nb, d, as);
+      if (n) with_rows(nb, [&](const auto* rs) { attn::AccumulateUpTo<TV>(n, ps, rs, nb, d, as); });
       n = 0;
     };
     if (sink) {
       for (size_t g = 0; g < p.n_kv_heads; ++g) {
-        attn::BlockRows(cache.sink_v[g], b0, nb, d, live * G > TS, conv, rows);
+        rows_t = attn::BlockRows(cache.sink_v[g], b0, nb, d, live * G > TV, conv, rows, at);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
           for (size_t h = g * G; h < (g + 1) * G; ++h) {
@@ -586,7 +614,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       for (size_t s = 0; s < p.n_v_streams; ++s) {
         const auto& jobs = p.v_jobs[s];
         if (jobs.empty()) continue;
-        attn::BlockRows(cache.v[s], b0 - S, nb, d, live * jobs.size() > TS, conv, rows);
+        rows_t = attn::BlockRows(cache.v[s], b0 - S, nb, d, live * jobs.size() > TV, conv, rows, at);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
           for (const auto& job : jobs) {
