@@ -531,8 +531,9 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     float* ss[TS];
     size_t n = 0;
     const HeadStream* cur = nullptr;
+    bool int_scores = false;  // integer dot products on the stream's blocks in place
     auto flush_scores = [&] {
-      if (n && is_block_type(cur->dtype))
+      if (n && int_scores)
         attn::ScoresQuantUpTo<TJ>(n, qi, qsc, cur->dtype, at, nb, d, ss);
       else if (n)
         with_rows(nb, [&](const auto* rs) { attn::ScoresUpTo<TS>(n, qs, rs, nb, d, ss); });
@@ -540,12 +541,16 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     };
     auto add_score_job = [&](size_t r, size_t vec, size_t head) {
       qs[n] = qv(r) + vec * d, ss[n] = sc + (r * H + head) * B;
-      if (is_block_type(cur->dtype)) qi[n] = qint(r, vec), qsc[n] = qscale(r, vec);
-      if (++n == (is_block_type(cur->dtype) ? TJ : TS)) flush_scores();
+      if (int_scores) qi[n] = qint(r, vec), qsc[n] = qscale(r, vec);
+      if (++n == (int_scores ? TJ : TS)) flush_scores();
     };
+    // A block-type stream read by one tile is scored in integers in place; by
+    // several, its block is dequantized once and scored in f32 (fewer
+    // operations per multiply-add, and the queries stay unquantized).
     auto use_stream = [&](const HeadStream& st, size_t t0, size_t jobs) {
       cur = &st;
-      if (is_block_type(st.dtype))
+      int_scores = is_block_type(st.dtype) && jobs <= TS;
+      if (int_scores)
         st.row_addresses(t0, nb, at);
       else
         rows_t = attn::BlockRows(st, t0, nb, d, jobs > TS, conv, rows, at);
