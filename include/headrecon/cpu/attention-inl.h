@@ -36,11 +36,12 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 namespace attn {
-// A block's rows: `at` = their addresses; unless they are read in place
-// (returns their type: f32, f16 or bf16 rows that `pack` does not ask for),
-// `rows` = f32 rows, converted into scratch (always for block types), copied
-// there when `pack` (several tiles will read them: rows a token stride apart
-// alias in L1, contiguous ones do not), or f32 rows in place; returns f32.
+// A block's rows. `at` gets their addresses. Returns the type the kernels
+// read them as: f16/bf16 without `pack` are read in place from `at`; every
+// other case returns f32 with `rows` filled - f32 in place without `pack`,
+// else converted (or copied) into scratch. `pack` = several tiles will read
+// the rows: a head's rows are a token stride apart and alias in L1,
+// contiguous ones do not. Block types are always converted.
 HWY_INLINE DType BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, bool pack, float* HWY_RESTRICT scratch,
                            const float** rows, const void** at) {
   s.row_addresses(t0, nb, at);
@@ -524,7 +525,8 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         for (size_t t = 0; t < nb; ++t) sc[(r * H + h) * B + t] = sink ? 0.f : qb[h];
     }
     // Scores, tiled over (row, job) pairs that share a stream: f32 dot
-    // products, or for q8_0 / q4_0 streams integer ones with quantized queries.
+    // products, or integer ones with quantized queries for a q8_0 / q4_0
+    // stream that one tile reads (see use_stream).
     const float* qs[TS];
     const int16_t* qi[TS];
     const float* qsc[TS];
