@@ -166,8 +166,8 @@ HWY_INLINE void Sum4(D d, hn::Vec<D> a0, hn::Vec<D> a1, hn::Vec<D> a2, hn::Vec<D
 // Tokens per score tile: J·U accumulators, U token vectors and one query
 // vector must fit the register file (16 on AVX2, 32 on AVX-512).
 constexpr size_t kScoreTokens = HWY_MAX_BYTES >= 64 ? 4 : 3;
-// Query vectors per f32 score tile.
-constexpr size_t kScoreJobs = 4;
+// Query vectors per flush of f32 score tiles (split by NextTileJobs).
+constexpr size_t kScoreJobs = 6;
 
 // score_j[t] += q_j·rows[t] for t < nb and J query vectors (J·U a multiple
 // of 4): register tile of J queries × U tokens over the whole head, each
@@ -200,11 +200,19 @@ HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const T* const* row
     for (size_t k = 0; k < J * U; k += 4) {
       alignas(16) float s4[4];
       Sum4(df, acc[k], acc[k + 1], acc[k + 2], acc[k + 3], s4);
-      for (size_t m = 0; m < 4; ++m) {
-        const size_t j = (k + m) / U, u = (k + m) % U;
-        for (size_t i = dv; i < d; ++i) s4[m] += qs[j][i] * to_float(rows[t + u][i]);  // past the last full vector
-        scores[j][t + u] += s4[m];
+      if (dv < d)  // past the last full vector
+        for (size_t m = 0; m < 4; ++m)
+          for (size_t i = dv; i < d; ++i) s4[m] += qs[(k + m) / U][i] * to_float(rows[t + (k + m) % U][i]);
+#if HWY_TARGET != HWY_SCALAR
+      if constexpr (U == 4) {  // one query's four tokens: add them as a vector
+        const hn::Full128<float> d4;
+        float* HWY_RESTRICT sj = scores[k / 4] + t;
+        hn::StoreU(hn::Add(hn::LoadU(d4, sj), hn::Load(d4, s4)), d4, sj);
+        continue;
       }
+#endif
+      HEADRECON_ATTN_UNROLL
+      for (size_t m = 0; m < 4; ++m) scores[(k + m) / U][t + (k + m) % U] += s4[m];
     }
   }
   constexpr size_t step = 4 / std::gcd(J, size_t(4));  // the next narrower tile that still reduces by four
@@ -356,10 +364,19 @@ HWY_INLINE void Scores(const float* HWY_RESTRICT q, const float* const* rows, si
   ScoresJ<1, 4>(qs, rows, 0, nb, d, ss, Ahead());
 }
 
+// Jobs in the next f32 register tile of a flush with n jobs left: up to 4 on
+// AVX-512; on AVX2 3 (a 3 × 4 tile: 12 accumulators whose sums are added four
+// tokens at a time) except 4 jobs, which fit one 4 × 3 tile. 6 jobs (a
+// SmolLM2 reference stream: 3 query heads and 3 absorbed) are two 3 × 4 tiles.
+constexpr size_t NextTileJobs(size_t n) { return HWY_MAX_BYTES >= 64 || n == 4 ? (n < 4 ? n : 4) : (n < 3 ? n : 3); }
+// A stream with at most this many jobs is read by one f32 tile.
+constexpr size_t kOneTileJobs = 4;
+
 // Jobs per quantized score tile: 4 with 32 vector registers (AVX-512), else 2.
 constexpr size_t kTileJobs = HWY_MAX_BYTES >= 64 ? 4 : 2;
-// Jobs per value tile (its columns are chosen to fit the registers).
-constexpr size_t kValueJobs = 4;
+// Jobs per flush of value tiles (split by NextTileJobs; the columns of a tile
+// are chosen to fit the registers).
+constexpr size_t kValueJobs = 6;
 
 // acc_j[i0 .. i0 + C·L) += Σ_t p_j[t]·rows[t][…] for J jobs on the same rows:
 // each row vector is loaded once for the J jobs (loads, not FMAs, bound the
@@ -429,12 +446,37 @@ HWY_INLINE void ScoresUpTo(size_t n, const float* const* qs, const T* const* row
   }
 }
 
+// Scores of n jobs in register tiles of NextTileJobs jobs; the first tile
+// prefetches.
+template <class T>
+HWY_INLINE void ScoreTiles(size_t n, const float* const* qs, const T* const* rows, size_t nb, size_t d,
+                           float* const* ss, const Ahead& ahead) {
+  const Ahead none{};
+  for (size_t j = 0; j < n;) {
+    const size_t m = NextTileJobs(n - j);
+    ScoresUpTo<4, T>(m, qs + j, rows, nb, d, ss + j, j == 0 ? ahead : none);
+    j += m;
+  }
+}
+
 template <size_t J, class T>
 HWY_INLINE void AccumulateUpTo(size_t n, const float* const* ps, const T* const* rows, size_t nb, size_t d,
                                float* const* accs, const Ahead& ahead) {
   if constexpr (J > 0) {
     if (n == J) return AccumulateJobs<J, T>(ps, rows, nb, d, accs, ahead);
     return AccumulateUpTo<J - 1, T>(n, ps, rows, nb, d, accs, ahead);
+  }
+}
+
+// Values of n jobs in register tiles of NextTileJobs jobs; the first prefetches.
+template <class T>
+HWY_INLINE void ValueTiles(size_t n, const float* const* ps, const T* const* rows, size_t nb, size_t d,
+                           float* const* accs, const Ahead& ahead) {
+  const Ahead none{};
+  for (size_t j = 0; j < n;) {
+    const size_t m = NextTileJobs(n - j);
+    AccumulateUpTo<4, T>(m, ps + j, rows, nb, d, accs + j, j == 0 ? ahead : none);
+    j += m;
   }
 }
 
@@ -508,9 +550,10 @@ HWY_INLINE void MapQuery(const float* HWY_RESTRICT w, const float* HWY_RESTRICT 
 }  // namespace attn
 
 /// Prepares one row's queries (attention_query_floats): the scaled raw query
-/// of every head, the absorbed ones scale·W_r q, and scale·q·b_K per head.
+/// of every head, the absorbed ones scale·W_r q, and scale·q·b_K per head;
+/// `quantize`: also each vector quantized per block of 32 (block-type keys).
 inline HWY_NOINLINE void PrepareQueries(const AttentionLayerPlan& p, float scale, const float* HWY_RESTRICT q,
-                                        float* HWY_RESTRICT out) {
+                                        float* HWY_RESTRICT out, bool quantize) {
   const size_t d = p.head_dim, H = p.n_q_heads;
   float* qv = out;
   float* qb = out + p.n_qvecs * d;
@@ -530,7 +573,7 @@ inline HWY_NOINLINE void PrepareQueries(const AttentionLayerPlan& p, float scale
   }
   if (p.rotated)  // q·k = (Hq)·(Hk): the cache holds Hk
     for (size_t v = 0; v < p.n_qvecs; ++v) hadamard_rotate(qv + v * d, d);
-  if (d % kQuantBlock == 0) {  // for block-type caches: integer dot products
+  if (quantize && d % kQuantBlock == 0) {  // for block-type key streams: integer dot products
     int16_t* qi = reinterpret_cast<int16_t*>(qb + H);
     float* qs = qb + H + p.n_qvecs * d / 2;
     for (size_t v = 0; v < p.n_qvecs; ++v)
@@ -548,6 +591,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
   const size_t qf = attention_query_floats(p), sf = attention_state_floats(p), S = cache.n_sink;
   constexpr size_t TJ = attn::kTileJobs, TS = attn::kScoreJobs, TV = attn::kValueJobs;
   static_assert(TS >= TJ, "score arrays hold either tile");
+  constexpr size_t one_tile = attn::kOneTileJobs;
   float* sc = c.scratch;       // [M][H][B]
   float* conv = sc + M * H * B;  // [B][d]
   for (size_t r = 0; r < M; ++r) {
@@ -620,7 +664,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       if (n && int_scores)
         attn::ScoresQuantUpTo<TJ>(n, qi, qsc, cur->dtype, at, nb, d, ss, ahead);
       else if (n)
-        with_rows(nb, [&](const auto* rs) { attn::ScoresUpTo<TS>(n, qs, rs, nb, d, ss, ahead); });
+        with_rows(nb, [&](const auto* rs) { attn::ScoreTiles(n, qs, rs, nb, d, ss, ahead); });
       if (n) ahead.n = 0;
       n = 0;
     };
@@ -635,11 +679,11 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     auto use_stream = [&](const HeadStream& st, size_t t0, size_t jobs) {
       cur = &st;
       look_ahead(st, t0);
-      int_scores = is_block_type(st.dtype) && jobs <= TS;
+      int_scores = is_block_type(st.dtype) && jobs <= one_tile;
       if (int_scores) {
         st.row_addresses(t0, nb, at);
       } else {
-        const bool pack = jobs > TS && aliases(st, nb);
+        const bool pack = jobs > one_tile && aliases(st, nb);
         rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
         if (pack || is_block_type(st.dtype)) ahead.n = 0;  // prefetched while converting
       }
@@ -689,14 +733,14 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     const float* ps[TV];
     float* as[TV];
     auto flush_values = [&] {
-      if (n) with_rows(nb, [&](const auto* rs) { attn::AccumulateUpTo<TV>(n, ps, rs, nb, d, as, ahead); });
+      if (n) with_rows(nb, [&](const auto* rs) { attn::ValueTiles(n, ps, rs, nb, d, as, ahead); });
       if (n) ahead.n = 0;
       n = 0;
     };
     // Rows of a V stream: prefetch its next block, pack when tiles would alias.
     auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs) {
       look_ahead(st, t0);
-      const bool pack = jobs > TV && aliases(st, nb);
+      const bool pack = jobs > one_tile && aliases(st, nb);
       rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
       if (pack || is_block_type(st.dtype)) ahead.n = 0;
     };
@@ -758,8 +802,8 @@ inline HWY_NOINLINE void FinishAttention(const AttentionLayerPlan& p, float* HWY
 }
 
 struct AttentionKernels {
-  static void prepare(const AttentionLayerPlan& p, float scale, const float* q, float* out) {
-    PrepareQueries(p, scale, q, out);
+  static void prepare(const AttentionLayerPlan& p, float scale, const float* q, float* out, bool quantize) {
+    PrepareQueries(p, scale, q, out, quantize);
   }
   static void chunk(const AttentionChunkArgs& c) { AttendChunk(c); }
   static void finish(const AttentionLayerPlan& p, float* state, float* out) { FinishAttention(p, state, out); }

@@ -148,9 +148,20 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
     }
   };
 
+  // Whether any key stream of a cache is q8_0 / q4_0 (its queries are then
+  // also quantized, for the integer dot products).
+  auto block_typed_keys = [](const AttentionLayerPlan& pl, const SequenceStreams& c) {
+    for (std::size_t i = 0; c.n_sink && i < pl.n_kv_heads; ++i)
+      if (is_block_type(c.sink_k[i].dtype)) return true;
+    for (std::size_t i = 0; c.k && i < pl.n_k_streams; ++i)
+      if (is_block_type(c.k[i].dtype)) return true;
+    return false;
+  };
   pf(n_rows, [&](std::size_t i, std::size_t) {
     const Where w = locate(i, false);
-    K::prepare(p, a.scale, a.groups[w.group].q + w.index * p.n_q_heads * p.head_dim, queries + (w.row0 + w.index) * qf);
+    const AttentionRows& G = a.groups[w.group];
+    K::prepare(p, a.scale, G.q + w.index * p.n_q_heads * p.head_dim, queries + (w.row0 + w.index) * qf,
+               block_typed_keys(p, G.cache));
   });
   pf(n_tasks, [&](std::size_t i, std::size_t worker) {
     const Where w = locate(i, true);
