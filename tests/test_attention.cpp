@@ -218,6 +218,10 @@ TEST_CASE("absorbed decode attention equals reconstruct-then-attend (scalar refe
   for (std::size_t group : {1u, 4u, 8u})
     for (std::size_t d : {64u, 80u, 128u})
       for (std::size_t sinks : {0u, 4u}) run_case({4, group, d, sinks, 70, DType::bf16, CacheLayout::paged}, rng);
+  // Rows 4 or 2 KiB apart (8 heads x 128, f32 or bf16, token-major) alias in L1: the
+  // reference streams, read by several tiles, are packed into scratch first;
+  // the rows above (1 KiB or less apart, or contiguous) are read in place.
+  for (DType dt : {DType::f32, DType::bf16}) run_case({8, 4, 128, 4, 70, dt, CacheLayout::token_major}, rng);
   run_case({3, 3, 64, 4, 1, DType::f32, CacheLayout::token_major}, rng);   // SmolLM2-like, one body token
   run_case({2, 2, 64, 4, 0, DType::f16, CacheLayout::token_major}, rng);   // sinks only
   run_case({2, 1, 37, 0, 33, DType::f32, CacheLayout::head_major}, rng);   // head_dim not a lane multiple

@@ -44,25 +44,26 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 namespace attn {
-// The rows of a stream's next block, prefetched a few at a time by the
-// kernels reading the current block (rows(t0, t1) as they reach token t0), so
-// that the next block's memory latency overlaps this block's arithmetic: a
-// block is a few KiB from a page, too short for the hardware prefetchers to
-// run ahead of. n = 0: nothing to prefetch.
 // Rows longer than this are not prefetched: measured (Emerald Rapids, 8k
 // tokens, 2 threads, from DRAM) the software prefetch makes 128- and 256-byte
 // rows (SmolLM2 f32/bf16/q8_0, Llama-3-8B bf16/q8_0) 1.05-1.3x faster, and
 // 512-byte rows (Llama-3-8B f32, which the hardware prefetchers already
 // stream at the DRAM rate) 1.1-1.15x slower.
 constexpr size_t kAheadRowBytes = 256;
+
+// The rows of a stream's next block, prefetched a few at a time by the
+// kernels reading the current block (rows(t0, t1) as they reach token t0), so
+// that the next block's memory latency overlaps this block's arithmetic: a
+// head's block is a few KiB of a page, too short for the hardware prefetchers
+// to run ahead of. n = 0: nothing to prefetch.
 struct Ahead {
   const void* at[kAttnBlock];
   size_t n = 0, bytes = 0;
   HWY_INLINE void rows(size_t t0, size_t t1) const {
     for (size_t t = t0; t < t1 && t < n; ++t) {
-      const auto* p = static_cast<const unsigned char*>(at[t]);
-      for (size_t o = 0; o < bytes; o += 64) HEADRECON_PREFETCH(p + o);
-      HEADRECON_PREFETCH(p + bytes - 1);
+      const uintptr_t a = reinterpret_cast<uintptr_t>(at[t]);
+      for (uintptr_t line = a & ~uintptr_t(63); line < a + bytes; line += 64)
+        HEADRECON_PREFETCH(reinterpret_cast<const void*>(line));
     }
   }
 };
@@ -71,8 +72,8 @@ struct Ahead {
 // read them as: f16/bf16 without `pack` are read in place from `at`; every
 // other case returns f32 with `rows` filled - f32 in place without `pack`,
 // else converted (or copied) into scratch. `pack` = several tiles will read
-// the rows: a head's rows are a token stride apart and alias in L1,
-// contiguous ones do not. Block types are always converted.
+// rows that alias in L1 (RowsAlias). Block types are always converted.
+// Converting rows prefetches the next block's (`ahead`).
 HWY_INLINE DType BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, bool pack, float* HWY_RESTRICT scratch,
                            const float** rows, const void** at, const Ahead& ahead) {
   s.row_addresses(t0, nb, at);
