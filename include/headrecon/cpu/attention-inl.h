@@ -429,7 +429,7 @@ HWY_INLINE void AccumulateJobs(const float* const* ps, const T* const* rows, siz
   const size_t L = hn::Lanes(df);
   // Columns per tile: J·C accumulators + C row vectors + one broadcast fit the registers.
   constexpr size_t C = J <= 2 || HWY_MAX_BYTES >= 64 ? 4 : 3;
-  const Ahead none{};
+  Ahead none;  // n = 0: the pointers are never read
   size_t i = 0;  // the first column tile prefetches
   for (; i + C * L <= d; i += C * L) AccumulateTile<J, C, T>(ps, rows, nb, i, accs, i == 0 ? ahead : none);
   for (; i + 2 * L <= d; i += 2 * L) AccumulateTile<J, 2, T>(ps, rows, nb, i, accs, i == 0 ? ahead : none);
@@ -457,15 +457,14 @@ HWY_INLINE void ScoresUpTo(size_t n, const float* const* qs, const T* const* row
   }
 }
 
-// Scores of n jobs in register tiles of NextTileJobs jobs; the first tile
-// prefetches.
-template <class T>
-HWY_INLINE void ScoreTiles(size_t n, const float* const* qs, const T* const* rows, size_t nb, size_t d,
-                           float* const* ss, const Ahead& ahead) {
-  const Ahead none{};
+// Runs tile(j, m, ahead) over n jobs in register tiles of m = NextTileJobs
+// jobs; the first tile prefetches the next block, the others get `none`.
+template <class Tile>
+HWY_INLINE void ForEachTile(size_t n, const Ahead& ahead, const Tile& tile) {
+  Ahead none;  // n = 0: the pointers are never read
   for (size_t j = 0; j < n;) {
     const size_t m = NextTileJobs(n - j);
-    ScoresUpTo<4, T>(m, qs + j, rows, nb, d, ss + j, j == 0 ? ahead : none);
+    tile(j, m, j == 0 ? ahead : none);
     j += m;
   }
 }
@@ -476,18 +475,6 @@ HWY_INLINE void AccumulateUpTo(size_t n, const float* const* ps, const T* const*
   if constexpr (J > 0) {
     if (n == J) return AccumulateJobs<J, T>(ps, rows, nb, d, accs, ahead);
     return AccumulateUpTo<J - 1, T>(n, ps, rows, nb, d, accs, ahead);
-  }
-}
-
-// Values of n jobs in register tiles of NextTileJobs jobs; the first prefetches.
-template <class T>
-HWY_INLINE void ValueTiles(size_t n, const float* const* ps, const T* const* rows, size_t nb, size_t d,
-                           float* const* accs, const Ahead& ahead) {
-  const Ahead none{};
-  for (size_t j = 0; j < n;) {
-    const size_t m = NextTileJobs(n - j);
-    AccumulateUpTo<4, T>(m, ps + j, rows, nb, d, accs + j, j == 0 ? ahead : none);
-    j += m;
   }
 }
 
@@ -675,7 +662,11 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       if (n && int_scores)
         attn::ScoresQuantUpTo<TJ>(n, qi, qsc, cur->dtype, at, nb, d, ss, ahead);
       else if (n)
-        with_rows(nb, [&](const auto* rs) { attn::ScoreTiles(n, qs, rs, nb, d, ss, ahead); });
+        with_rows(nb, [&](const auto* rs) {
+          attn::ForEachTile(n, ahead, [&](size_t j, size_t m, const attn::Ahead& a) {
+            attn::ScoresUpTo<4>(m, qs + j, rs, nb, d, ss + j, a);
+          });
+        });
       if (n) ahead.n = 0;
       n = 0;
     };
@@ -744,7 +735,12 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     const float* ps[TV];
     float* as[TV];
     auto flush_values = [&] {
-      if (n) with_rows(nb, [&](const auto* rs) { attn::ValueTiles(n, ps, rs, nb, d, as, ahead); });
+      if (n)
+        with_rows(nb, [&](const auto* rs) {
+          attn::ForEachTile(n, ahead, [&](size_t j, size_t m, const attn::Ahead& a) {
+            attn::AccumulateUpTo<4>(m, ps + j, rs, nb, d, as + j, a);
+          });
+        });
       if (n) ahead.n = 0;
       n = 0;
     };
