@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "headrecon/attention_plan.hpp"
+#include "headrecon/cpu/amx_tiles.hpp"
 #include "headrecon/head_stream.hpp"
 
 namespace headrecon {
@@ -54,9 +55,15 @@ inline std::size_t attention_query_floats(const AttentionLayerPlan& p) {
 inline std::size_t attention_state_floats(const AttentionLayerPlan& p) {
   return 3 * p.n_q_heads + p.n_accs * p.head_dim;
 }
-/// Floats of one task's scratch for `rows` rows: block scores and one converted block.
+/// Query tiles a task keeps packed for AMX (the first flushes of a block).
+inline constexpr std::size_t kAmxCachedFlushes = 8;
+/// Floats of one task's scratch for `rows` rows: block scores, one converted
+/// block, and where AMX tiles can run (amx_tiles.hpp) their packed queries
+/// and work buffers.
 inline std::size_t attention_scratch_floats(const AttentionLayerPlan& p, std::size_t rows) {
-  return rows * p.n_q_heads * kAttnBlock + kAttnBlock * p.head_dim + 16;
+  const std::size_t d = p.head_dim;
+  const std::size_t tiles = amx::fits(d) ? (kAmxCachedFlushes + 1) * amx::query_tiles_floats(d) + amx::work_floats(d) + 16 : 0;
+  return rows * p.n_q_heads * kAttnBlock + kAttnBlock * d + 16 + tiles;
 }
 /// Positions per task after rounding `split_tokens` up to whole blocks.
 inline std::size_t attention_split(std::size_t split_tokens) {

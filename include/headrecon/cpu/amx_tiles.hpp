@@ -1,0 +1,362 @@
+// AMX-BF16 tiles for attention over bf16 streams (x86-64 Linux, Intel
+// Sapphire Rapids and later): the score and value steps of many jobs (query
+// vectors) on one stream run on the tile unit instead of the FMA units, so
+// that a block's arithmetic costs a few tile operations and decode is bound
+// by its reads. Highway does not drive AMX; these functions are compiled for
+// AMX with target attributes and called only where usable() says the CPU and
+// the OS allow it (HEADRECON_NO_AMX=1 in the environment, or the macro at
+// build time, turns them off).
+//
+// Precision: bf16 products are exact in f32; the f32 operand of each step
+// (the query, the probabilities) is split into two bf16 parts, hi + lo, that
+// hold 16 of its 24 mantissa bits, and both parts are multiplied: results
+// agree with f32 arithmetic on the same bf16 rows to ~1e-5 relative (AMX
+// flushes denormal inputs and outputs to zero).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+
+#if !defined(HEADRECON_NO_AMX) && defined(__x86_64__) && defined(__linux__) && !defined(__CUDACC__) && \
+    ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
+#define HEADRECON_HAS_AMX 1
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#else
+#define HEADRECON_HAS_AMX 0
+#endif
+
+namespace headrecon::amx {
+
+/// Jobs of one score or value call: two 16-column (or 16-row) tiles.
+inline constexpr std::size_t kJobs = 32;
+/// Tokens of one value call (one tile of 16 token pairs).
+inline constexpr std::size_t kTokens = 32;
+/// Head sizes the tiles take: multiples of 32 up to this.
+inline constexpr std::size_t kMaxDim = 256;
+/// One stream's packed query tiles for up to kJobs jobs, in floats.
+inline constexpr std::size_t query_tiles_floats(std::size_t d) { return d / 32 * 1024; }
+/// Work buffers of one score or value call (rows, probabilities, value
+/// pairs, tile results), in floats.
+inline constexpr std::size_t work_floats(std::size_t d) { return 32 * d + 2048; }
+
+/// Whether heads of d take the tiles (shape only; usable() says whether this
+/// CPU runs them). Workspace sizes reserve the tiles' buffers by this alone,
+/// so that they agree across builds.
+inline constexpr bool fits(std::size_t d) { return d != 0 && d % 32 == 0 && d <= kMaxDim; }
+
+#if HEADRECON_HAS_AMX
+#define HEADRECON_AMX_TARGET \
+  __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,bmi2")))
+
+namespace detail {
+// bf16 of f with round-to-nearest-even (finite values; no NaN reaches here).
+inline std::uint16_t bf16_rne(float f) {
+  std::uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return std::uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+inline float bf16_to_f32(std::uint16_t h) {
+  const std::uint32_t u = std::uint32_t(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline bool xgetbv_has(std::uint64_t bits) {
+  std::uint32_t lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return ((std::uint64_t(hi) << 32 | lo) & bits) == bits;
+}
+inline bool detect() {
+  if (const char* e = std::getenv("HEADRECON_NO_AMX"); e && *e && *e != '0') return false;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c >> 27 & 1u)) return false;  // OSXSAVE
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  const bool avx512 = (b >> 16 & 1u) && (b >> 17 & 1u) && (b >> 30 & 1u) && (b >> 31 & 1u);  // F, DQ, BW, VL
+  const bool tiles = (d >> 22 & 1u) && (d >> 24 & 1u);                                      // AMX-BF16, AMX-TILE
+  if (!avx512 || !tiles || !__get_cpuid_count(7, 1, &a, &b, &c, &d) || !(a >> 5 & 1u)) return false;  // AVX512-BF16
+  if (!xgetbv_has(0xe6)) return false;  // SSE, AVX and AVX-512 state enabled by the OS
+  // Linux hands out the tile data state (8 KiB per thread) on request.
+  constexpr long kReqXcompPerm = 0x1023, kXtileData = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXtileData) == 0;
+}
+struct alignas(64) TileConfig {
+  std::uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  std::uint16_t colsb[16] = {};
+  std::uint8_t rows[16] = {};
+};
+}  // namespace detail
+
+namespace detail {
+// The bf16 round-to-nearest-even of each lane, as f32 (the bits rounded with
+// vector extensions: GCC 12 warns on its shift and extract intrinsics).
+HEADRECON_AMX_TARGET inline __m512 hi_f32(__m512 p) {
+  using U32x16 = std::uint32_t __attribute__((vector_size(64)));
+  const U32x16 b = reinterpret_cast<U32x16>(p);
+  return reinterpret_cast<__m512>((b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u);
+}
+}  // namespace detail
+
+namespace detail {
+// Prefetches n rows of `bytes` at `at` into L1: tile loads wait for each
+// row's line in turn, so the rows should be there first.
+inline void to_l1(const void* const* at, std::size_t n, std::size_t bytes) {
+  for (std::size_t t = 0; t < n; ++t) {
+    const auto a = reinterpret_cast<std::uintptr_t>(at[t]);
+    for (std::uintptr_t line = a & ~std::uintptr_t(63); line < a + bytes; line += 64)
+      __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
+  }
+}
+}  // namespace detail
+
+/// Whether this process may run the tiles (CPU, OS permission, environment);
+/// decided once.
+inline bool usable() {
+  static const bool ok = detail::detect();
+  return ok;
+}
+
+/// Configures the calling thread's tiles: eight of 16 rows × 64 bytes.
+HEADRECON_AMX_TARGET inline void configure() {
+  detail::TileConfig cfg;
+  for (int t = 0; t < 8; ++t) cfg.colsb[t] = 64, cfg.rows[t] = 16;
+  // Inline asm with the whole struct as its operand: GCC 12 drops the stores
+  // above as dead before its _tile_loadconfig builtin.
+  __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+}
+/// Returns the calling thread's tile state to the OS's initial state.
+HEADRECON_AMX_TARGET inline void release() { _tile_release(); }
+
+/// Packs n <= kJobs query vectors of d floats as the B operand of the score
+/// tiles: per group of 8 jobs and 32-dimension chunk, one 16-column tile
+/// whose columns 2j and 2j + 1 hold job j's hi and lo bf16 parts, in the
+/// pair-interleaved layout B[i / 2][2 col + i % 2] = part(q_j[32 c + i]);
+/// unused columns are zero.
+inline void pack_queries(std::size_t n, const float* const* qs, std::size_t d, std::uint16_t* out) {
+  const std::size_t chunks = d / 32;
+  std::memset(out, 0, query_tiles_floats(d) * sizeof(float));
+  for (std::size_t j = 0; j < n; ++j) {
+    const std::size_t g = j / 8, col = 2 * (j % 8);
+    for (std::size_t i = 0; i < d; ++i) {
+      const std::uint16_t hi = detail::bf16_rne(qs[j][i]);
+      const std::uint16_t lo = detail::bf16_rne(qs[j][i] - detail::bf16_to_f32(hi));
+      std::uint16_t* tile = out + (g * chunks + i / 32) * 512 + (i % 32) / 2 * 32 + i % 2;
+      tile[2 * col] = hi, tile[2 * col + 2] = lo;
+    }
+  }
+}
+
+namespace detail {
+// Base and stride of rows t0 .. t0 + 16 for a tile load: in place when all
+// 16 exist and are evenly spaced, else copied into buf (zero past nb).
+inline const char* tile_rows(const void* const* at, std::size_t t0, std::size_t nb, std::size_t row_bytes,
+                             std::uint16_t* buf, std::ptrdiff_t& stride) {
+  const char* base = static_cast<const char*>(at[t0]);
+  if (t0 + 16 <= nb) {
+    stride = static_cast<const char*>(at[t0 + 1]) - base;
+    bool even = stride != 0;
+    for (std::size_t k = 2; even && k < 16; ++k) even = static_cast<const char*>(at[t0 + k]) == base + k * stride;
+    if (even) return base;
+  }
+  char* b = reinterpret_cast<char*>(buf);
+  for (std::size_t k = 0; k < 16; ++k) {
+    if (t0 + k < nb)
+      std::memcpy(b + k * row_bytes, at[t0 + k], row_bytes);
+    else
+      std::memset(b + k * row_bytes, 0, row_bytes);
+  }
+  stride = std::ptrdiff_t(row_bytes);
+  return b;
+}
+
+// The 16 columns of a row-major 16 × 16 block of floats at c.
+HEADRECON_AMX_TARGET inline void transpose16(const float* c, __m512* col) {
+  // The zero-masked forms with every lane kept: GCC 12 warns on the plain
+  // shuffles' undefined pass-through operand.
+  constexpr __mmask16 all = 0xffff;
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_load_ps(c + 16 * i);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_maskz_unpacklo_ps(all, r[i], r[i + 1]);
+    t[i + 1] = _mm512_maskz_unpackhi_ps(all, r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_maskz_shuffle_ps(all, t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_maskz_shuffle_ps(all, t[i], t[i + 2], 0xee);
+    r[i + 2] = _mm512_maskz_shuffle_ps(all, t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_maskz_shuffle_ps(all, t[i + 1], t[i + 3], 0xee);
+  }
+  for (int h = 0; h < 16; h += 8)
+    for (int i = 0; i < 4; ++i) {
+      t[h + i] = _mm512_maskz_shuffle_f32x4(all, r[h + i], r[h + 4 + i], 0x88);
+      t[h + 4 + i] = _mm512_maskz_shuffle_f32x4(all, r[h + i], r[h + 4 + i], 0xdd);
+    }
+  for (int i = 0; i < 8; ++i) {
+    col[i] = _mm512_maskz_shuffle_f32x4(all, t[i], t[8 + i], 0x88);
+    col[8 + i] = _mm512_maskz_shuffle_f32x4(all, t[i], t[8 + i], 0xdd);
+  }
+}
+
+// Up to two groups of 8 jobs (query tiles q0, q1 or null) over nb <= 32
+// rows r0 (tokens 0-15) and r1 (16-31, or null): four result tiles, one per
+// group and 16 tokens, so that four independent multiplies follow each
+// chunk's loads (tiles are not renamed).
+HEADRECON_AMX_TARGET inline void score_groups(std::size_t n, const std::uint16_t* q0, const std::uint16_t* q1,
+                                              const char* r0, std::ptrdiff_t s0, const char* r1, std::ptrdiff_t s1,
+                                              std::size_t nb, std::size_t d, float* const* ss, float* cbuf) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (std::size_t c = 0; c < d / 32; ++c) {
+    _tile_loadd(4, r0 + c * 64, s0);
+    _tile_loadd(6, q0 + c * 512, 64);
+    _tile_dpbf16ps(0, 4, 6);
+    if (r1) {
+      _tile_loadd(5, r1 + c * 64, s1);
+      _tile_dpbf16ps(1, 5, 6);
+    }
+    if (q1) {
+      _tile_loadd(7, q1 + c * 512, 64);
+      _tile_dpbf16ps(2, 4, 7);
+      if (r1) _tile_dpbf16ps(3, 5, 7);
+    }
+  }
+  _tile_stored(0, cbuf, 64);
+  if (r1) _tile_stored(1, cbuf + 256, 64);
+  if (q1) _tile_stored(2, cbuf + 512, 64);
+  if (q1 && r1) _tile_stored(3, cbuf + 768, 64);
+  for (std::size_t g = 0; g * 8 < n; ++g)
+    for (std::size_t t0 = 0; t0 < nb; t0 += 16) {
+      const std::size_t u = nb - t0 < 16 ? nb - t0 : 16;
+      const __mmask16 m = __mmask16((1u << u) - 1u);
+      __m512 col[16];
+      transpose16(cbuf + g * 512 + t0 * 16, col);
+      for (std::size_t j = 8 * g; j < n && j < 8 * g + 8; ++j) {  // columns 2j (hi) and 2j + 1 (lo)
+        float* dst = ss[j] + t0;
+        const __m512 v = _mm512_add_ps(col[2 * (j % 8)], col[2 * (j % 8) + 1]);
+        _mm512_mask_storeu_ps(dst, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), v));
+      }
+    }
+}
+}  // namespace detail
+
+/// score_j[t] += q_j · row_t for t < nb <= kTokens and n <= kJobs jobs whose
+/// queries pack_queries packed into `qt`; rows are bf16 at `at[t]` (read in
+/// place when 16 consecutive rows are evenly spaced, else copied). `work`:
+/// work_floats(d) floats, 64-byte aligned. Needs configure().
+HEADRECON_AMX_TARGET inline void scores(std::size_t n, const std::uint16_t* qt, const void* const* at, std::size_t nb,
+                                        std::size_t d, float* const* ss, float* work) {
+  auto* rowbuf = reinterpret_cast<std::uint16_t*>(work);  // 32 rows of d bf16
+  float* cbuf = work + 32 * d + 1024;                     // four 16 × 16 results
+  detail::to_l1(at, nb, 2 * d);
+  std::ptrdiff_t s0 = 0, s1 = 0;
+  const char* r0 = detail::tile_rows(at, 0, nb, 2 * d, rowbuf, s0);
+  const char* r1 = nb > 16 ? detail::tile_rows(at, 16, nb, 2 * d, rowbuf + 16 * d, s1) : nullptr;
+  const std::size_t tile = d / 32 * 512;  // one group's query tiles
+  for (std::size_t j = 0; j < n; j += 16) {
+    const std::size_t m = n - j < 16 ? n - j : 16;
+    detail::score_groups(m, qt + j / 8 * tile, m > 8 ? qt + (j / 8 + 1) * tile : nullptr, r0, s0, r1, s1, nb, d, ss + j,
+                         cbuf);
+  }
+}
+
+/// acc_j[0..d) += Σ_t p_j[t] · row_t for t < nb <= kTokens and n <= kJobs
+/// jobs; rows are bf16 at `at[t]`. `work`: work_floats(d) floats, 64-byte
+/// aligned. Needs configure().
+HEADRECON_AMX_TARGET inline void values(std::size_t n, const float* const* ps, const void* const* at, std::size_t nb,
+                                        std::size_t d, float* const* accs, float* work) {
+  auto* vt = reinterpret_cast<std::uint16_t*>(work);            // [d / 16] 16 token pairs × 16 dims × 2
+  auto* pt = reinterpret_cast<std::uint16_t*>(work + 16 * d);   // [group][hi, lo] jobs × 32 tokens
+  float* cbuf = work + 16 * d + 1024;                            // four jobs × 16 results
+  // Value rows in token pairs: B[k][2 i + (t % 2)] = row_{2k + t % 2}[16 c + i].
+  const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
+                                          37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
+  detail::to_l1(at, nb, 2 * d);
+  for (std::size_t k = 0; k < 16; ++k) {
+    const auto* ra = static_cast<const std::uint16_t*>(2 * k < nb ? at[2 * k] : nullptr);
+    const auto* rb = static_cast<const std::uint16_t*>(2 * k + 1 < nb ? at[2 * k + 1] : nullptr);
+    for (std::size_t s = 0; s < d / 32; ++s) {
+      const __m512i a = ra ? _mm512_loadu_si512(ra + 32 * s) : _mm512_setzero_si512();
+      const __m512i b = rb ? _mm512_loadu_si512(rb + 32 * s) : _mm512_setzero_si512();
+      _mm512_store_si512(vt + (2 * s) * 512 + k * 32, _mm512_permutex2var_epi16(a, lo_idx, b));
+      _mm512_store_si512(vt + (2 * s + 1) * 512 + k * 32, _mm512_permutex2var_epi16(a, hi_idx, b));
+    }
+  }
+  // Probabilities as bf16 rows 2j (hi) and 2j + 1 (lo) of 8-job groups, zero
+  // past nb and n.
+  const __mmask16 m0 = __mmask16(nb >= 16 ? 0xffffu : (1u << nb) - 1u);
+  const __mmask16 m1 = __mmask16(nb <= 16 ? 0u : nb >= 32 ? 0xffffu : (1u << (nb - 16)) - 1u);
+  const std::size_t groups = (n + 7) / 8;
+  for (std::size_t j = 0; j < groups * 8; ++j) {
+    std::uint16_t* row = pt + j * 64;
+    if (j >= n) {
+      _mm512_store_si512(row, _mm512_setzero_si512());
+      _mm512_store_si512(row + 32, _mm512_setzero_si512());
+      continue;
+    }
+    const __m512 p0 = _mm512_maskz_loadu_ps(m0, ps[j]), p1 = _mm512_maskz_loadu_ps(m1, ps[j] + 16);
+    const __m512bh h = _mm512_cvtne2ps_pbh(p1, p0);  // low half from p0
+    const __m512bh l =
+        _mm512_cvtne2ps_pbh(_mm512_sub_ps(p1, detail::hi_f32(p1)), _mm512_sub_ps(p0, detail::hi_f32(p0)));
+    _mm512_store_si512(row, reinterpret_cast<const __m512i&>(h));
+    _mm512_store_si512(row + 32, reinterpret_cast<const __m512i&>(l));
+  }
+  // Per pair of groups (A tiles 4, 5) and pair of 16-dimension chunks (B
+  // tiles 6, 7): four result tiles (group × chunk) of 16 rows (hi, lo) × 16.
+  const std::size_t nc = d / 16;
+  for (std::size_t g = 0; g < groups; g += 2) {
+    const bool g1 = g + 1 < groups;
+    _tile_loadd(4, pt + g * 512, 64);
+    if (g1) _tile_loadd(5, pt + (g + 1) * 512, 64);
+    for (std::size_t c = 0; c < nc; c += 2) {
+      const bool c1 = c + 1 < nc;
+      _tile_zero(0);
+      _tile_loadd(6, vt + c * 512, 64);
+      _tile_dpbf16ps(0, 4, 6);
+      if (c1) {
+        _tile_zero(1);
+        _tile_loadd(7, vt + (c + 1) * 512, 64);
+        _tile_dpbf16ps(1, 4, 7);
+      }
+      if (g1) {
+        _tile_zero(2);
+        _tile_dpbf16ps(2, 5, 6);
+        if (c1) {
+          _tile_zero(3);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, cbuf, 64);
+      if (c1) _tile_stored(1, cbuf + 256, 64);
+      if (g1) _tile_stored(2, cbuf + 512, 64);
+      if (g1 && c1) _tile_stored(3, cbuf + 768, 64);
+      for (std::size_t j = 8 * g; j < n && j < 8 * g + 16; ++j) {
+        const float* r = cbuf + (j - 8 * g) / 8 * 512 + (j % 8) * 32;  // rows hi, lo of job j, chunk c
+        for (std::size_t k = 0; k < 2 && c + k < nc; ++k) {
+          float* dst = accs[j] + 16 * (c + k);
+          const __m512 v = _mm512_add_ps(_mm512_load_ps(r + k * 256), _mm512_load_ps(r + k * 256 + 16));
+          _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), v));
+        }
+      }
+    }
+  }
+}
+#undef HEADRECON_AMX_TARGET
+#elif !defined(__CUDACC__)
+inline bool usable() { return false; }
+inline void configure() {}
+inline void release() {}
+inline void pack_queries(std::size_t, const float* const*, std::size_t, std::uint16_t*) {}
+inline void scores(std::size_t, const std::uint16_t*, const void* const*, std::size_t, std::size_t, float* const*,
+                   float*) {}
+inline void values(std::size_t, const float* const*, const void* const*, std::size_t, std::size_t, float* const*,
+                   float*) {}
+#endif
+
+}  // namespace headrecon::amx
