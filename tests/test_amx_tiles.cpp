@@ -126,6 +126,27 @@ TEST_CASE("AMX value tiles equal sum p·v in double, for 1-32 jobs and 1-32 toke
   amx::release();
 }
 
+TEST_CASE("AMX score tiles carry a NaN query to that job's scores only") {
+  REQUIRE_AMX_OR_SKIP();
+  std::mt19937 rng(3);
+  const std::size_t d = 64, n = 3, nb = 32;
+  const Rows rows(nb, d, false, rng);
+  std::vector<float> q(n * d, 0.25f), s(n * 32, 0.f);
+  q[1 * d + 5] = std::nanf("");
+  const float* qs[n] = {q.data(), q.data() + d, q.data() + 2 * d};
+  float* ss[n] = {s.data(), s.data() + 32, s.data() + 64};
+  Aligned qt(amx::query_tiles_floats(d)), work(amx::work_floats(d));
+  amx::configure();
+  amx::pack_queries(n, qs, d, reinterpret_cast<std::uint16_t*>(qt.p));
+  amx::scores(n, reinterpret_cast<const std::uint16_t*>(qt.p), rows.at.data(), nb, d, ss, work.p);
+  amx::release();
+  for (std::size_t t = 0; t < nb; ++t) {
+    CHECK(std::isfinite(s[t]));
+    CHECK(std::isnan(s[32 + t]));
+    CHECK(std::isfinite(s[64 + t]));
+  }
+}
+
 TEST_CASE("AMX tiles take head sizes that are multiples of 32 up to 256") {
   CHECK(amx::fits(32));
   CHECK(amx::fits(64));

@@ -19,6 +19,8 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "headrecon/dtype.hpp"
+
 #if !defined(HEADRECON_NO_AMX) && defined(__x86_64__) && defined(__linux__) && !defined(__CUDACC__) && \
     ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
 #define HEADRECON_HAS_AMX 1
@@ -54,18 +56,6 @@ inline constexpr bool fits(std::size_t d) { return d != 0 && d % 32 == 0 && d <=
   __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,bmi2")))
 
 namespace detail {
-// bf16 of f with round-to-nearest-even (finite values; no NaN reaches here).
-inline std::uint16_t bf16_rne(float f) {
-  std::uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return std::uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
-inline float bf16_to_f32(std::uint16_t h) {
-  const std::uint32_t u = std::uint32_t(h) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
 inline bool xgetbv_has(std::uint64_t bits) {
   std::uint32_t lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
@@ -89,9 +79,7 @@ struct alignas(64) TileConfig {
   std::uint16_t colsb[16] = {};
   std::uint8_t rows[16] = {};
 };
-}  // namespace detail
 
-namespace detail {
 // The bf16 round-to-nearest-even of each lane, as f32 (the bits rounded with
 // vector extensions: GCC 12 warns on its shift and extract intrinsics).
 HEADRECON_AMX_TARGET inline __m512 hi_f32(__m512 p) {
@@ -99,9 +87,7 @@ HEADRECON_AMX_TARGET inline __m512 hi_f32(__m512 p) {
   const U32x16 b = reinterpret_cast<U32x16>(p);
   return reinterpret_cast<__m512>((b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u);
 }
-}  // namespace detail
 
-namespace detail {
 // Prefetches n rows of `bytes` at `at` into L1: tile loads wait for each
 // row's line in turn, so the rows should be there first.
 inline void to_l1(const void* const* at, std::size_t n, std::size_t bytes) {
@@ -142,10 +128,9 @@ inline void pack_queries(std::size_t n, const float* const* qs, std::size_t d, s
   for (std::size_t j = 0; j < n; ++j) {
     const std::size_t g = j / 8, col = 2 * (j % 8);
     for (std::size_t i = 0; i < d; ++i) {
-      const std::uint16_t hi = detail::bf16_rne(qs[j][i]);
-      const std::uint16_t lo = detail::bf16_rne(qs[j][i] - detail::bf16_to_f32(hi));
+      const bf16_t hi = to_bf16(qs[j][i]), lo = to_bf16(qs[j][i] - to_float(hi));
       std::uint16_t* tile = out + (g * chunks + i / 32) * 512 + (i % 32) / 2 * 32 + i % 2;
-      tile[2 * col] = hi, tile[2 * col + 2] = lo;
+      tile[2 * col] = hi.bits, tile[2 * col + 2] = lo.bits;
     }
   }
 }
