@@ -147,6 +147,27 @@ TEST_CASE("AMX score tiles carry a NaN query to that job's scores only") {
   }
 }
 
+TEST_CASE("AMX tile calls refuse more jobs or tokens than their tiles hold") {
+  REQUIRE_AMX_OR_SKIP();
+  std::mt19937 rng(5);
+  const std::size_t d = 64;
+  const Rows rows(33, d, false, rng);
+  std::vector<float> q(33 * d, 1.f), s(33 * 64, 0.f);
+  std::vector<const float*> qs(33);
+  std::vector<float*> ss(33);
+  for (std::size_t j = 0; j < 33; ++j) qs[j] = q.data() + j * d, ss[j] = s.data() + j * 64;
+  Aligned qt(amx::query_tiles_floats(d)), work(amx::work_floats(d));
+  auto* packed = reinterpret_cast<std::uint16_t*>(qt.p);
+  REQUIRE_THROWS_WITH(amx::pack_queries(33, qs.data(), d, packed), Catch::Contains("33 jobs"));
+  REQUIRE_THROWS_WITH(amx::pack_queries(4, qs.data(), 80, packed), Catch::Contains("head size 80"));
+  amx::pack_queries(4, qs.data(), d, packed);
+  amx::configure();
+  REQUIRE_THROWS_WITH(amx::scores(4, packed, rows.at.data(), 33, d, ss.data(), work.p), Catch::Contains("33 tokens"));
+  REQUIRE_THROWS_WITH(amx::values(33, qs.data(), rows.at.data(), 32, d, ss.data(), work.p), Catch::Contains("33 jobs"));
+  amx::release();
+  CHECK(s == std::vector<float>(33 * 64, 0.f));  // nothing written
+}
+
 TEST_CASE("AMX tiles take head sizes that are multiples of 32 up to 256") {
   CHECK(amx::fits(32));
   CHECK(amx::fits(64));

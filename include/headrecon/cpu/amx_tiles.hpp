@@ -20,6 +20,7 @@
 #include <cstring>
 
 #include "headrecon/dtype.hpp"
+#include "headrecon/error.hpp"
 
 #if !defined(HEADRECON_NO_AMX) && defined(__x86_64__) && defined(__linux__) && !defined(__CUDACC__) && \
     ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && defined(__GNUC__) && __GNUC__ >= 11))
@@ -56,6 +57,12 @@ inline constexpr bool fits(std::size_t d) { return d != 0 && d % 32 == 0 && d <=
   __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,bmi2")))
 
 namespace detail {
+// A call's jobs, tokens and head size within what its tiles and buffers hold.
+inline void check(std::size_t n, std::size_t nb, std::size_t d, const char* what) {
+  if (n > kJobs || nb > kTokens || !fits(d))
+    headrecon::detail::fail("amx::", what, ": ", n, " jobs, ", nb, " tokens, head size ", d,
+                            " (at most 32 jobs and 32 tokens, head size a multiple of 32 up to 256)");
+}
 inline bool xgetbv_has(std::uint64_t bits) {
   std::uint32_t lo, hi;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
@@ -123,6 +130,7 @@ HEADRECON_AMX_TARGET inline void release() { _tile_release(); }
 /// pair-interleaved layout B[i / 2][2 col + i % 2] = part(q_j[32 c + i]);
 /// unused columns are zero.
 inline void pack_queries(std::size_t n, const float* const* qs, std::size_t d, std::uint16_t* out) {
+  detail::check(n, kTokens, d, "pack_queries");
   const std::size_t chunks = d / 32;
   std::memset(out, 0, query_tiles_floats(d) * sizeof(float));
   for (std::size_t j = 0; j < n; ++j) {
@@ -236,6 +244,7 @@ HEADRECON_AMX_TARGET inline void score_groups(std::size_t n, const std::uint16_t
 /// work_floats(d) floats, 64-byte aligned. Needs configure().
 HEADRECON_AMX_TARGET inline void scores(std::size_t n, const std::uint16_t* qt, const void* const* at, std::size_t nb,
                                         std::size_t d, float* const* ss, float* work) {
+  detail::check(n, nb, d, "scores");
   auto* rowbuf = reinterpret_cast<std::uint16_t*>(work);  // 32 rows of d bf16
   float* cbuf = work + 32 * d + 1024;                     // four 16 × 16 results
   detail::to_l1(at, nb, 2 * d);
@@ -255,6 +264,7 @@ HEADRECON_AMX_TARGET inline void scores(std::size_t n, const std::uint16_t* qt, 
 /// aligned. Needs configure().
 HEADRECON_AMX_TARGET inline void values(std::size_t n, const float* const* ps, const void* const* at, std::size_t nb,
                                         std::size_t d, float* const* accs, float* work) {
+  detail::check(n, nb, d, "values");
   auto* vt = reinterpret_cast<std::uint16_t*>(work);            // [d / 16] 16 token pairs × 16 dims × 2
   auto* pt = reinterpret_cast<std::uint16_t*>(work + 16 * d);   // [group][hi, lo] jobs × 32 tokens
   float* cbuf = work + 16 * d + 1024;                            // four jobs × 16 results
@@ -334,14 +344,20 @@ HEADRECON_AMX_TARGET inline void values(std::size_t n, const float* const* ps, c
 }
 #undef HEADRECON_AMX_TARGET
 #elif !defined(__CUDACC__)
+// Built without AMX: usable() is false, and a call that skipped it throws.
 inline bool usable() { return false; }
 inline void configure() {}
 inline void release() {}
-inline void pack_queries(std::size_t, const float* const*, std::size_t, std::uint16_t*) {}
+[[noreturn]] inline void unavailable() { headrecon::detail::fail("amx: this build has no AMX support"); }
+inline void pack_queries(std::size_t, const float* const*, std::size_t, std::uint16_t*) { unavailable(); }
 inline void scores(std::size_t, const std::uint16_t*, const void* const*, std::size_t, std::size_t, float* const*,
-                   float*) {}
+                   float*) {
+  unavailable();
+}
 inline void values(std::size_t, const float* const*, const void* const*, std::size_t, std::size_t, float* const*,
-                   float*) {}
+                   float*) {
+  unavailable();
+}
 #endif
 
 }  // namespace headrecon::amx
