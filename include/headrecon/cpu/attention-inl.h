@@ -2,6 +2,7 @@
 // the three kernels the driver (attention_driver.hpp) runs - prepare a row's
 // queries, attend one split-K task of rows over a range of positions, finish
 // a row from its merged state - and the entry points built on them.
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -596,15 +597,15 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
   const size_t d = p.head_dim, H = p.n_q_heads, G = H / p.n_kv_heads, B = kAttnBlock, M = R.n_rows;
   const size_t qf = attention_query_floats(p), sf = attention_state_floats(p), S = cache.n_sink;
   constexpr size_t TJ = attn::kTileJobs, TS = attn::kScoreJobs, TV = attn::kValueJobs;
-  constexpr size_t TA = amx::kJobs > TS && amx::kJobs > TV ? amx::kJobs : TS > TV ? TS : TV;
+  constexpr size_t TA = std::max({amx::kJobs, TS, TV});
   static_assert(TS >= TJ, "score arrays hold either tile");
   constexpr size_t one_tile = attn::kOneTileJobs;
   float* sc = c.scratch;       // [M][H][B]
   float* conv = sc + M * H * B;  // [B][d]
   // bf16 streams on AMX tiles where the CPU has them (amx_tiles.hpp): the
-  // query tiles of a block's first kAmxCachedFlushes flushes stay packed for
-  // the task's later blocks (the same flushes while the same rows are live),
-  // a further slot for the rest, then one call's work buffers.
+  // query tiles of a block's flushes (at most kAmxCachedFlushes) stay packed
+  // for the task's later blocks (the same flushes while the same rows are
+  // live), then one call's work buffers.
   const bool amx_on = amx::fits(d) && amx::usable() && [&] {
     // Only where every block's flushes keep their packed queries (decode;
     // prefill's many rows would repack them every block).
@@ -616,7 +617,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     return body <= kAmxCachedFlushes && p.n_kv_heads * flushes(M * G) <= kAmxCachedFlushes;
   }();
   float* amx_slots = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(conv + B * d + 16) + 63) & ~uintptr_t(63));
-  float* amx_work = amx_slots + (kAmxCachedFlushes + 1) * amx::query_tiles_floats(d);
+  float* amx_work = amx_slots + kAmxCachedFlushes * amx::query_tiles_floats(d);
   size_t amx_packed = 0, amx_live = 0;  // flushes packed, for this many live rows
   bool amx_sink = false, tiles_on = false;
   auto tiles = [&] {
@@ -693,12 +694,9 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     };
     auto flush_scores = [&] {
       if (n && amx_stream) {
-        const size_t slot = flush_no < kAmxCachedFlushes ? flush_no : kAmxCachedFlushes;
-        auto* qt = reinterpret_cast<uint16_t*>(amx_slots + slot * amx::query_tiles_floats(d));
-        if (slot == kAmxCachedFlushes || flush_no >= amx_packed) {
-          amx::pack_queries(n, qs, d, qt);
-          if (slot < kAmxCachedFlushes) amx_packed = flush_no + 1;
-        }
+        // amx_on holds every block's flushes to kAmxCachedFlushes, so each has its slot.
+        auto* qt = reinterpret_cast<uint16_t*>(amx_slots + flush_no * amx::query_tiles_floats(d));
+        if (flush_no >= amx_packed) amx::pack_queries(n, qs, d, qt), amx_packed = flush_no + 1;
         ++flush_no;
         tiles();
         amx::scores(n, qt, at, nb, d, ss, amx_work);
