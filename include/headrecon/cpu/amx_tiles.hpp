@@ -129,16 +129,28 @@ HEADRECON_AMX_TARGET inline void release() { _tile_release(); }
 /// whose columns 2j and 2j + 1 hold job j's hi and lo bf16 parts, in the
 /// pair-interleaved layout B[i / 2][2 col + i % 2] = part(q_j[32 c + i]);
 /// unused columns are zero.
-inline void pack_queries(std::size_t n, const float* const* qs, std::size_t d, std::uint16_t* out) {
+HEADRECON_AMX_TARGET inline void pack_queries(std::size_t n, const float* const* qs, std::size_t d,
+                                              std::uint16_t* out) {
   detail::check(n, kTokens, d, "pack_queries");
-  const std::size_t chunks = d / 32;
-  std::memset(out, 0, query_tiles_floats(d) * sizeof(float));
+  const std::size_t chunks = d / 32, tile = 512;  // a tile: 16 rows of 32 bf16
+  if (n % 8)  // the last group's unused columns are zero (earlier groups are written whole)
+    std::memset(out + n / 8 * chunks * tile, 0, chunks * tile * sizeof(std::uint16_t));
   for (std::size_t j = 0; j < n; ++j) {
-    const std::size_t g = j / 8, col = 2 * (j % 8);
-    for (std::size_t i = 0; i < d; ++i) {
-      const bf16_t hi = to_bf16(qs[j][i]), lo = to_bf16(qs[j][i] - to_float(hi));
-      std::uint16_t* tile = out + (g * chunks + i / 32) * 512 + (i % 32) / 2 * 32 + i % 2;
-      tile[2 * col] = hi.bits, tile[2 * col + 2] = lo.bits;
+    std::uint16_t* col = out + j / 8 * chunks * tile + 4 * (j % 8);  // row r: [hi pair r, lo pair r]
+    for (std::size_t i = 0; i < d; i += 16) {
+      // Hardware round-to-nearest-even (a NaN stays NaN), the remainder rounded again.
+      const __m512 q = _mm512_loadu_ps(qs[j] + i);
+      const __m256i hi = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(q));
+      using U32x16 = std::uint32_t __attribute__((vector_size(64)));  // shift without GCC 12's warning
+      const __m512 hi_f = reinterpret_cast<__m512>(reinterpret_cast<U32x16>(_mm512_maskz_cvtepu16_epi32(0xffff, hi)) << 16);
+      const __m256i lo = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(q, hi_f)));
+      // 64-bit units [hi pair r, lo pair r]: pairs 0, 1, 4, 5 and 2, 3, 6, 7.
+      alignas(32) std::uint64_t u[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(u), _mm256_unpacklo_epi32(hi, lo));
+      _mm256_store_si256(reinterpret_cast<__m256i*>(u + 4), _mm256_unpackhi_epi32(hi, lo));
+      constexpr int pair[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+      std::uint16_t* rows = col + i / 32 * tile + (i % 32) / 2 * 32;
+      for (int k = 0; k < 8; ++k) std::memcpy(rows + pair[k] * 32, &u[k], sizeof(std::uint64_t));
     }
   }
 }
