@@ -142,7 +142,8 @@ HEADRECON_AMX_TARGET inline void pack_queries(std::size_t n, const float* const*
       const __m512 q = _mm512_loadu_ps(qs[j] + i);
       const __m256i hi = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(q));
       using U32x16 = std::uint32_t __attribute__((vector_size(64)));  // shift without GCC 12's warning
-      const __m512 hi_f = reinterpret_cast<__m512>(reinterpret_cast<U32x16>(_mm512_maskz_cvtepu16_epi32(0xffff, hi)) << 16);
+      const U32x16 hi_bits = reinterpret_cast<U32x16>(_mm512_maskz_cvtepu16_epi32(0xffff, hi)) << 16;
+      const __m512 hi_f = reinterpret_cast<__m512>(hi_bits);
       const __m256i lo = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(q, hi_f)));
       // 64-bit units [hi pair r, lo pair r]: pairs 0, 1, 4, 5 and 2, 3, 6, 7.
       alignas(32) std::uint64_t u[8];
