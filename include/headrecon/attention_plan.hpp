@@ -52,6 +52,14 @@ struct AttentionLayerPlan {
 
   /// KV head of query head h (GQA).
   std::size_t kv_head(std::size_t h) const { return h / (n_q_heads / n_kv_heads); }
+  /// Which of `parts` workers handles KV head g's side (`k` or `v`) when one
+  /// row's maps are split: g's rank among the KV heads rebuilt alike, mod
+  /// parts, so that the rebuilt heads (which carry the maps) spread evenly.
+  static std::size_t part_of(const std::vector<Side>& sides, std::size_t g, std::size_t parts) {
+    std::size_t rank = 0;
+    for (std::size_t k = 0; k < g; ++k) rank += sides[k].rebuilt == sides[g].rebuilt;
+    return rank % parts;
+  }
 };
 
 namespace detail {

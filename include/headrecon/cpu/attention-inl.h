@@ -530,28 +530,38 @@ HWY_INLINE float Softmax(float* HWY_RESTRICT s, size_t nb, float& m, float& l, f
   return factor;
 }
 
-// y[j] += Σ_i x[i]·W[i][j] for row-major W [d, d].
-HWY_INLINE void MapAdd(const float* HWY_RESTRICT x, const float* HWY_RESTRICT w, size_t d, float* HWY_RESTRICT y) {
-  const hn::ScalableTag<float> df;
-  const size_t L = hn::Lanes(df);
-  for (size_t i = 0; i < d; ++i) {
-    const auto xv = hn::Set(df, x[i]);
-    const float* wr = w + i * d;
-    size_t j = 0;
-    for (; j + L <= d; j += L) hn::StoreU(hn::MulAdd(xv, hn::LoadU(df, wr + j), hn::LoadU(df, y + j)), df, y + j);
-    for (; j < d; ++j) y[j] += x[i] * wr[j];
+// ys_j[i] += Σ_k W[i][k]·xs_j[k] for n <= 4 vectors and row-major W [d, d]:
+// W's rows are the tokens of a score tile, so one read of W serves all n.
+HWY_INLINE void MapQueries(const float* HWY_RESTRICT w, size_t d, size_t n, const float* const* xs,
+                           float* const* ys) {
+  const float* rows[kAttnBlock];
+  for (size_t i0 = 0; i0 < d; i0 += kAttnBlock) {
+    const size_t nb = d - i0 < kAttnBlock ? d - i0 : kAttnBlock;
+    for (size_t t = 0; t < nb; ++t) rows[t] = w + (i0 + t) * d;
+    for (size_t j = 0; j < n;) {
+      const size_t m = NextTileJobs(n - j);
+      float* ss[4];
+      for (size_t k = 0; k < m; ++k) ss[k] = ys[j + k] + i0;
+      ScoresUpTo<4>(m, xs + j, rows, nb, d, ss, Ahead());
+      j += m;
+    }
   }
 }
 
-// y[i] = scale · Σ_j W[i][j]·q[j] for row-major W [d, d].
-HWY_INLINE void MapQuery(const float* HWY_RESTRICT w, const float* HWY_RESTRICT q, size_t d, float scale,
-                         float* HWY_RESTRICT y) {
-  const float* rows[1];
-  for (size_t i = 0; i < d; ++i) {
-    float s = 0.f;
-    rows[0] = w + i * d;
-    Scores(q, rows, 1, d, &s);
-    y[i] = scale * s;
+// ys_j[:] += Σ_i xs_j[i]·W[i][:] for n <= 4 vectors and row-major W [d, d]:
+// W's rows are the value rows of an accumulation tile.
+HWY_INLINE void MapAdds(const float* HWY_RESTRICT w, size_t d, size_t n, const float* const* xs, float* const* ys) {
+  const float* rows[kAttnBlock];
+  for (size_t i0 = 0; i0 < d; i0 += kAttnBlock) {
+    const size_t nb = d - i0 < kAttnBlock ? d - i0 : kAttnBlock;
+    for (size_t t = 0; t < nb; ++t) rows[t] = w + (i0 + t) * d;
+    for (size_t j = 0; j < n;) {
+      const size_t m = NextTileJobs(n - j);
+      const float* ps[4];
+      for (size_t k = 0; k < m; ++k) ps[k] = xs[j + k] + i0;
+      AccumulateUpTo<4>(m, ps, rows, nb, d, ys + j, Ahead());
+      j += m;
+    }
   }
 }
 }  // namespace attn
@@ -559,12 +569,18 @@ HWY_INLINE void MapQuery(const float* HWY_RESTRICT w, const float* HWY_RESTRICT 
 /// Prepares one row's queries (attention_query_floats): the scaled raw query
 /// of every head, the absorbed ones scale·W_r q, and scale·q·b_K per head;
 /// `quantize`: also each vector quantized per block of 32 (block-type keys).
+/// Part `part` of `parts` (so that one row's maps run on several workers):
+/// the KV heads AttentionLayerPlan::part_of gives this part, with their
+/// query heads. The query heads of a KV head share its maps: up to four
+/// are mapped per read of a map.
 inline HWY_NOINLINE void PrepareQueries(const AttentionLayerPlan& p, float scale, const float* HWY_RESTRICT q,
-                                        float* HWY_RESTRICT out, bool quantize) {
-  const size_t d = p.head_dim, H = p.n_q_heads;
+                                        float* HWY_RESTRICT out, bool quantize, size_t part = 0, size_t parts = 1) {
+  const size_t d = p.head_dim, H = p.n_q_heads, G = H / p.n_kv_heads;
   float* qv = out;
   float* qb = out + p.n_qvecs * d;
+  auto mine = [&](size_t h) { return AttentionLayerPlan::part_of(p.k, p.kv_head(h), parts) == part; };
   for (size_t h = 0; h < H; ++h) {
+    if (!mine(h)) continue;
     const float* qh = q + h * d;
     for (size_t i = 0; i < d; ++i) qv[h * d + i] = scale * qh[i];
     const auto& ks = p.k[p.kv_head(h)];
@@ -573,18 +589,35 @@ inline HWY_NOINLINE void PrepareQueries(const AttentionLayerPlan& p, float scale
       for (size_t i = 0; i < d; ++i) s += qh[i] * ks.bias[i];
     qb[h] = scale * s;
   }
+  // The absorbed vectors of a KV head's query heads h0 + k for reference r
+  // are i + k·refs, i that of h0 (add_jobs numbers them head by head).
   for (size_t i = 0; i < p.absorbed.size(); ++i) {
     const auto& a = p.absorbed[i];
-    const auto& ks = p.k[p.kv_head(a.head)];
-    attn::MapQuery(ks.weight + a.ref * d * d, q + a.head * d, d, scale, qv + (H + i) * d);
+    const size_t g = p.kv_head(a.head);
+    if (a.head != g * G || !mine(a.head)) continue;
+    const size_t refs = p.k[g].streams.size();
+    for (size_t k0 = 0; k0 < G; k0 += 4) {
+      const size_t m = G - k0 < 4 ? G - k0 : 4;
+      const float* xs[4];
+      float* ys[4];
+      for (size_t k = 0; k < m; ++k) {
+        xs[k] = q + (a.head + k0 + k) * d;
+        ys[k] = qv + (H + i + (k0 + k) * refs) * d;
+        std::fill(ys[k], ys[k] + d, 0.f);
+      }
+      attn::MapQueries(p.k[g].weight + a.ref * d * d, d, m, xs, ys);
+      for (size_t k = 0; k < m; ++k) attn::Scale(ys[k], d, scale);
+    }
   }
+  auto mine_vec = [&](size_t v) { return mine(v < H ? v : p.absorbed[v - H].head); };
   if (p.rotated)  // q·k = (Hq)·(Hk): the cache holds Hk
-    for (size_t v = 0; v < p.n_qvecs; ++v) hadamard_rotate(qv + v * d, d);
+    for (size_t v = 0; v < p.n_qvecs; ++v)
+      if (mine_vec(v)) hadamard_rotate(qv + v * d, d);
   if (quantize && d % kQuantBlock == 0) {  // for block-type key streams: integer dot products
     int16_t* qi = reinterpret_cast<int16_t*>(qb + H);
     float* qs = qb + H + p.n_qvecs * d / 2;
     for (size_t v = 0; v < p.n_qvecs; ++v)
-      attn::QuantizeQuery(qv + v * d, d, qi + v * d, qs + v * (d / kQuantBlock));
+      if (mine_vec(v)) attn::QuantizeQuery(qv + v * d, d, qi + v * d, qs + v * (d / kQuantBlock));
   }
 }
 
@@ -845,32 +878,56 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
 
 /// A row's output from its merged state: the direct accumulator, plus the
 /// mapped reference accumulators and the bias weighted by the body's
-/// probability mass, over the softmax sum.
+/// probability mass, over the softmax sum. Part `part` of `parts`: the KV
+/// heads AttentionLayerPlan::part_of(p.v, ...) gives this part, with their
+/// query heads and accumulators; up to four query heads per read of a map.
 inline HWY_NOINLINE void FinishAttention(const AttentionLayerPlan& p, float* HWY_RESTRICT state,
-                                         float* HWY_RESTRICT out) {
-  const size_t d = p.head_dim, H = p.n_q_heads;
+                                         float* HWY_RESTRICT out, size_t part = 0, size_t parts = 1) {
+  const size_t d = p.head_dim, H = p.n_q_heads, G = H / p.n_kv_heads;
   float* acc = state + 3 * H;
-  if (p.rotated)  // Σ a_t H v_t = H Σ a_t v_t, and H is its own inverse
-    for (size_t a = 0; a < p.n_accs; ++a) hadamard_rotate(acc + a * d, d);
-  for (size_t h = 0; h < H; ++h) {
-    float* o = out + h * d;
-    for (size_t i = 0; i < d; ++i) o[i] = acc[h * d + i];
-    const auto& vs = p.v[p.kv_head(h)];
-    if (vs.rebuilt) {
-      for (const auto& ra : p.ref_accs[h]) attn::MapAdd(acc + ra.acc * d, vs.weight + ra.ref * d * d, d, o);
-      const float mass = state[2 * H + h];
-      for (size_t i = 0; i < d; ++i) o[i] += mass * vs.bias[i];
+  for (size_t g = 0; g < p.n_kv_heads; ++g) {
+    if (AttentionLayerPlan::part_of(p.v, g, parts) != part) continue;
+    const auto& vs = p.v[g];
+    for (size_t h = g * G; h < (g + 1) * G; ++h) {
+      if (p.rotated) {  // Σ a_t H v_t = H Σ a_t v_t, and H is its own inverse
+        hadamard_rotate(acc + h * d, d);
+        for (const auto& ra : p.ref_accs[h]) hadamard_rotate(acc + ra.acc * d, d);
+      }
+      std::copy(acc + h * d, acc + (h + 1) * d, out + h * d);
     }
-    attn::Scale(o, d, 1.f / state[H + h]);
+    if (vs.rebuilt)
+      for (size_t r = 0; r < vs.streams.size(); ++r)
+        for (size_t k0 = 0; k0 < G; k0 += 4) {
+          const size_t m = G - k0 < 4 ? G - k0 : 4;
+          const float* xs[4];
+          float* ys[4];
+          for (size_t k = 0; k < m; ++k) {
+            const size_t h = g * G + k0 + k;
+            xs[k] = acc + p.ref_accs[h][r].acc * d;
+            ys[k] = out + h * d;
+          }
+          attn::MapAdds(vs.weight + r * d * d, d, m, xs, ys);
+        }
+    for (size_t h = g * G; h < (g + 1) * G; ++h) {
+      float* o = out + h * d;
+      if (vs.rebuilt) {
+        const float mass = state[2 * H + h];
+        for (size_t i = 0; i < d; ++i) o[i] += mass * vs.bias[i];
+      }
+      attn::Scale(o, d, 1.f / state[H + h]);
+    }
   }
 }
 
 struct AttentionKernels {
-  static void prepare(const AttentionLayerPlan& p, float scale, const float* q, float* out, bool quantize) {
-    PrepareQueries(p, scale, q, out, quantize);
+  static void prepare(const AttentionLayerPlan& p, float scale, const float* q, float* out, bool quantize, size_t part,
+                      size_t parts) {
+    PrepareQueries(p, scale, q, out, quantize, part, parts);
   }
   static void chunk(const AttentionChunkArgs& c) { AttendChunk(c); }
-  static void finish(const AttentionLayerPlan& p, float* state, float* out) { FinishAttention(p, state, out); }
+  static void finish(const AttentionLayerPlan& p, float* state, float* out, size_t part, size_t parts) {
+    FinishAttention(p, state, out, part, parts);
+  }
 };
 
 /// Attention over several sequences, split over tokens, on `pf` (see AttentionRunArgs).

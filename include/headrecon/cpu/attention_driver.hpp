@@ -33,10 +33,12 @@ namespace detail {
 /// Merges the partial states src[0..n) (stride `stride` floats apart) of one
 /// row into src[0]: per head, the sums and accumulators rescaled to the
 /// common max. Exact up to rounding: merge equals one pass.
-inline void merge_attention_states(const AttentionLayerPlan& p, float* s, std::size_t n, std::size_t stride) {
+inline void merge_attention_states(const AttentionLayerPlan& p, float* s, std::size_t n, std::size_t stride,
+                                   std::size_t part = 0, std::size_t parts = 1) {
   const std::size_t H = p.n_q_heads, d = p.head_dim;
   const float ninf = -std::numeric_limits<float>::infinity();
   for (std::size_t h = 0; h < H; ++h) {
+    if (AttentionLayerPlan::part_of(p.v, p.kv_head(h), parts) != part) continue;  // as FinishAttention splits
     float mx = ninf;
     for (std::size_t c = 0; c < n; ++c) mx = std::max(mx, s[c * stride + h]);
     if (mx == ninf) continue;
@@ -157,11 +159,15 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
       if (is_block_type(c.k[i].dtype)) return true;
     return false;
   };
-  pf(n_rows, [&](std::size_t i, std::size_t) {
-    const Where w = locate(i, false);
+  // A row's query maps and its merge and output maps are split over heads
+  // when there are fewer rows than workers (decode: one row per sequence).
+  const std::size_t parts =
+      n_rows >= pf.workers() ? 1 : std::min(p.n_q_heads, (pf.workers() + n_rows - 1) / n_rows);
+  pf(n_rows * parts, [&](std::size_t i, std::size_t) {
+    const Where w = locate(i / parts, false);
     const AttentionRows& G = a.groups[w.group];
     K::prepare(p, a.scale, G.q + w.index * p.n_q_heads * p.head_dim, queries + (w.row0 + w.index) * qf,
-               block_typed_keys(p, G.cache));
+               block_typed_keys(p, G.cache), i % parts, parts);
   });
   pf(n_tasks, [&](std::size_t i, std::size_t worker) {
     const Where w = locate(i, true);
@@ -176,13 +182,14 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
     c.scratch = scratch + worker * scratch_floats;
     K::chunk(c);
   });
-  pf(n_rows, [&](std::size_t i, std::size_t) {
-    const Where w = locate(i, false);
+  pf(n_rows * parts, [&](std::size_t i, std::size_t) {
+    const Where w = locate(i / parts, false);
     const AttentionRows& G = a.groups[w.group];
     const std::size_t tasks = (group_len(G) + split - 1) / split;
     float* s = states + w.state0 + w.index * sf;
-    if (tasks > 1) merge_attention_states(p, s, tasks, G.n_rows * sf);
-    K::finish(p, s, G.out + w.index * p.n_q_heads * p.head_dim);  // (rotates the accumulators in place)
+    if (tasks > 1) merge_attention_states(p, s, tasks, G.n_rows * sf, i % parts, parts);
+    // (rotates the accumulators in place)
+    K::finish(p, s, G.out + w.index * p.n_q_heads * p.head_dim, i % parts, parts);
   });
 }
 
