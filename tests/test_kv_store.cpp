@@ -8,6 +8,7 @@
 // threads and equals one pass; bad input is rejected with the shapes named.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -439,7 +440,9 @@ TEST_CASE("split-K gives the same bits for 1..8 threads and equals one pass", "[
   Fixture f(true, paged(CacheType::parse("q4_0r"), 16, 64), rng, {300, 31, 200});
   const std::size_t HD = kKv * kGroup * kDim;
   const auto q = random_q(3, rng);
-  auto run = [&](ParallelFor pf, std::size_t split) {
+  // n_req = 1: fewer rows than workers, so the row's query maps, merge and
+  // output maps are split over the workers by KV head as well.
+  auto run = [&](ParallelFor pf, std::size_t split, std::size_t n_req = 3) {
     AttentionLimits lim;
     lim.max_requests = 3;
     lim.max_rows = 3;
@@ -447,17 +450,21 @@ TEST_CASE("split-K gives the same bits for 1..8 threads and equals one pass", "[
     lim.workers = pf.workers();
     lim.split_tokens = split;
     AttentionWorkspace ws(f.store, lim);
-    std::vector<float> out(3 * HD);
+    std::vector<float> out(n_req * HD);
     std::vector<AttendRequest> reqs;
-    for (std::size_t i = 0; i < 3; ++i) reqs.push_back({f.ids[i], f.data[i].len - 1, 1, q.data() + i * HD, out.data() + i * HD});
+    for (std::size_t i = 0; i < n_req; ++i)
+      reqs.push_back({f.ids[i], f.data[i].len - 1, 1, q.data() + i * HD, out.data() + i * HD});
     attend(f.store, 1, reqs.data(), reqs.size(), ws, pf);
     return out;
   };
   const auto serial = run(ParallelFor(), 64);
+  const auto serial_one = run(ParallelFor(), 64, 1);
   for (std::size_t threads = 1; threads <= 8; ++threads) {
     ThreadPool pool(threads);
     REQUIRE(run(pool.parallel_for(), 64) == serial);
+    REQUIRE(run(pool.parallel_for(), 64, 1) == serial_one);
   }
+  REQUIRE(std::equal(serial_one.begin(), serial_one.end(), serial.begin()));
   const auto one_pass = run(ParallelFor(), 4096);
   double worst = 0;
   for (std::size_t i = 0; i < serial.size(); ++i) worst = std::max(worst, double(std::fabs(serial[i] - one_pass[i])));
