@@ -3,9 +3,11 @@
 /// The target-independent part of CPU attention: checks the arguments, cuts
 /// every group's positions into split-K tasks, runs the three phases on a
 /// ParallelFor (prepare each row's queries; attend each task; merge each
-/// row's partial states exactly and finish), and carves the caller's
-/// workspace. The per-target kernels come in as `Kernels` (attention-inl.h).
+/// row's partial states exactly and finish; with fewer rows than workers, a
+/// row's prepare and merge + finish are split over its KV heads), and carves
+/// the caller's workspace. The per-target kernels come in as `Kernels` (attention-inl.h).
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <limits>
