@@ -19,7 +19,6 @@
 #include <cstdlib>
 #include <cstring>
 
-#include "headrecon/dtype.hpp"
 #include "headrecon/error.hpp"
 
 #if !defined(HEADRECON_NO_AMX) && defined(__x86_64__) && defined(__linux__) && !defined(__CUDACC__) && \
@@ -87,10 +86,13 @@ struct alignas(64) TileConfig {
   std::uint8_t rows[16] = {};
 };
 
+// Sixteen u32 lanes as a vector extension: shifts and masks on it compile to
+// the AVX-512 instructions without GCC 12's warnings on their intrinsics.
+using U32x16 = std::uint32_t __attribute__((vector_size(64)));
+
 // The bf16 round-to-nearest-even of each lane, as f32 (the bits rounded with
-// vector extensions: GCC 12 warns on its shift and extract intrinsics).
+// vector extensions).
 HEADRECON_AMX_TARGET inline __m512 hi_f32(__m512 p) {
-  using U32x16 = std::uint32_t __attribute__((vector_size(64)));
   const U32x16 b = reinterpret_cast<U32x16>(p);
   return reinterpret_cast<__m512>((b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u);
 }
@@ -141,8 +143,7 @@ HEADRECON_AMX_TARGET inline void pack_queries(std::size_t n, const float* const*
       // Hardware round-to-nearest-even (a NaN stays NaN), the remainder rounded again.
       const __m512 q = _mm512_loadu_ps(qs[j] + i);
       const __m256i hi = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(q));
-      using U32x16 = std::uint32_t __attribute__((vector_size(64)));  // shift without GCC 12's warning
-      const U32x16 hi_bits = reinterpret_cast<U32x16>(_mm512_maskz_cvtepu16_epi32(0xffff, hi)) << 16;
+      const detail::U32x16 hi_bits = reinterpret_cast<detail::U32x16>(_mm512_maskz_cvtepu16_epi32(0xffff, hi)) << 16;
       const __m512 hi_f = reinterpret_cast<__m512>(hi_bits);
       const __m256i lo = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(q, hi_f)));
       // 64-bit units [hi pair r, lo pair r]: pairs 0, 1, 4, 5 and 2, 3, 6, 7.

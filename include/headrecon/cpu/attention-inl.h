@@ -530,39 +530,41 @@ HWY_INLINE float Softmax(float* HWY_RESTRICT s, size_t nb, float& m, float& l, f
   return factor;
 }
 
-// ys_j[i] += Σ_k W[i][k]·xs_j[k] for n <= 4 vectors and row-major W [d, d]:
-// W's rows are the tokens of a score tile, so one read of W serves all n.
-HWY_INLINE void MapQueries(const float* HWY_RESTRICT w, size_t d, size_t n, const float* const* xs,
-                           float* const* ys) {
+// Runs tile(rows, nb, i0) over the rows of a row-major map W [d, d] in
+// blocks of kAttnBlock, the rows i0 .. i0 + nb as a block's tokens.
+template <class Tile>
+HWY_INLINE void ForEachMapBlock(const float* HWY_RESTRICT w, size_t d, const Tile& tile) {
   const float* rows[kAttnBlock];
   for (size_t i0 = 0; i0 < d; i0 += kAttnBlock) {
     const size_t nb = d - i0 < kAttnBlock ? d - i0 : kAttnBlock;
     for (size_t t = 0; t < nb; ++t) rows[t] = w + (i0 + t) * d;
-    for (size_t j = 0; j < n;) {
-      const size_t m = NextTileJobs(n - j);
-      float* ss[4];
-      for (size_t k = 0; k < m; ++k) ss[k] = ys[j + k] + i0;
-      ScoresUpTo<4>(m, xs + j, rows, nb, d, ss, Ahead());
-      j += m;
-    }
+    tile(rows, nb, i0);
   }
 }
 
-// ys_j[:] += Σ_i xs_j[i]·W[i][:] for n <= 4 vectors and row-major W [d, d]:
-// W's rows are the value rows of an accumulation tile.
+// ys_j[i] += Σ_k W[i][k]·xs_j[k] for n <= 4 vectors: W's rows are the tokens
+// of a score tile, so one read of W serves all n.
+HWY_INLINE void MapQueries(const float* HWY_RESTRICT w, size_t d, size_t n, const float* const* xs,
+                           float* const* ys) {
+  ForEachMapBlock(w, d, [&](const float* const* rows, size_t nb, size_t i0) {
+    ForEachTile(n, Ahead(), [&](size_t j, size_t m, const Ahead& a) {
+      float* ss[4];
+      for (size_t k = 0; k < m; ++k) ss[k] = ys[j + k] + i0;
+      ScoresUpTo<4>(m, xs + j, rows, nb, d, ss, a);
+    });
+  });
+}
+
+// ys_j[:] += Σ_i xs_j[i]·W[i][:] for n <= 4 vectors: W's rows are the value
+// rows of an accumulation tile.
 HWY_INLINE void MapAdds(const float* HWY_RESTRICT w, size_t d, size_t n, const float* const* xs, float* const* ys) {
-  const float* rows[kAttnBlock];
-  for (size_t i0 = 0; i0 < d; i0 += kAttnBlock) {
-    const size_t nb = d - i0 < kAttnBlock ? d - i0 : kAttnBlock;
-    for (size_t t = 0; t < nb; ++t) rows[t] = w + (i0 + t) * d;
-    for (size_t j = 0; j < n;) {
-      const size_t m = NextTileJobs(n - j);
+  ForEachMapBlock(w, d, [&](const float* const* rows, size_t nb, size_t i0) {
+    ForEachTile(n, Ahead(), [&](size_t j, size_t m, const Ahead& a) {
       const float* ps[4];
       for (size_t k = 0; k < m; ++k) ps[k] = xs[j + k] + i0;
-      AccumulateUpTo<4>(m, ps, rows, nb, d, ys + j, Ahead());
-      j += m;
-    }
-  }
+      AccumulateUpTo<4>(m, ps, rows, nb, d, ys + j, a);
+    });
+  });
 }
 }  // namespace attn
 
