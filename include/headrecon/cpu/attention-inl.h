@@ -873,8 +873,13 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
 
   const size_t sink_end = c.pos_end < S ? c.pos_end : S;
   for (size_t b0 = c.pos_begin; b0 < sink_end; b0 += B) block(true, b0, sink_end - b0 < B ? sink_end - b0 : B);
-  for (size_t b0 = c.pos_begin > S ? c.pos_begin : S; b0 < c.pos_end; b0 += B)
-    block(false, b0, c.pos_end - b0 < B ? c.pos_end - b0 : B);
+  // Body blocks start at whole blocks of body tokens (a page holds whole
+  // blocks or whole tiles), the first one shortened where the task does not.
+  for (size_t b0 = c.pos_begin > S ? c.pos_begin : S, nb; b0 < c.pos_end; b0 += nb) {
+    const size_t next = S + ((b0 - S) / B + 1) * B;
+    nb = (next < c.pos_end ? next : c.pos_end) - b0;
+    block(false, b0, nb);
+  }
   if (tiles_on) amx::release();
 }
 

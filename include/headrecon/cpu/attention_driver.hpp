@@ -178,8 +178,11 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
     c.plan = &p;
     c.rows = &G;
     c.queries = queries + w.row0 * qf;
-    c.pos_begin = w.index * split;
-    c.pos_end = std::min(c.pos_begin + split, group_len(G));
+    // Task boundaries sit on whole blocks of body tokens (offset by the sink
+    // tokens), so that blocks start where pages do.
+    const std::size_t len = group_len(G), off = G.cache.n_sink % kAttnBlock;
+    c.pos_begin = w.index == 0 ? 0 : std::min(w.index * split + off, len);
+    c.pos_end = std::min((w.index + 1) * split + off, len);
     c.state = states + w.state0 + w.index * G.n_rows * sf;
     c.scratch = scratch + worker * scratch_floats;
     K::chunk(c);
