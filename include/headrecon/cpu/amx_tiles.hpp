@@ -36,15 +36,15 @@ namespace headrecon::amx {
 
 /// Jobs of one score or value call: two 16-column (or 16-row) tiles.
 inline constexpr std::size_t kJobs = 32;
-/// Tokens of one value call (one tile of 16 token pairs).
-inline constexpr std::size_t kTokens = 32;
+/// Tokens of one score or value call (two tiles of 16 token pairs).
+inline constexpr std::size_t kTokens = 64;
 /// Head sizes the tiles take: multiples of 32 up to this.
 inline constexpr std::size_t kMaxDim = 256;
 /// One stream's packed query tiles for up to kJobs jobs, in floats.
 inline constexpr std::size_t query_tiles_floats(std::size_t d) { return d / 32 * 1024; }
 /// Work buffers of one score or value call (rows, probabilities, value
 /// pairs, tile results), in floats.
-inline constexpr std::size_t work_floats(std::size_t d) { return 32 * d + 2048; }
+inline constexpr std::size_t work_floats(std::size_t d) { return 32 * d + 3072; }
 
 /// Whether heads of d take the tiles (shape only; usable() says whether this
 /// CPU runs them). Workspace sizes reserve the tiles' buffers by this alone,
@@ -60,7 +60,7 @@ namespace detail {
 inline void check(std::size_t n, std::size_t nb, std::size_t d, const char* what) {
   if (n > kJobs || nb > kTokens || !fits(d))
     headrecon::detail::fail("amx::", what, ": ", n, " jobs, ", nb, " tokens, head size ", d,
-                            " (at most 32 jobs and 32 tokens, head size a multiple of 32 up to 256)");
+                            " (at most 32 jobs and 64 tokens, head size a multiple of 32 up to 256)");
 }
 inline bool xgetbv_has(std::uint64_t bits) {
   std::uint32_t lo, hi;
@@ -214,7 +214,8 @@ HEADRECON_AMX_TARGET inline void transpose16(const float* c, __m512* col) {
 // chunk's loads (tiles are not renamed).
 HEADRECON_AMX_TARGET inline void score_groups(std::size_t n, const std::uint16_t* q0, const std::uint16_t* q1,
                                               const char* r0, std::ptrdiff_t s0, const char* r1, std::ptrdiff_t s1,
-                                              std::size_t nb, std::size_t d, float* const* ss, float* cbuf) {
+                                              std::size_t nb, std::size_t d, float* const* ss, std::size_t at_token,
+                                              float* cbuf) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -244,7 +245,7 @@ HEADRECON_AMX_TARGET inline void score_groups(std::size_t n, const std::uint16_t
       __m512 col[16];
       transpose16(cbuf + g * 512 + t0 * 16, col);
       for (std::size_t j = 8 * g; j < n && j < 8 * g + 8; ++j) {  // columns 2j (hi) and 2j + 1 (lo)
-        float* dst = ss[j] + t0;
+        float* dst = ss[j] + at_token + t0;
         const __m512 v = _mm512_add_ps(col[2 * (j % 8)], col[2 * (j % 8) + 1]);
         _mm512_mask_storeu_ps(dst, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, dst), v));
       }
@@ -262,14 +263,17 @@ HEADRECON_AMX_TARGET inline void scores(std::size_t n, const std::uint16_t* qt, 
   auto* rowbuf = reinterpret_cast<std::uint16_t*>(work);  // 32 rows of d bf16
   float* cbuf = work + 32 * d + 1024;                     // four 16 × 16 results
   detail::to_l1(at, nb, 2 * d);
-  std::ptrdiff_t s0 = 0, s1 = 0;
-  const char* r0 = detail::tile_rows(at, 0, nb, 2 * d, rowbuf, s0);
-  const char* r1 = nb > 16 ? detail::tile_rows(at, 16, nb, 2 * d, rowbuf + 16 * d, s1) : nullptr;
   const std::size_t tile = d / 32 * 512;  // one group's query tiles
-  for (std::size_t j = 0; j < n; j += 16) {
-    const std::size_t m = n - j < 16 ? n - j : 16;
-    detail::score_groups(m, qt + j / 8 * tile, m > 8 ? qt + (j / 8 + 1) * tile : nullptr, r0, s0, r1, s1, nb, d, ss + j,
-                         cbuf);
+  for (std::size_t t0 = 0; t0 < nb; t0 += 32) {  // 32 tokens: two 16-row tiles
+    const std::size_t u = nb - t0 < 32 ? nb - t0 : 32;
+    std::ptrdiff_t s0 = 0, s1 = 0;
+    const char* r0 = detail::tile_rows(at + t0, 0, u, 2 * d, rowbuf, s0);
+    const char* r1 = u > 16 ? detail::tile_rows(at + t0, 16, u, 2 * d, rowbuf + 16 * d, s1) : nullptr;
+    for (std::size_t j = 0; j < n; j += 16) {
+      const std::size_t m = n - j < 16 ? n - j : 16;
+      detail::score_groups(m, qt + j / 8 * tile, m > 8 ? qt + (j / 8 + 1) * tile : nullptr, r0, s0, r1, s1, u, d,
+                           ss + j, t0, cbuf);
+    }
   }
 }
 
@@ -279,75 +283,82 @@ HEADRECON_AMX_TARGET inline void scores(std::size_t n, const std::uint16_t* qt, 
 HEADRECON_AMX_TARGET inline void values(std::size_t n, const float* const* ps, const void* const* at, std::size_t nb,
                                         std::size_t d, float* const* accs, float* work) {
   detail::check(n, nb, d, "values");
-  auto* vt = reinterpret_cast<std::uint16_t*>(work);            // [d / 16] 16 token pairs × 16 dims × 2
-  auto* pt = reinterpret_cast<std::uint16_t*>(work + 16 * d);   // [group][hi, lo] jobs × 32 tokens
-  float* cbuf = work + 16 * d + 1024;                            // four jobs × 16 results
+  // Tokens in steps of 32 (16 pairs): the K dimension of the tiles.
+  const std::size_t steps = (nb + 31) / 32, groups = (n + 7) / 8;
+  auto* vt = reinterpret_cast<std::uint16_t*>(work);                 // [d / 16][step] 16 token pairs × 16 dims × 2
+  auto* pt = reinterpret_cast<std::uint16_t*>(work + 16 * d * steps);  // [group][step][hi, lo] 8 jobs × 32 tokens
+  float* cbuf = work + 16 * d * steps + 1024 * steps;                  // four 16 × 16 results
   // Value rows in token pairs: B[k][2 i + (t % 2)] = row_{2k + t % 2}[16 c + i].
   const __m512i lo_idx = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8, 39, 7, 38, 6,
                                           37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
   const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
   detail::to_l1(at, nb, 2 * d);
-  for (std::size_t k = 0; k < 16; ++k) {
+  for (std::size_t k = 0; k < 16 * steps; ++k) {
     const auto* ra = static_cast<const std::uint16_t*>(2 * k < nb ? at[2 * k] : nullptr);
     const auto* rb = static_cast<const std::uint16_t*>(2 * k + 1 < nb ? at[2 * k + 1] : nullptr);
+    std::uint16_t* to = vt + (k / 16) * 512 + (k % 16) * 32;
     for (std::size_t s = 0; s < d / 32; ++s) {
       const __m512i a = ra ? _mm512_loadu_si512(ra + 32 * s) : _mm512_setzero_si512();
       const __m512i b = rb ? _mm512_loadu_si512(rb + 32 * s) : _mm512_setzero_si512();
-      _mm512_store_si512(vt + (2 * s) * 512 + k * 32, _mm512_permutex2var_epi16(a, lo_idx, b));
-      _mm512_store_si512(vt + (2 * s + 1) * 512 + k * 32, _mm512_permutex2var_epi16(a, hi_idx, b));
+      _mm512_store_si512(to + (2 * s) * steps * 512, _mm512_permutex2var_epi16(a, lo_idx, b));
+      _mm512_store_si512(to + (2 * s + 1) * steps * 512, _mm512_permutex2var_epi16(a, hi_idx, b));
     }
   }
-  // Probabilities as bf16 rows 2j (hi) and 2j + 1 (lo) of 8-job groups, zero
-  // past nb and n.
-  const __mmask16 m0 = __mmask16(nb >= 16 ? 0xffffu : (1u << nb) - 1u);
-  const __mmask16 m1 = __mmask16(nb <= 16 ? 0u : nb >= 32 ? 0xffffu : (1u << (nb - 16)) - 1u);
-  const std::size_t groups = (n + 7) / 8;
-  for (std::size_t j = 0; j < groups * 8; ++j) {
-    std::uint16_t* row = pt + j * 64;
-    if (j >= n) {
-      _mm512_store_si512(row, _mm512_setzero_si512());
-      _mm512_store_si512(row + 32, _mm512_setzero_si512());
-      continue;
+  // Probabilities as bf16 rows 2j (hi) and 2j + 1 (lo) of 8-job groups per
+  // step, zero past nb and n.
+  for (std::size_t st = 0; st < steps; ++st) {
+    const std::size_t t0 = 32 * st, u = nb - t0 < 32 ? nb - t0 : 32;
+    const __mmask16 m0 = __mmask16(u >= 16 ? 0xffffu : (1u << u) - 1u);
+    const __mmask16 m1 = __mmask16(u <= 16 ? 0u : u >= 32 ? 0xffffu : (1u << (u - 16)) - 1u);
+    for (std::size_t j = 0; j < groups * 8; ++j) {
+      std::uint16_t* row = pt + ((j / 8) * steps + st) * 512 + (j % 8) * 64;
+      if (j >= n) {
+        _mm512_store_si512(row, _mm512_setzero_si512());
+        _mm512_store_si512(row + 32, _mm512_setzero_si512());
+        continue;
+      }
+      const __m512 p0 = _mm512_maskz_loadu_ps(m0, ps[j] + t0), p1 = _mm512_maskz_loadu_ps(m1, ps[j] + t0 + 16);
+      const __m512bh h = _mm512_cvtne2ps_pbh(p1, p0);  // low half from p0
+      const __m512bh l =
+          _mm512_cvtne2ps_pbh(_mm512_sub_ps(p1, detail::hi_f32(p1)), _mm512_sub_ps(p0, detail::hi_f32(p0)));
+      _mm512_store_si512(row, reinterpret_cast<const __m512i&>(h));
+      _mm512_store_si512(row + 32, reinterpret_cast<const __m512i&>(l));
     }
-    const __m512 p0 = _mm512_maskz_loadu_ps(m0, ps[j]), p1 = _mm512_maskz_loadu_ps(m1, ps[j] + 16);
-    const __m512bh h = _mm512_cvtne2ps_pbh(p1, p0);  // low half from p0
-    const __m512bh l =
-        _mm512_cvtne2ps_pbh(_mm512_sub_ps(p1, detail::hi_f32(p1)), _mm512_sub_ps(p0, detail::hi_f32(p0)));
-    _mm512_store_si512(row, reinterpret_cast<const __m512i&>(h));
-    _mm512_store_si512(row + 32, reinterpret_cast<const __m512i&>(l));
   }
   // Per pair of groups (A tiles 4, 5) and pair of 16-dimension chunks (B
-  // tiles 6, 7): four result tiles (group × chunk) of 16 rows (hi, lo) × 16.
+  // tiles 6, 7): four result tiles (group × chunk) of 16 rows (hi, lo) × 16,
+  // each summing the steps.
   const std::size_t nc = d / 16;
   for (std::size_t g = 0; g < groups; g += 2) {
     const bool g1 = g + 1 < groups;
-    _tile_loadd(4, pt + g * 512, 64);
-    if (g1) _tile_loadd(5, pt + (g + 1) * 512, 64);
-    for (std::size_t c = 0; c < nc; c += 2) {
-      const bool c1 = c + 1 < nc;
+    for (std::size_t c = 0; c < nc; c += 2) {  // d % 32 == 0: chunks come in pairs
       _tile_zero(0);
-      _tile_loadd(6, vt + c * 512, 64);
-      _tile_dpbf16ps(0, 4, 6);
-      if (c1) {
-        _tile_zero(1);
-        _tile_loadd(7, vt + (c + 1) * 512, 64);
-        _tile_dpbf16ps(1, 4, 7);
-      }
+      _tile_zero(1);
       if (g1) {
         _tile_zero(2);
-        _tile_dpbf16ps(2, 5, 6);
-        if (c1) {
-          _tile_zero(3);
+        _tile_zero(3);
+      }
+      for (std::size_t st = 0; st < steps; ++st) {
+        _tile_loadd(4, pt + (g * steps + st) * 512, 64);
+        _tile_loadd(6, vt + (c * steps + st) * 512, 64);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, vt + ((c + 1) * steps + st) * 512, 64);
+        _tile_dpbf16ps(1, 4, 7);
+        if (g1) {
+          _tile_loadd(5, pt + ((g + 1) * steps + st) * 512, 64);
+          _tile_dpbf16ps(2, 5, 6);
           _tile_dpbf16ps(3, 5, 7);
         }
       }
       _tile_stored(0, cbuf, 64);
-      if (c1) _tile_stored(1, cbuf + 256, 64);
-      if (g1) _tile_stored(2, cbuf + 512, 64);
-      if (g1 && c1) _tile_stored(3, cbuf + 768, 64);
+      _tile_stored(1, cbuf + 256, 64);
+      if (g1) {
+        _tile_stored(2, cbuf + 512, 64);
+        _tile_stored(3, cbuf + 768, 64);
+      }
       for (std::size_t j = 8 * g; j < n && j < 8 * g + 16; ++j) {
         const float* r = cbuf + (j - 8 * g) / 8 * 512 + (j % 8) * 32;  // rows hi, lo of job j, chunk c
-        for (std::size_t k = 0; k < 2 && c + k < nc; ++k) {
+        for (std::size_t k = 0; k < 2; ++k) {
           float* dst = accs[j] + 16 * (c + k);
           const __m512 v = _mm512_add_ps(_mm512_load_ps(r + k * 256), _mm512_load_ps(r + k * 256 + 16));
           _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), v));

@@ -531,12 +531,14 @@ HWY_INLINE float Softmax(float* HWY_RESTRICT s, size_t nb, float& m, float& l, f
 }
 
 // Runs tile(rows, nb, i0) over the rows of a row-major map W [d, d] in
-// blocks of kAttnBlock, the rows i0 .. i0 + nb as a block's tokens.
+// blocks of kMapRows, the rows i0 .. i0 + nb as a block's tokens (an FMA
+// block's length).
 template <class Tile>
 HWY_INLINE void ForEachMapBlock(const float* HWY_RESTRICT w, size_t d, const Tile& tile) {
-  const float* rows[kAttnBlock];
-  for (size_t i0 = 0; i0 < d; i0 += kAttnBlock) {
-    const size_t nb = d - i0 < kAttnBlock ? d - i0 : kAttnBlock;
+  constexpr size_t kMapRows = kAttnBlock / 2;
+  const float* rows[kMapRows];
+  for (size_t i0 = 0; i0 < d; i0 += kMapRows) {
+    const size_t nb = d - i0 < kMapRows ? d - i0 : kMapRows;
     for (size_t t = 0; t < nb; ++t) rows[t] = w + (i0 + t) * d;
     tile(rows, nb, i0);
   }
@@ -629,14 +631,14 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
   const AttentionLayerPlan& p = *c.plan;
   const AttentionRows& R = *c.rows;
   const SequenceStreams& cache = R.cache;
-  const size_t d = p.head_dim, H = p.n_q_heads, G = H / p.n_kv_heads, B = kAttnBlock, M = R.n_rows;
+  const size_t d = p.head_dim, H = p.n_q_heads, G = H / p.n_kv_heads, M = R.n_rows;
   const size_t qf = attention_query_floats(p), sf = attention_state_floats(p), S = cache.n_sink;
   constexpr size_t TJ = attn::kTileJobs, TS = attn::kScoreJobs, TV = attn::kValueJobs;
   constexpr size_t TA = std::max({amx::kJobs, TS, TV});
   static_assert(TS >= TJ, "score arrays hold either tile");
   constexpr size_t one_tile = attn::kOneTileJobs;
-  float* sc = c.scratch;       // [M][H][B]
-  float* conv = sc + M * H * B;  // [B][d]
+  float* sc = c.scratch;                   // [M][H][B]
+  float* conv = sc + M * H * kAttnBlock;  // [B][d]
   // bf16 streams on AMX tiles where the CPU has them (amx_tiles.hpp): the
   // query tiles of a block's flushes (at most kAmxCachedFlushes) stay packed
   // for the task's later blocks (the same flushes while the same rows are
@@ -651,7 +653,16 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     for (const auto& jobs : p.k_jobs) body += flushes(M * jobs.size());
     return body <= kAmxCachedFlushes && p.n_kv_heads * flushes(M * G) <= kAmxCachedFlushes;
   }();
-  float* amx_slots = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(conv + B * d + 16) + 63) & ~uintptr_t(63));
+  // Blocks of kAttnBlock tokens where a body key stream takes the tiles (a
+  // tile call's fixed costs over more tokens), else of half that (the FMA
+  // tiles' rows stay in L1).
+  const size_t B = [&] {
+    for (size_t s = 0; amx_on && s < p.n_k_streams; ++s)
+      if (cache.k && cache.k[s].dtype == DType::bf16 && M * p.k_jobs[s].size() > attn::kAmxMinJobs) return kAttnBlock;
+    return kAttnBlock / 2;
+  }();
+  float* amx_slots =
+      reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(conv + kAttnBlock * d + 16) + 63) & ~uintptr_t(63));
   float* amx_work = amx_slots + kAmxCachedFlushes * amx::query_tiles_floats(d);
   size_t amx_packed = 0, amx_live = 0;  // flushes packed, for this many live rows
   bool amx_sink = false, tiles_on = false;

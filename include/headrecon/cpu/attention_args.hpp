@@ -14,8 +14,9 @@
 
 namespace headrecon {
 
-/// Tokens per block of the attention kernel.
-inline constexpr std::size_t kAttnBlock = 32;
+/// Tokens per block of the attention kernel where AMX tiles read the keys
+/// (amx_tiles.hpp); half that on the FMA units.
+inline constexpr std::size_t kAttnBlock = 64;
 
 /// Query rows of one sequence: row r (query [n_q_heads, head_dim] after
 /// RoPE) attends positions [0, row_len[r]). Decode: one row, row_len = the
