@@ -653,12 +653,16 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     for (const auto& jobs : p.k_jobs) body += flushes(M * jobs.size());
     return body <= kAmxCachedFlushes && p.n_kv_heads * flushes(M * G) <= kAmxCachedFlushes;
   }();
+  // Whether a stream read by `jobs` query vectors takes the tiles.
+  auto takes_tiles = [&](const HeadStream& st, size_t jobs) {
+    return amx_on && st.dtype == DType::bf16 && jobs > attn::kAmxMinJobs;
+  };
   // Blocks of kAttnBlock tokens where a body key stream takes the tiles (a
   // tile call's fixed costs over more tokens), else of half that (the FMA
   // tiles' rows stay in L1).
   const size_t B = [&] {
-    for (size_t s = 0; amx_on && s < p.n_k_streams; ++s)
-      if (cache.k && cache.k[s].dtype == DType::bf16 && M * p.k_jobs[s].size() > attn::kAmxMinJobs) return kAttnBlock;
+    for (size_t s = 0; cache.k && s < p.n_k_streams; ++s)
+      if (takes_tiles(cache.k[s], M * p.k_jobs[s].size())) return kAttnBlock;
     return kAttnBlock / 2;
   }();
   float* amx_slots =
@@ -767,7 +771,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // operations per multiply-add, and the queries stay unquantized).
     auto use_stream = [&](const HeadStream& st, size_t t0, size_t jobs) {
       cur = &st;
-      amx_stream = amx_on && st.dtype == DType::bf16 && jobs > attn::kAmxMinJobs;
+      amx_stream = takes_tiles(st, jobs);
       int_scores = false;
       if (amx_stream) {  // the tiles prefetch their own rows into L1
         ahead.n = 0;
@@ -843,7 +847,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     };
     // Rows of a V stream: prefetch its next block, pack when tiles would alias.
     auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs) {
-      amx_stream = amx_on && st.dtype == DType::bf16 && jobs > attn::kAmxMinJobs;
+      amx_stream = takes_tiles(st, jobs);
       if (amx_stream) {
         ahead.n = 0;
         return st.row_addresses(t0, nb, at);
@@ -884,13 +888,10 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
 
   const size_t sink_end = c.pos_end < S ? c.pos_end : S;
   for (size_t b0 = c.pos_begin; b0 < sink_end; b0 += B) block(true, b0, sink_end - b0 < B ? sink_end - b0 : B);
-  // Body blocks start at whole blocks of body tokens (a page holds whole
-  // blocks or whole tiles), the first one shortened where the task does not.
-  for (size_t b0 = c.pos_begin > S ? c.pos_begin : S, nb; b0 < c.pos_end; b0 += nb) {
-    const size_t next = S + ((b0 - S) / B + 1) * B;
-    nb = (next < c.pos_end ? next : c.pos_end) - b0;
-    block(false, b0, nb);
-  }
+  // Body blocks start at whole blocks of body tokens, where pages do: the
+  // driver's task boundaries sit there (run_attention).
+  for (size_t b0 = c.pos_begin > S ? c.pos_begin : S; b0 < c.pos_end; b0 += B)
+    block(false, b0, c.pos_end - b0 < B ? c.pos_end - b0 : B);
   if (tiles_on) amx::release();
 }
 
