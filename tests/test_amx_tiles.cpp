@@ -110,7 +110,10 @@ TEST_CASE("AMX value tiles equal sum p·v in double, for 1-32 jobs and 1-64 toke
           std::vector<float*> as(n);
           for (std::size_t j = 0; j < n; ++j) ps[j] = p.data() + j * 64, as[j] = acc.data() + j * d;
           Aligned work(amx::work_floats(d));
-          amx::values(n, ps.data(), rows.at.data(), nb, d, as.data(), work.p);
+          // The paged cases also pass rows to prefetch (`next`: here the same
+          // rows, nb of them spread over 16 token pairs per step).
+          amx::values(n, ps.data(), rows.at.data(), nb, d, as.data(), work.p, paged ? rows.at.data() : nullptr,
+                      paged ? nb : 0);
           double worst = 0;
           for (std::size_t j = 0; j < n; ++j)
             for (std::size_t i = 0; i < d; ++i) {

@@ -279,9 +279,11 @@ HEADRECON_AMX_TARGET inline void scores(std::size_t n, const std::uint16_t* qt, 
 
 /// acc_j[0..d) += Σ_t p_j[t] · row_t for t < nb <= kTokens and n <= kJobs
 /// jobs; rows are bf16 at `at[t]`. `work`: work_floats(d) floats, 64-byte
-/// aligned. Needs configure().
+/// aligned. `next`: n_next other bf16 rows of d (the next block's) to
+/// prefetch toward L2, spread over the call's work. Needs configure().
 HEADRECON_AMX_TARGET inline void values(std::size_t n, const float* const* ps, const void* const* at, std::size_t nb,
-                                        std::size_t d, float* const* accs, float* work) {
+                                        std::size_t d, float* const* accs, float* work,
+                                        const void* const* next = nullptr, std::size_t n_next = 0) {
   detail::check(n, nb, d, "values");
   // Tokens in steps of 32 (16 pairs): the K dimension of the tiles.
   const std::size_t steps = (nb + 31) / 32, groups = (n + 7) / 8;
@@ -293,7 +295,13 @@ HEADRECON_AMX_TARGET inline void values(std::size_t n, const float* const* ps, c
                                           37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
   const __m512i hi_idx = _mm512_add_epi16(lo_idx, _mm512_set1_epi16(16));
   detail::to_l1(at, nb, 2 * d);
+  std::size_t next_done = 0;
   for (std::size_t k = 0; k < 16 * steps; ++k) {
+    for (const std::size_t upto = (k + 1) * n_next / (16 * steps); next_done < upto; ++next_done) {
+      const auto a = reinterpret_cast<std::uintptr_t>(next[next_done]);
+      for (std::uintptr_t line = a & ~std::uintptr_t(63); line < a + 2 * d; line += 64)
+        __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 1);
+    }
     const auto* ra = static_cast<const std::uint16_t*>(2 * k < nb ? at[2 * k] : nullptr);
     const auto* rb = static_cast<const std::uint16_t*>(2 * k + 1 < nb ? at[2 * k + 1] : nullptr);
     std::uint16_t* to = vt + (k / 16) * 512 + (k % 16) * 32;

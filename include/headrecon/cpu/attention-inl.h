@@ -387,10 +387,12 @@ constexpr size_t kOneTileJobs = 4;
 // A bf16 stream with more jobs than this is scored and summed on AMX tiles
 // where the CPU has them (amx_tiles.hpp). Measured (Emerald Rapids, 8k
 // tokens, 2 threads): Llama-3-8B's absorbed step, 12 or 20 jobs per
-// reference stream, 1.3-1.8x faster than the FMA tiles; the full cache's 4
-// jobs and SmolLM2's 6 no faster (tile loads and result stores cost as much
-// as the FMAs they replace).
-constexpr size_t kAmxMinJobs = 8;
+// reference stream, 1.3-1.8x faster than the FMA tiles; SmolLM2's absorbed
+// step (6 jobs per reference stream, d = 64) 1.03-1.06x faster since the
+// 64-token tile calls; the full caches' 3 (SmolLM2: 1.35x slower on tiles)
+// and 4 jobs (Llama: 1.03x faster full, 1.05x slower reference heads alone)
+// stay on the FMA tiles.
+constexpr size_t kAmxMinJobs = 5;
 
 // Jobs per quantized score tile: 4 with 32 vector registers (AVX-512), else 2.
 constexpr size_t kTileJobs = HWY_MAX_BYTES >= 64 ? 4 : 2;
@@ -717,8 +719,10 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     for (size_t r = 0; r < M; ++r) {
       if (R.row_len[r] <= b0) continue;
       const float* qb = qv(r) + p.n_qvecs * d;
-      for (size_t h = 0; h < H; ++h)
-        for (size_t t = 0; t < nb; ++t) sc[(r * H + h) * B + t] = sink ? 0.f : qb[h];
+      for (size_t h = 0; h < H; ++h) {
+        float* s = sc + (r * H + h) * B;
+        std::fill(s, s + nb, sink ? 0.f : qb[h]);
+      }
     }
     // Scores, tiled over (row, job) pairs that share a stream: f32 dot
     // products, or integer ones with quantized queries for a q8_0 / q4_0
@@ -832,10 +836,26 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // Values, tiled the same way.
     const float* ps[TA];
     float* as[TA];
+    // The next block's rows of body V stream s and K stream s where they take
+    // the tiles, prefetched toward L2 by the value call on stream s's current
+    // rows (spread over its work: measured 1.02-1.04x faster than no
+    // prefetch, and than each call prefetching its own stream's next rows).
+    const void* nx[2 * kAttnBlock];
+    size_t n_nx = 0;
+    auto next_rows = [&](size_t s) {
+      n_nx = 0;
+      if (b0 + nb >= c.pos_end) return;
+      const size_t m = c.pos_end - (b0 + nb) < B ? c.pos_end - (b0 + nb) : B, t1 = b0 + nb - S;
+      if (s < p.n_k_streams && takes_tiles(cache.k[s], live * p.k_jobs[s].size()))
+        cache.k[s].row_addresses(t1, m, nx), n_nx = m;
+      cache.v[s].row_addresses(t1, m, nx + n_nx);
+      n_nx += m;
+    };
     auto flush_values = [&] {
       if (n && amx_stream) {
         tiles();
-        amx::values(n, ps, at, nb, d, as, amx_work);
+        amx::values(n, ps, at, nb, d, as, amx_work, nx, n_nx);
+        n_nx = 0;
       } else if (n)
         with_rows(nb, [&](const auto* rs) {
           attn::ForEachTile(n, ahead, [&](size_t j, size_t m, const attn::Ahead& a) {
@@ -846,10 +866,11 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       n = 0;
     };
     // Rows of a V stream: prefetch its next block, pack when tiles would alias.
-    auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs) {
+    auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs, size_t s) {
       amx_stream = takes_tiles(st, jobs);
       if (amx_stream) {
         ahead.n = 0;
+        if (!sink) next_rows(s);
         return st.row_addresses(t0, nb, at);
       }
       look_ahead(st, t0);
@@ -859,7 +880,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     };
     if (sink) {
       for (size_t g = 0; g < p.n_kv_heads; ++g) {
-        value_rows(cache.sink_v[g], b0, live * G);
+        value_rows(cache.sink_v[g], b0, live * G, g);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
           for (size_t h = g * G; h < (g + 1) * G; ++h) {
@@ -873,7 +894,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       for (size_t s = 0; s < p.n_v_streams; ++s) {
         const auto& jobs = p.v_jobs[s];
         if (jobs.empty()) continue;
-        value_rows(cache.v[s], b0 - S, live * jobs.size());
+        value_rows(cache.v[s], b0 - S, live * jobs.size(), s);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
           for (const auto& job : jobs) {
