@@ -866,11 +866,10 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       n = 0;
     };
     // Rows of a V stream: prefetch its next block, pack when tiles would alias.
-    auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs, size_t s) {
+    auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs) {
       amx_stream = takes_tiles(st, jobs);
       if (amx_stream) {
         ahead.n = 0;
-        if (!sink) next_rows(s);
         return st.row_addresses(t0, nb, at);
       }
       look_ahead(st, t0);
@@ -880,7 +879,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     };
     if (sink) {
       for (size_t g = 0; g < p.n_kv_heads; ++g) {
-        value_rows(cache.sink_v[g], b0, live * G, g);
+        value_rows(cache.sink_v[g], b0, live * G);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
           for (size_t h = g * G; h < (g + 1) * G; ++h) {
@@ -894,7 +893,8 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       for (size_t s = 0; s < p.n_v_streams; ++s) {
         const auto& jobs = p.v_jobs[s];
         if (jobs.empty()) continue;
-        value_rows(cache.v[s], b0 - S, live * jobs.size(), s);
+        value_rows(cache.v[s], b0 - S, live * jobs.size());
+        if (amx_stream) next_rows(s);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
           for (const auto& job : jobs) {
