@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 #include <vector>
 
@@ -130,6 +131,96 @@ TEST_CASE("AMX value tiles equal sum p·v in double, for 1-32 jobs and 1-64 toke
   amx::release();
 }
 
+// nb rows of d floats with every mantissa bit used, split (amx::split_row)
+// into rows of d pairs at split + t·d.
+struct SplitRows {
+  std::vector<float> f;
+  std::vector<std::uint32_t> split;
+  std::vector<const void*> at;
+  SplitRows(std::size_t nb, std::size_t d, std::mt19937& rng) : f(nb * d), split(64 * d) {
+    std::normal_distribution<float> nd;
+    for (auto& v : f) v = nd(rng) * 2.f;
+    for (std::size_t t = 0; t < nb; ++t) {
+      amx::split_row(f.data() + t * d, d, split.data() + t * d);
+      at.push_back(split.data() + t * d);
+    }
+  }
+};
+
+TEST_CASE("AMX split rows hold each float to 2^-16, in place or not") {
+  REQUIRE_AMX_OR_SKIP();
+  std::mt19937 rng(5);
+  std::normal_distribution<float> nd;
+  const std::size_t d = 64;
+  std::vector<float> f(d);
+  for (auto& v : f) v = nd(rng) * 1e3f;
+  f[0] = 0.f, f[1] = -1.f, f[2] = 3.0000002f, f[3] = -65504.f;
+  std::vector<std::uint32_t> out(d);
+  amx::split_row(f.data(), d, out.data());
+  std::vector<float> in_place(f);
+  amx::split_row(in_place.data(), d, reinterpret_cast<std::uint32_t*>(in_place.data()));
+  REQUIRE(std::memcmp(in_place.data(), out.data(), d * 4) == 0);
+  for (std::size_t i = 0; i < d; ++i) {
+    const bf16_t hi{std::uint16_t(out[i] & 0xffffu)}, lo{std::uint16_t(out[i] >> 16)};
+    INFO("element " << i << " = " << f[i]);
+    CHECK(std::fabs(double(to_float(hi)) + to_float(lo) - f[i]) <= std::ldexp(std::fabs(double(f[i])), -16));
+  }
+}
+
+TEST_CASE("AMX scores and values over split f32 rows equal the sums in double, for 1-32 jobs and 1-64 tokens") {
+  REQUIRE_AMX_OR_SKIP();
+  std::mt19937 rng(13);
+  std::normal_distribution<float> nd;
+  std::uniform_real_distribution<float> ud(0.f, 1.f);
+  amx::configure();
+  // Each operand holds 16 of its 24 mantissa bits: products to ~2^-16 + 2^-17
+  // (an unsplit row or query would be off by ~2^-9).
+  constexpr double kTol = 3e-5;
+  for (std::size_t d : {32u, 64u, 128u})
+    for (std::size_t n : {1u, 6u, 8u, 9u, 20u, 32u})
+      for (std::size_t nb : {1u, 15u, 16u, 17u, 33u, 63u, 64u}) {
+        const SplitRows rows(nb, d, rng);
+        std::vector<float> q(n * d), s(n * 64), p(n * 64), acc(n * d);
+        for (auto& v : q) v = nd(rng) * 3.f;
+        for (auto& v : s) v = nd(rng);
+        for (auto& v : p) v = ud(rng);
+        for (auto& v : acc) v = nd(rng);
+        const std::vector<float> s0(s), acc0(acc);
+        std::vector<const float*> qs(n), ps(n);
+        std::vector<float*> ss(n), as(n);
+        for (std::size_t j = 0; j < n; ++j)
+          qs[j] = q.data() + j * d, ss[j] = s.data() + j * 64, ps[j] = p.data() + j * 64, as[j] = acc.data() + j * d;
+        Aligned qt(amx::query_slot_floats(d)), work(amx::call_work_floats(d));
+        amx::pack_split_queries(n, qs.data(), d, reinterpret_cast<std::uint16_t*>(qt.p));
+        amx::scores(n, reinterpret_cast<const std::uint16_t*>(qt.p), rows.at.data(), nb, 2 * d, ss.data(), work.p);
+        amx::values_split(n, ps.data(), rows.split.data(), nb, d, as.data(), work.p);
+        double worst_s = 0, worst_v = 0;
+        for (std::size_t j = 0; j < n; ++j) {
+          for (std::size_t t = 0; t < 64; ++t) {
+            double want = s0[j * 64 + t], mag = 1;
+            if (t < nb)
+              for (std::size_t i = 0; i < d; ++i) {
+                want += double(q[j * d + i]) * rows.f[t * d + i];
+                mag += std::fabs(double(q[j * d + i]) * rows.f[t * d + i]);
+              }
+            worst_s = std::max(worst_s, std::fabs(s[j * 64 + t] - want) / mag);
+          }
+          for (std::size_t i = 0; i < d; ++i) {
+            double want = acc0[j * d + i], mag = 1;
+            for (std::size_t t = 0; t < nb; ++t) {
+              want += double(p[j * 64 + t]) * rows.f[t * d + i];
+              mag += std::fabs(double(p[j * 64 + t]) * rows.f[t * d + i]);
+            }
+            worst_v = std::max(worst_v, std::fabs(acc[j * d + i] - want) / mag);
+          }
+        }
+        INFO("d " << d << " jobs " << n << " tokens " << nb);
+        REQUIRE(worst_s < kTol);
+        REQUIRE(worst_v < kTol);
+      }
+  amx::release();
+}
+
 TEST_CASE("AMX score tiles carry a NaN query to that job's scores only") {
   REQUIRE_AMX_OR_SKIP();
   std::mt19937 rng(3);
@@ -169,15 +260,24 @@ TEST_CASE("AMX tile calls refuse more jobs or tokens than their tiles hold") {
   REQUIRE_THROWS_WITH(amx::scores(4, packed, rows.at.data(), 65, d, ss.data(), work.p), Catch::Contains("65 tokens"));
   REQUIRE_THROWS_WITH(amx::values(4, qs.data(), rows.at.data(), 65, d, ss.data(), work.p), Catch::Contains("65 tokens"));
   REQUIRE_THROWS_WITH(amx::values(33, qs.data(), rows.at.data(), 64, d, ss.data(), work.p), Catch::Contains("33 jobs"));
+  REQUIRE_THROWS_WITH(amx::pack_split_queries(4, qs.data(), 256, packed), Catch::Contains("head size 256"));
+  REQUIRE_THROWS_WITH(amx::values_split(4, qs.data(), nullptr, 65, 64, ss.data(), work.p),
+                      Catch::Contains("65 tokens"));
+  REQUIRE_THROWS_WITH(amx::values_split(33, qs.data(), nullptr, 64, 64, ss.data(), work.p),
+                      Catch::Contains("33 jobs"));
   amx::release();
   CHECK(s == std::vector<float>(33 * 65, 0.f));  // nothing written
 }
 
-TEST_CASE("AMX tiles take head sizes that are multiples of 32 up to 256") {
+TEST_CASE("AMX tiles take head sizes that are multiples of 32 up to 256, split rows up to 128") {
   CHECK(amx::fits(32));
   CHECK(amx::fits(64));
   CHECK(amx::fits(256));
   CHECK_FALSE(amx::fits(80));
+  CHECK(amx::split_fits(32));
+  CHECK(amx::split_fits(128));
+  CHECK_FALSE(amx::split_fits(256));
+  CHECK_FALSE(amx::split_fits(48));
   CHECK_FALSE(amx::fits(0));
   CHECK_FALSE(amx::fits(288));
   if (!HEADRECON_HAS_AMX) CHECK_FALSE(amx::usable());

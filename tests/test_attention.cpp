@@ -222,6 +222,11 @@ TEST_CASE("absorbed decode attention equals reconstruct-then-attend (scalar refe
   // reference streams, read by several tiles, are packed into scratch first;
   // the rows above (1 KiB or less apart, or contiguous) are read in place.
   for (DType dt : {DType::f32, DType::bf16}) run_case({8, 4, 128, 4, 70, dt, CacheLayout::token_major}, rng);
+  // GQA groups of 8: reference streams read by 16 and 24 query vectors, so
+  // that where the CPU has AMX their f32 / f16 / q8_0 / q4_0 rows take the
+  // tiles split into bf16 parts, over a whole and a partial block.
+  for (DType dt : {DType::f32, DType::f16, DType::q8_0, DType::q4_0})
+    for (std::size_t d : {64u, 128u}) run_case({4, 8, d, 4, 70, dt, CacheLayout::paged}, rng);
   run_case({3, 3, 64, 4, 1, DType::f32, CacheLayout::token_major}, rng);   // SmolLM2-like, one body token
   run_case({2, 2, 64, 4, 0, DType::f16, CacheLayout::token_major}, rng);   // sinks only
   run_case({2, 1, 37, 0, 33, DType::f32, CacheLayout::head_major}, rng);   // head_dim not a lane multiple

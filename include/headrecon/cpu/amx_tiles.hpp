@@ -12,6 +12,15 @@
 // hold 16 of its 24 mantissa bits, and both parts are multiplied: results
 // agree with f32 arithmetic on the same bf16 rows to ~1e-5 relative (AMX
 // flushes denormal inputs and outputs to zero).
+//
+// Rows that are not bf16 (f32, or f16 / q8_0 / q4_0 rows widened to f32)
+// take the tiles split the same way (split_row): each element becomes one
+// 32-bit pair of bf16 parts, hi + lo, and the products of every part of
+// both operands are summed, so results agree with f32 arithmetic to ~2e-5
+// of the sum of the terms' magnitudes (16 of 24 mantissa bits of each
+// operand), against ~1e-7 for the f32 units. A split row of d elements
+// reads as a bf16 row of 2d: scores() takes it with queries packed by
+// pack_split_queries, values_split() sums it.
 #pragma once
 
 #include <cstddef>
@@ -50,6 +59,20 @@ inline constexpr std::size_t work_floats(std::size_t d) { return 32 * d + 3072; 
 /// CPU runs them). Workspace sizes reserve the tiles' buffers by this alone,
 /// so that they agree across builds.
 inline constexpr bool fits(std::size_t d) { return d != 0 && d % 32 == 0 && d <= kMaxDim; }
+/// Whether split rows of d elements (two bf16 parts each) take the tiles.
+inline constexpr bool split_fits(std::size_t d) { return fits(d) && d <= kMaxDim / 2; }
+/// Floats of one packed-query slot that holds either packing for heads of d.
+inline constexpr std::size_t query_slot_floats(std::size_t d) {
+  return query_tiles_floats(split_fits(d) ? 2 * d : d);
+}
+/// Work buffers of one values_split call (probabilities, tile results, a
+/// partial step's rows), in floats.
+inline constexpr std::size_t split_work_floats(std::size_t d) { return 5120 + 16 * d; }
+/// Work buffers of one call of either kind for heads of d.
+inline constexpr std::size_t call_work_floats(std::size_t d) {
+  return split_fits(d) && split_work_floats(d) > work_floats(2 * d) ? split_work_floats(d)
+                                                                     : work_floats(split_fits(d) ? 2 * d : d);
+}
 
 #if HEADRECON_HAS_AMX
 #define HEADRECON_AMX_TARGET \
@@ -154,6 +177,51 @@ HEADRECON_AMX_TARGET inline void pack_queries(std::size_t n, const float* const*
       std::uint16_t* rows = col + i / 32 * tile + (i % 32) / 2 * 32;
       for (int k = 0; k < 8; ++k) std::memcpy(rows + pair[k] * 32, &u[k], sizeof(std::uint64_t));
     }
+  }
+}
+
+/// Packs n <= kJobs query vectors of d floats as the B operand of score
+/// tiles over split rows (split_row): the packing pack_queries gives the
+/// vectors of 2d with every element twice, so that each bf16 part of a
+/// row's element meets both parts of the query's. Read by scores() with
+/// head size 2d; out holds query_tiles_floats(2d) floats.
+HEADRECON_AMX_TARGET inline void pack_split_queries(std::size_t n, const float* const* qs, std::size_t d,
+                                                    std::uint16_t* out) {
+  if (n > kJobs || !split_fits(d))
+    headrecon::detail::fail("amx::pack_split_queries: ", n, " jobs, head size ", d,
+                            " (at most 32 jobs, head size a multiple of 32 up to 128)");
+  const std::size_t chunks = d / 16, tile = 512;  // a chunk: 16 elements, one per tile row
+  if (n % 8) std::memset(out + n / 8 * chunks * tile, 0, chunks * tile * sizeof(std::uint16_t));
+  for (std::size_t j = 0; j < n; ++j) {
+    std::uint16_t* col = out + j / 8 * chunks * tile + 4 * (j % 8);  // row r: [hi, hi, lo, lo]
+    for (std::size_t c = 0; c < chunks; ++c) {
+      const __m512 q = _mm512_loadu_ps(qs[j] + 16 * c);
+      const __m256i hi = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(q));
+      const detail::U32x16 hi_bits = reinterpret_cast<detail::U32x16>(_mm512_maskz_cvtepu16_epi32(0xffff, hi)) << 16;
+      const __m256i lo = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(q, reinterpret_cast<__m512>(hi_bits))));
+      alignas(32) std::uint16_t h[16], l[16];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(h), hi);
+      _mm256_store_si256(reinterpret_cast<__m256i*>(l), lo);
+      for (std::size_t r = 0; r < 16; ++r) {
+        const std::uint64_t u = std::uint64_t(h[r]) * 0x10001u | std::uint64_t(l[r]) * 0x10001u << 32;
+        std::memcpy(col + c * tile + r * 32, &u, sizeof u);
+      }
+    }
+  }
+}
+
+/// Splits a row of d floats (d % 16 == 0) into d 32-bit pairs of bf16 parts:
+/// hi (the truncated top half of each float) in the low 16 bits, lo (the
+/// remainder, rounded to nearest even) in the high 16; hi + lo holds 16 of
+/// the float's 24 mantissa bits. dst may be src (in place).
+HEADRECON_AMX_TARGET inline void split_row(const float* src, std::size_t d, std::uint32_t* dst) {
+  for (std::size_t i = 0; i < d; i += 16) {
+    const __m512 v = _mm512_loadu_ps(src + i);
+    const detail::U32x16 hi = reinterpret_cast<detail::U32x16>(v) & 0xffff0000u;
+    const detail::U32x16 lo =
+        reinterpret_cast<detail::U32x16>(detail::hi_f32(_mm512_sub_ps(v, reinterpret_cast<__m512>(hi))));
+    const detail::U32x16 pair = (hi >> 16) | lo;
+    _mm512_storeu_si512(dst + i, reinterpret_cast<__m512i>(pair));
   }
 }
 
@@ -277,6 +345,61 @@ HEADRECON_AMX_TARGET inline void scores(std::size_t n, const std::uint16_t* qt, 
   }
 }
 
+namespace detail {
+// acc_j[0..d) += the value tiles' products for n jobs: per pair of groups (A
+// tiles 4, 5: probability rows hi, lo of 8 jobs at pt[group][step]) and pair
+// of 16-dimension chunks (B tiles 6, 7 at b(chunk, step, stride)), four
+// result tiles (group × chunk) of 16 rows (hi, lo) × 16, each summing the
+// steps (the K dimension), stored to cbuf and added to the accumulators.
+template <class BTile>
+HEADRECON_AMX_TARGET __attribute__((always_inline)) inline void value_tiles(std::size_t n, std::size_t steps,
+                                                                             std::size_t d, const std::uint16_t* pt,
+                                                                             const BTile& b, float* const* accs,
+                                                                             float* cbuf) {
+  const std::size_t nc = d / 16, groups = (n + 7) / 8;
+  for (std::size_t g = 0; g < groups; g += 2) {
+    const bool g1 = g + 1 < groups;
+    for (std::size_t c = 0; c < nc; c += 2) {  // d % 32 == 0: chunks come in pairs
+      _tile_zero(0);
+      _tile_zero(1);
+      if (g1) {
+        _tile_zero(2);
+        _tile_zero(3);
+      }
+      for (std::size_t st = 0; st < steps; ++st) {
+        std::size_t s0 = 64, s1 = 64;
+        const void* b0 = b(c, st, s0);
+        const void* b1 = b(c + 1, st, s1);
+        _tile_loadd(4, pt + (g * steps + st) * 512, 64);
+        _tile_loadd(6, b0, s0);
+        _tile_dpbf16ps(0, 4, 6);
+        _tile_loadd(7, b1, s1);
+        _tile_dpbf16ps(1, 4, 7);
+        if (g1) {
+          _tile_loadd(5, pt + ((g + 1) * steps + st) * 512, 64);
+          _tile_dpbf16ps(2, 5, 6);
+          _tile_dpbf16ps(3, 5, 7);
+        }
+      }
+      _tile_stored(0, cbuf, 64);
+      _tile_stored(1, cbuf + 256, 64);
+      if (g1) {
+        _tile_stored(2, cbuf + 512, 64);
+        _tile_stored(3, cbuf + 768, 64);
+      }
+      for (std::size_t j = 8 * g; j < n && j < 8 * g + 16; ++j) {
+        const float* r = cbuf + (j - 8 * g) / 8 * 512 + (j % 8) * 32;  // rows hi, lo of job j, chunk c
+        for (std::size_t k = 0; k < 2; ++k) {
+          float* dst = accs[j] + 16 * (c + k);
+          const __m512 v = _mm512_add_ps(_mm512_load_ps(r + k * 256), _mm512_load_ps(r + k * 256 + 16));
+          _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), v));
+        }
+      }
+    }
+  }
+}
+}  // namespace detail
+
 /// acc_j[0..d) += Σ_t p_j[t] · row_t for t < nb <= kTokens and n <= kJobs
 /// jobs; rows are bf16 at `at[t]`. `work`: work_floats(d) floats, 64-byte
 /// aligned. `next`: n_next other bf16 rows of d (the next block's) to
@@ -333,47 +456,53 @@ HEADRECON_AMX_TARGET inline void values(std::size_t n, const float* const* ps, c
       _mm512_store_si512(row + 32, reinterpret_cast<const __m512i&>(l));
     }
   }
-  // Per pair of groups (A tiles 4, 5) and pair of 16-dimension chunks (B
-  // tiles 6, 7): four result tiles (group × chunk) of 16 rows (hi, lo) × 16,
-  // each summing the steps.
-  const std::size_t nc = d / 16;
-  for (std::size_t g = 0; g < groups; g += 2) {
-    const bool g1 = g + 1 < groups;
-    for (std::size_t c = 0; c < nc; c += 2) {  // d % 32 == 0: chunks come in pairs
-      _tile_zero(0);
-      _tile_zero(1);
-      if (g1) {
-        _tile_zero(2);
-        _tile_zero(3);
+  detail::value_tiles(n, steps, d, pt, [&](std::size_t c, std::size_t st, std::size_t&) {
+    return static_cast<const void*>(vt + (c * steps + st) * 512);
+  }, accs, cbuf);
+}
+
+/// acc_j[0..d) += Σ_t p_j[t] · row_t for t < nb <= kTokens and n <= kJobs
+/// jobs over split rows (split_row): row t at rows + t·d. `work`:
+/// call_work_floats(d) floats, 64-byte aligned. Needs configure().
+HEADRECON_AMX_TARGET inline void values_split(std::size_t n, const float* const* ps, const std::uint32_t* rows,
+                                              std::size_t nb, std::size_t d, float* const* accs, float* work) {
+  if (n > kJobs || nb > kTokens || !split_fits(d))
+    headrecon::detail::fail("amx::values_split: ", n, " jobs, ", nb, " tokens, head size ", d,
+                            " (at most 32 jobs and 64 tokens, head size a multiple of 32 up to 128)");
+  // Tokens in steps of 16 (the K dimension: each token's pairs hi, lo meet
+  // its probability's part twice).
+  const std::size_t steps = (nb + 15) / 16, groups = (n + 7) / 8;
+  auto* pt = reinterpret_cast<std::uint16_t*>(work);  // [group][step] rows hi, lo of 8 jobs × 16 tokens × 2
+  float* cbuf = work + 4096;                          // four 16 × 16 results
+  auto* tail = reinterpret_cast<std::uint32_t*>(work + 5120);  // a partial step's 16 rows, zero past nb
+  if (nb % 16) {
+    const std::size_t t0 = nb / 16 * 16;
+    std::memcpy(tail, rows + t0 * d, (nb - t0) * d * sizeof(std::uint32_t));
+    std::memset(tail + (nb - t0) * d, 0, (16 - (nb - t0)) * d * sizeof(std::uint32_t));
+  }
+  for (std::size_t st = 0; st < steps; ++st) {
+    const std::size_t t0 = 16 * st, u = nb - t0 < 16 ? nb - t0 : 16;
+    const __mmask16 m = __mmask16(u >= 16 ? 0xffffu : (1u << u) - 1u);
+    for (std::size_t j = 0; j < groups * 8; ++j) {
+      std::uint16_t* row = pt + ((j / 8) * steps + st) * 512 + (j % 8) * 64;
+      if (j >= n) {
+        _mm512_store_si512(row, _mm512_setzero_si512());
+        _mm512_store_si512(row + 32, _mm512_setzero_si512());
+        continue;
       }
-      for (std::size_t st = 0; st < steps; ++st) {
-        _tile_loadd(4, pt + (g * steps + st) * 512, 64);
-        _tile_loadd(6, vt + (c * steps + st) * 512, 64);
-        _tile_dpbf16ps(0, 4, 6);
-        _tile_loadd(7, vt + ((c + 1) * steps + st) * 512, 64);
-        _tile_dpbf16ps(1, 4, 7);
-        if (g1) {
-          _tile_loadd(5, pt + ((g + 1) * steps + st) * 512, 64);
-          _tile_dpbf16ps(2, 5, 6);
-          _tile_dpbf16ps(3, 5, 7);
-        }
-      }
-      _tile_stored(0, cbuf, 64);
-      _tile_stored(1, cbuf + 256, 64);
-      if (g1) {
-        _tile_stored(2, cbuf + 512, 64);
-        _tile_stored(3, cbuf + 768, 64);
-      }
-      for (std::size_t j = 8 * g; j < n && j < 8 * g + 16; ++j) {
-        const float* r = cbuf + (j - 8 * g) / 8 * 512 + (j % 8) * 32;  // rows hi, lo of job j, chunk c
-        for (std::size_t k = 0; k < 2; ++k) {
-          float* dst = accs[j] + 16 * (c + k);
-          const __m512 v = _mm512_add_ps(_mm512_load_ps(r + k * 256), _mm512_load_ps(r + k * 256 + 16));
-          _mm512_storeu_ps(dst, _mm512_add_ps(_mm512_loadu_ps(dst), v));
-        }
-      }
+      const __m512 p = _mm512_maskz_loadu_ps(m, ps[j] + t0);
+      const detail::U32x16 h = reinterpret_cast<detail::U32x16>(detail::hi_f32(p));
+      const detail::U32x16 l = reinterpret_cast<detail::U32x16>(
+          detail::hi_f32(_mm512_sub_ps(p, reinterpret_cast<__m512>(h))));
+      _mm512_store_si512(row, reinterpret_cast<__m512i>(h | h >> 16));
+      _mm512_store_si512(row + 32, reinterpret_cast<__m512i>(l | l >> 16));
     }
   }
+  detail::value_tiles(n, steps, d, pt, [&](std::size_t c, std::size_t st, std::size_t& stride) {
+    stride = 4 * d;
+    const std::uint32_t* base = 16 * (st + 1) <= nb ? rows + 16 * st * d : tail;
+    return static_cast<const void*>(base + 16 * c);
+  }, accs, cbuf);
 }
 #undef HEADRECON_AMX_TARGET
 #elif !defined(__CUDACC__)
@@ -388,7 +517,13 @@ inline void scores(std::size_t, const std::uint16_t*, const void* const*, std::s
   unavailable();
 }
 inline void values(std::size_t, const float* const*, const void* const*, std::size_t, std::size_t, float* const*,
-                   float*) {
+                   float*, const void* const* = nullptr, std::size_t = 0) {
+  unavailable();
+}
+inline void pack_split_queries(std::size_t, const float* const*, std::size_t, std::uint16_t*) { unavailable(); }
+inline void split_row(const float*, std::size_t, std::uint32_t*) { unavailable(); }
+inline void values_split(std::size_t, const float* const*, const std::uint32_t*, std::size_t, std::size_t,
+                         float* const*, float*) {
   unavailable();
 }
 #endif

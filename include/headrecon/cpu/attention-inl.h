@@ -393,6 +393,16 @@ constexpr size_t kOneTileJobs = 4;
 // and 4 jobs (Llama: 1.03x faster full, 1.05x slower reference heads alone)
 // stay on the FMA tiles.
 constexpr size_t kAmxMinJobs = 5;
+// Other streams with more jobs than these take the tiles split into bf16
+// parts (amx::split_row: a conversion pass, and twice the tile work of bf16
+// rows): f32 rows, and rows widened to f32 first (f16, q8_0, q4_0).
+// Measured (8k tokens, 2 threads, against the FMA tiles): f32 with 20 jobs
+// (Llama-3-8B absorbed, 4 references) 1.18x faster, 12 jobs (2 references)
+// 1.08x, 8 (a GQA-8 full cache) 1.14x slower, 6 (SmolLM2) 1.17x slower;
+// q8_0 / q4_0 / f16 with 20 jobs 1.10x / 1.08x / 1.01x faster, 12 jobs
+// 0.95x / - / 0.86x.
+constexpr size_t kAmxSplitMinJobs = 8;
+constexpr size_t kAmxWidenedMinJobs = 12;
 
 // Jobs per quantized score tile: 4 with 32 vector registers (AVX-512), else 2.
 constexpr size_t kTileJobs = HWY_MAX_BYTES >= 64 ? 4 : 2;
@@ -655,21 +665,28 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     for (const auto& jobs : p.k_jobs) body += flushes(M * jobs.size());
     return body <= kAmxCachedFlushes && p.n_kv_heads * flushes(M * G) <= kAmxCachedFlushes;
   }();
-  // Whether a stream read by `jobs` query vectors takes the tiles.
-  auto takes_tiles = [&](const HeadStream& st, size_t jobs) {
-    return amx_on && st.dtype == DType::bf16 && jobs > attn::kAmxMinJobs;
+  // Whether a stream read by `jobs` query vectors takes the tiles: bf16
+  // rows in place, others split into bf16 parts (amx::split_row) in `conv`.
+  enum class Tiles { none, in_place, split };
+  auto tiles_for = [&](const HeadStream& st, size_t jobs) {
+    if (!amx_on) return Tiles::none;
+    if (st.dtype == DType::bf16) return jobs > attn::kAmxMinJobs ? Tiles::in_place : Tiles::none;
+    const size_t min_jobs = st.dtype == DType::f32 ? attn::kAmxSplitMinJobs : attn::kAmxWidenedMinJobs;
+    return amx::split_fits(d) && jobs > min_jobs ? Tiles::split : Tiles::none;
   };
+  auto takes_tiles = [&](const HeadStream& st, size_t jobs) { return tiles_for(st, jobs) == Tiles::in_place; };
   // Blocks of kAttnBlock tokens where a body key stream takes the tiles (a
   // tile call's fixed costs over more tokens), else of half that (the FMA
   // tiles' rows stay in L1).
   const size_t B = [&] {
     for (size_t s = 0; cache.k && s < p.n_k_streams; ++s)
-      if (takes_tiles(cache.k[s], M * p.k_jobs[s].size())) return kAttnBlock;
+      if (tiles_for(cache.k[s], M * p.k_jobs[s].size()) != Tiles::none) return kAttnBlock;
     return kAttnBlock / 2;
   }();
   float* amx_slots =
       reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(conv + kAttnBlock * d + 16) + 63) & ~uintptr_t(63));
-  float* amx_work = amx_slots + kAmxCachedFlushes * amx::query_tiles_floats(d);
+  float* amx_work = amx_slots + kAmxCachedFlushes * amx::query_slot_floats(d);
+  auto* split = reinterpret_cast<uint32_t*>(conv);  // a block's split rows, [B][d]
   size_t amx_packed = 0, amx_live = 0;  // flushes packed, for this many live rows
   bool amx_sink = false, tiles_on = false;
   auto tiles = [&] {
@@ -735,25 +752,32 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     const HeadStream* cur = nullptr;
     bool int_scores = false;  // integer dot products on the stream's blocks in place
     bool amx_stream = false;  // bf16 rows in place on AMX tiles
+    bool split_stream = false;  // rows split into bf16 parts in `split`, on AMX tiles
     size_t flush_no = 0;      // AMX score flushes so far in this block
     // The stream's rows in the next block of this task, prefetched by the
     // first tile (or the conversion) that reads the stream's current rows.
     attn::Ahead ahead;
-    auto look_ahead = [&](const HeadStream& st, size_t t0) {
+    auto look_ahead = [&](const HeadStream& st, size_t t0, bool any_row = false) {
       ahead.n = 0;
       ahead.bytes = dtype_row_bytes(st.dtype, d);
-      if (sink || b0 + nb >= c.pos_end || ahead.bytes > attn::kAheadRowBytes) return;
+      if (sink || b0 + nb >= c.pos_end || (!any_row && ahead.bytes > attn::kAheadRowBytes)) return;
       ahead.n = c.pos_end - (b0 + nb) < B ? c.pos_end - (b0 + nb) : B;
       st.row_addresses(t0 + nb, ahead.n, ahead.at);
     };
     auto flush_scores = [&] {
-      if (n && amx_stream) {
+      if (n && (amx_stream || split_stream)) {
         // amx_on holds every block's flushes to kAmxCachedFlushes, so each has its slot.
-        auto* qt = reinterpret_cast<uint16_t*>(amx_slots + flush_no * amx::query_tiles_floats(d));
-        if (flush_no >= amx_packed) amx::pack_queries(n, qs, d, qt), amx_packed = flush_no + 1;
+        auto* qt = reinterpret_cast<uint16_t*>(amx_slots + flush_no * amx::query_slot_floats(d));
+        if (flush_no >= amx_packed) {
+          if (split_stream)
+            amx::pack_split_queries(n, qs, d, qt);
+          else
+            amx::pack_queries(n, qs, d, qt);
+          amx_packed = flush_no + 1;
+        }
         ++flush_no;
         tiles();
-        amx::scores(n, qt, at, nb, d, ss, amx_work);
+        amx::scores(n, qt, at, nb, split_stream ? 2 * d : d, ss, amx_work);
       } else if (n && int_scores)
         attn::ScoresQuantUpTo<TJ>(n, qi, qsc, cur->dtype, at, nb, d, ss, ahead);
       else if (n)
@@ -768,19 +792,42 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     auto add_score_job = [&](size_t r, size_t vec, size_t head) {
       qs[n] = qv(r) + vec * d, ss[n] = sc + (r * H + head) * B;
       if (int_scores) qi[n] = qint(r, vec), qsc[n] = qscale(r, vec);
-      if (++n == (int_scores ? TJ : amx_stream ? amx::kJobs : TS)) flush_scores();
+      if (++n == (int_scores ? TJ : amx_stream || split_stream ? amx::kJobs : TS)) flush_scores();
+    };
+    // A stream's block split into bf16 parts, `at` pointing at the split
+    // rows. The conversion prefetches the stream's next block whatever the
+    // row size: its loads come in a burst, unlike the FMA tiles' steady
+    // reads that the hardware prefetchers follow (Llama-3-8B f32, 4
+    // references, 8k: 1.10-1.16x faster than without, 1 and 2 threads).
+    auto split_rows = [&](const HeadStream& st, size_t t0) {
+      look_ahead(st, t0, true);
+      if (st.dtype == DType::f32) {
+        st.row_addresses(t0, nb, at);
+        for (size_t t = 0; t < nb; ++t) {
+          ahead.rows(t, t + 1);
+          amx::split_row(static_cast<const float*>(at[t]), d, split + t * d);
+        }
+      } else {
+        attn::BlockRows(st, t0, nb, d, true, conv, rows, at, ahead);
+        for (size_t t = 0; t < nb; ++t) amx::split_row(conv + t * d, d, split + t * d);
+      }
+      for (size_t t = 0; t < nb; ++t) at[t] = split + t * d;
+      ahead.n = 0;
     };
     // A block-type stream read by one tile is scored in integers in place; by
     // several, its block is dequantized once and scored in f32 (fewer
     // operations per multiply-add, and the queries stay unquantized).
     auto use_stream = [&](const HeadStream& st, size_t t0, size_t jobs) {
       cur = &st;
-      amx_stream = takes_tiles(st, jobs);
+      const Tiles kind = tiles_for(st, jobs);
+      amx_stream = kind == Tiles::in_place;
+      split_stream = kind == Tiles::split;
       int_scores = false;
       if (amx_stream) {  // the tiles prefetch their own rows into L1
         ahead.n = 0;
         return st.row_addresses(t0, nb, at);
       }
+      if (split_stream) return split_rows(st, t0);
       look_ahead(st, t0);
       int_scores = is_block_type(st.dtype) && jobs <= one_tile;
       if (int_scores) {
@@ -856,6 +903,9 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         tiles();
         amx::values(n, ps, at, nb, d, as, amx_work, nx, n_nx);
         n_nx = 0;
+      } else if (n && split_stream) {
+        tiles();
+        amx::values_split(n, ps, split, nb, d, as, amx_work);
       } else if (n)
         with_rows(nb, [&](const auto* rs) {
           attn::ForEachTile(n, ahead, [&](size_t j, size_t m, const attn::Ahead& a) {
@@ -867,11 +917,14 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     };
     // Rows of a V stream: prefetch its next block, pack when tiles would alias.
     auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs) {
-      amx_stream = takes_tiles(st, jobs);
+      const Tiles kind = tiles_for(st, jobs);
+      amx_stream = kind == Tiles::in_place;
+      split_stream = kind == Tiles::split;
       if (amx_stream) {
         ahead.n = 0;
         return st.row_addresses(t0, nb, at);
       }
+      if (split_stream) return split_rows(st, t0);
       look_ahead(st, t0);
       const bool pack = jobs > one_tile && aliases(st, nb);
       rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
@@ -884,7 +937,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
           if (R.row_len[r] <= b0) continue;
           for (size_t h = g * G; h < (g + 1) * G; ++h) {
             ps[n] = sc + (r * H + h) * B, as[n] = acc(r) + h * d;
-            if (++n == (amx_stream ? amx::kJobs : TV)) flush_values();
+            if (++n == (amx_stream || split_stream ? amx::kJobs : TV)) flush_values();
           }
         }
         flush_values();
@@ -899,7 +952,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
           if (R.row_len[r] <= b0) continue;
           for (const auto& job : jobs) {
             ps[n] = sc + (r * H + job.head) * B, as[n] = acc(r) + job.vec * d;
-            if (++n == (amx_stream ? amx::kJobs : TV)) flush_values();
+            if (++n == (amx_stream || split_stream ? amx::kJobs : TV)) flush_values();
           }
         }
         flush_values();

@@ -63,7 +63,8 @@ inline constexpr std::size_t kAmxCachedFlushes = 8;
 /// and work buffers.
 inline std::size_t attention_scratch_floats(const AttentionLayerPlan& p, std::size_t rows) {
   const std::size_t d = p.head_dim;
-  const std::size_t tiles = amx::fits(d) ? kAmxCachedFlushes * amx::query_tiles_floats(d) + amx::work_floats(d) + 16 : 0;
+  const std::size_t tiles =
+      amx::fits(d) ? kAmxCachedFlushes * amx::query_slot_floats(d) + amx::call_work_floats(d) + 16 : 0;
   return rows * p.n_q_heads * kAttnBlock + kAttnBlock * d + 16 + tiles;
 }
 /// Positions per task after rounding `split_tokens` up to whole blocks.
