@@ -499,6 +499,16 @@ HWY_INLINE void AccumulateUpTo(size_t n, const float* const* ps, const T* const*
   }
 }
 
+// x[0..n) = f (std::fill stays a scalar loop at -O2: 4% of SmolLM2's
+// absorbed step).
+HWY_INLINE void Fill(float* HWY_RESTRICT x, size_t n, float f) {
+  const hn::ScalableTag<float> df;
+  const size_t L = hn::Lanes(df);
+  size_t i = 0;
+  for (; i + L <= n; i += L) hn::StoreU(hn::Set(df, f), df, x + i);
+  for (; i < n; ++i) x[i] = f;
+}
+
 HWY_INLINE void Scale(float* HWY_RESTRICT x, size_t n, float f) {
   const hn::ScalableTag<float> df;
   const size_t L = hn::Lanes(df);
@@ -738,7 +748,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       const float* qb = qv(r) + p.n_qvecs * d;
       for (size_t h = 0; h < H; ++h) {
         float* s = sc + (r * H + h) * B;
-        std::fill(s, s + nb, sink ? 0.f : qb[h]);
+        attn::Fill(s, nb, sink ? 0.f : qb[h]);
       }
     }
     // Scores, tiled over (row, job) pairs that share a stream: f32 dot
