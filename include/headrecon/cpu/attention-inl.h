@@ -911,7 +911,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     auto flush_values = [&] {
       if (n && amx_stream) {
         tiles();
-        amx::values(n, ps, at, nb, d, as, amx_work, nx, n_nx);
+        amx::values(n, ps, at, nb, d, as, amx_work, n_nx ? nx : nullptr, n_nx);
         n_nx = 0;
       } else if (n && split_stream) {
         tiles();
