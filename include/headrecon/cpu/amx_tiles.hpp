@@ -1,4 +1,4 @@
-// AMX-BF16 tiles for attention over bf16 streams (x86-64 Linux, Intel
+// AMX-BF16 tiles for attention over bf16 and split streams (x86-64 Linux, Intel
 // Sapphire Rapids and later): the score and value steps of many jobs (query
 // vectors) on one stream run on the tile unit instead of the FMA units, so
 // that a block's arithmetic costs a few tile operations and decode is bound
@@ -14,9 +14,10 @@
 // flushes denormal inputs and outputs to zero).
 //
 // Rows that are not bf16 (f32, or f16 / q8_0 / q4_0 rows widened to f32)
-// take the tiles split the same way (split_row): each element becomes one
-// 32-bit pair of bf16 parts, hi + lo, and the products of every part of
-// both operands are summed, so results agree with f32 arithmetic to ~2e-5
+// take the tiles split too (split_row): each element becomes one 32-bit
+// pair of bf16 parts, hi (truncated) + lo (the rounded remainder, so within
+// 2^-16 of the element), and the products of every part of both operands
+// are summed, so results agree with f32 arithmetic to within 2^-15 (3e-5)
 // of the sum of the terms' magnitudes (16 of 24 mantissa bits of each
 // operand), against ~1e-7 for the f32 units. A split row of d elements
 // reads as a bf16 row of 2d: scores() takes it with queries packed by
@@ -45,7 +46,8 @@ namespace headrecon::amx {
 
 /// Jobs of one score or value call: two 16-column (or 16-row) tiles.
 inline constexpr std::size_t kJobs = 32;
-/// Tokens of one score or value call (two tiles of 16 token pairs).
+/// Tokens of one score or value call (bf16 values: two steps of 16 token
+/// pairs; split values: four steps of 16 tokens).
 inline constexpr std::size_t kTokens = 64;
 /// Head sizes the tiles take: multiples of 32 up to this.
 inline constexpr std::size_t kMaxDim = 256;
@@ -213,7 +215,9 @@ HEADRECON_AMX_TARGET inline void pack_split_queries(std::size_t n, const float* 
 /// Splits a row of d floats (d % 16 == 0) into d 32-bit pairs of bf16 parts:
 /// hi (the truncated top half of each float) in the low 16 bits, lo (the
 /// remainder, rounded to nearest even) in the high 16; hi + lo holds 16 of
-/// the float's 24 mantissa bits. dst may be src (in place).
+/// the float's 24 mantissa bits. dst may be src (in place). An infinite
+/// element splits into inf + NaN (the remainder inf - inf), so its products
+/// are NaN where the FMA units would give ±inf.
 HEADRECON_AMX_TARGET inline void split_row(const float* src, std::size_t d, std::uint32_t* dst) {
   for (std::size_t i = 0; i < d; i += 16) {
     const __m512 v = _mm512_loadu_ps(src + i);
@@ -323,7 +327,8 @@ HEADRECON_AMX_TARGET inline void score_groups(std::size_t n, const std::uint16_t
 
 /// score_j[t] += q_j · row_t for t < nb <= kTokens and n <= kJobs jobs whose
 /// queries pack_queries packed into `qt`; rows are bf16 at `at[t]` (read in
-/// place when 16 consecutive rows are evenly spaced, else copied). `work`:
+/// place when 16 consecutive rows are evenly spaced, else copied), or split
+/// rows of d/2 elements with queries from pack_split_queries. `work`:
 /// work_floats(d) floats, 64-byte aligned. Needs configure().
 HEADRECON_AMX_TARGET inline void scores(std::size_t n, const std::uint16_t* qt, const void* const* at, std::size_t nb,
                                         std::size_t d, float* const* ss, float* work) {

@@ -661,7 +661,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
   constexpr size_t one_tile = attn::kOneTileJobs;
   float* sc = c.scratch;                   // [M][H][B]
   float* conv = sc + M * H * kAttnBlock;  // [B][d]
-  // bf16 streams on AMX tiles where the CPU has them (amx_tiles.hpp): the
+  // Streams on AMX tiles where the CPU has them (amx_tiles.hpp): the
   // query tiles of a block's flushes (at most kAmxCachedFlushes) stay packed
   // for the task's later blocks (the same flushes while the same rows are
   // live), then one call's work buffers.
