@@ -75,6 +75,17 @@ struct Ahead {
 // else converted (or copied) into scratch. `pack` = several tiles will read
 // rows that alias in L1 (RowsAlias). Block types are always converted.
 // Converting rows prefetches the next block's (`ahead`).
+// One row of d elements of type t at src as f32 (converted, or copied).
+HWY_INLINE void WidenRow(const void* HWY_RESTRICT src, DType t, float* HWY_RESTRICT dst, size_t d) {
+  switch (t) {
+    case DType::f32: std::memcpy(dst, src, d * sizeof(float)); break;
+    case DType::f16: RowToF32(static_cast<const f16_t*>(src), dst, d); break;
+    case DType::bf16: RowToF32(static_cast<const bf16_t*>(src), dst, d); break;
+    case DType::q8_0:
+    case DType::q4_0: BlocksToF32(src, t, dst, d); break;
+  }
+}
+
 HWY_INLINE DType BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, bool pack, float* HWY_RESTRICT scratch,
                            const float** rows, const void** at, const Ahead& ahead) {
   s.row_addresses(t0, nb, at);
@@ -85,15 +96,8 @@ HWY_INLINE DType BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, 
   }
   for (size_t t = 0; t < nb; ++t) {
     ahead.rows(t, t + 1);
-    float* dst = scratch + t * d;
-    switch (s.dtype) {
-      case DType::f32: std::memcpy(dst, at[t], d * sizeof(float)); break;
-      case DType::f16: RowToF32(static_cast<const f16_t*>(at[t]), dst, d); break;
-      case DType::bf16: RowToF32(static_cast<const bf16_t*>(at[t]), dst, d); break;
-      case DType::q8_0:
-      case DType::q4_0: BlocksToF32(at[t], s.dtype, dst, d); break;
-    }
-    rows[t] = dst;
+    WidenRow(at[t], s.dtype, scratch + t * d, d);
+    rows[t] = scratch + t * d;
   }
   return DType::f32;
 }
@@ -817,9 +821,14 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
           ahead.rows(t, t + 1);
           amx::split_row(static_cast<const float*>(at[t]), d, split + t * d);
         }
-      } else {
-        attn::BlockRows(st, t0, nb, d, true, conv, rows, at, ahead);
-        for (size_t t = 0; t < nb; ++t) amx::split_row(conv + t * d, d, split + t * d);
+      } else {  // widened a row at a time into L1-resident floats, then split
+        float row[amx::kMaxDim / 2];
+        st.row_addresses(t0, nb, at);
+        for (size_t t = 0; t < nb; ++t) {
+          ahead.rows(t, t + 1);
+          attn::WidenRow(at[t], st.dtype, row, d);
+          amx::split_row(row, d, split + t * d);
+        }
       }
       for (size_t t = 0; t < nb; ++t) at[t] = split + t * d;
       ahead.n = 0;
