@@ -72,8 +72,8 @@ inline constexpr std::size_t query_slot_floats(std::size_t d) {
 inline constexpr std::size_t split_work_floats(std::size_t d) { return 5120 + 16 * d; }
 /// Work buffers of one call of either kind for heads of d.
 inline constexpr std::size_t call_work_floats(std::size_t d) {
-  return split_fits(d) && split_work_floats(d) > work_floats(2 * d) ? split_work_floats(d)
-                                                                     : work_floats(split_fits(d) ? 2 * d : d);
+  if (!split_fits(d)) return work_floats(d);
+  return split_work_floats(d) > work_floats(2 * d) ? split_work_floats(d) : work_floats(2 * d);
 }
 
 #if HEADRECON_HAS_AMX
@@ -122,6 +122,14 @@ HEADRECON_AMX_TARGET inline __m512 hi_f32(__m512 p) {
   return reinterpret_cast<__m512>((b + 0x7fffu + ((b >> 16) & 1u)) & 0xffff0000u);
 }
 
+// Sixteen query elements as bf16 hi + lo: hardware round-to-nearest-even
+// (a NaN stays NaN), the remainder rounded again.
+HEADRECON_AMX_TARGET inline void split_query(__m512 q, __m256i& hi, __m256i& lo) {
+  hi = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(q));
+  const U32x16 hi_bits = reinterpret_cast<U32x16>(_mm512_maskz_cvtepu16_epi32(0xffff, hi)) << 16;
+  lo = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(q, reinterpret_cast<__m512>(hi_bits))));
+}
+
 // Prefetches n rows of `bytes` at `at` into L1: tile loads wait for each
 // row's line in turn, so the rows should be there first.
 inline void to_l1(const void* const* at, std::size_t n, std::size_t bytes) {
@@ -165,12 +173,8 @@ HEADRECON_AMX_TARGET inline void pack_queries(std::size_t n, const float* const*
   for (std::size_t j = 0; j < n; ++j) {
     std::uint16_t* col = out + j / 8 * chunks * tile + 4 * (j % 8);  // row r: [hi pair r, lo pair r]
     for (std::size_t i = 0; i < d; i += 16) {
-      // Hardware round-to-nearest-even (a NaN stays NaN), the remainder rounded again.
-      const __m512 q = _mm512_loadu_ps(qs[j] + i);
-      const __m256i hi = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(q));
-      const detail::U32x16 hi_bits = reinterpret_cast<detail::U32x16>(_mm512_maskz_cvtepu16_epi32(0xffff, hi)) << 16;
-      const __m512 hi_f = reinterpret_cast<__m512>(hi_bits);
-      const __m256i lo = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(q, hi_f)));
+      __m256i hi, lo;
+      detail::split_query(_mm512_loadu_ps(qs[j] + i), hi, lo);
       // 64-bit units [hi pair r, lo pair r]: pairs 0, 1, 4, 5 and 2, 3, 6, 7.
       alignas(32) std::uint64_t u[8];
       _mm256_store_si256(reinterpret_cast<__m256i*>(u), _mm256_unpacklo_epi32(hi, lo));
@@ -197,10 +201,8 @@ HEADRECON_AMX_TARGET inline void pack_split_queries(std::size_t n, const float* 
   for (std::size_t j = 0; j < n; ++j) {
     std::uint16_t* col = out + j / 8 * chunks * tile + 4 * (j % 8);  // row r: [hi, hi, lo, lo]
     for (std::size_t c = 0; c < chunks; ++c) {
-      const __m512 q = _mm512_loadu_ps(qs[j] + 16 * c);
-      const __m256i hi = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(q));
-      const detail::U32x16 hi_bits = reinterpret_cast<detail::U32x16>(_mm512_maskz_cvtepu16_epi32(0xffff, hi)) << 16;
-      const __m256i lo = reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_sub_ps(q, reinterpret_cast<__m512>(hi_bits))));
+      __m256i hi, lo;
+      detail::split_query(_mm512_loadu_ps(qs[j] + 16 * c), hi, lo);
       alignas(32) std::uint16_t h[16], l[16];
       _mm256_store_si256(reinterpret_cast<__m256i*>(h), hi);
       _mm256_store_si256(reinterpret_cast<__m256i*>(l), lo);

@@ -69,12 +69,6 @@ struct Ahead {
   }
 };
 
-// A block's rows. `at` gets their addresses. Returns the type the kernels
-// read them as: f16/bf16 without `pack` are read in place from `at`; every
-// other case returns f32 with `rows` filled - f32 in place without `pack`,
-// else converted (or copied) into scratch. `pack` = several tiles will read
-// rows that alias in L1 (RowsAlias). Block types are always converted.
-// Converting rows prefetches the next block's (`ahead`).
 // One row of d elements of type t at src as f32 (converted, or copied).
 HWY_INLINE void WidenRow(const void* HWY_RESTRICT src, DType t, float* HWY_RESTRICT dst, size_t d) {
   switch (t) {
@@ -86,6 +80,12 @@ HWY_INLINE void WidenRow(const void* HWY_RESTRICT src, DType t, float* HWY_RESTR
   }
 }
 
+// A block's rows. `at` gets their addresses. Returns the type the kernels
+// read them as: f16/bf16 without `pack` are read in place from `at`; every
+// other case returns f32 with `rows` filled - f32 in place without `pack`,
+// else converted (or copied) into scratch. `pack` = several tiles will read
+// rows that alias in L1 (RowsAlias). Block types are always converted.
+// Converting rows prefetches the next block's (`ahead`).
 HWY_INLINE DType BlockRows(const HeadStream& s, size_t t0, size_t nb, size_t d, bool pack, float* HWY_RESTRICT scratch,
                            const float** rows, const void** at, const Ahead& ahead) {
   s.row_addresses(t0, nb, at);
@@ -765,8 +765,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     size_t n = 0;
     const HeadStream* cur = nullptr;
     bool int_scores = false;  // integer dot products on the stream's blocks in place
-    bool amx_stream = false;  // bf16 rows in place on AMX tiles
-    bool split_stream = false;  // rows split into bf16 parts in `split`, on AMX tiles
+    Tiles on_tiles = Tiles::none;  // the current stream's rows on AMX tiles: bf16 in place, or split
     size_t flush_no = 0;      // AMX score flushes so far in this block
     // The stream's rows in the next block of this task, prefetched by the
     // first tile (or the conversion) that reads the stream's current rows.
@@ -779,11 +778,11 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       st.row_addresses(t0 + nb, ahead.n, ahead.at);
     };
     auto flush_scores = [&] {
-      if (n && (amx_stream || split_stream)) {
+      if (n && on_tiles != Tiles::none) {
         // amx_on holds every block's flushes to kAmxCachedFlushes, so each has its slot.
         auto* qt = reinterpret_cast<uint16_t*>(amx_slots + flush_no * amx::query_slot_floats(d));
         if (flush_no >= amx_packed) {
-          if (split_stream)
+          if (on_tiles == Tiles::split)
             amx::pack_split_queries(n, qs, d, qt);
           else
             amx::pack_queries(n, qs, d, qt);
@@ -791,7 +790,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         }
         ++flush_no;
         tiles();
-        amx::scores(n, qt, at, nb, split_stream ? 2 * d : d, ss, amx_work);
+        amx::scores(n, qt, at, nb, on_tiles == Tiles::split ? 2 * d : d, ss, amx_work);
       } else if (n && int_scores)
         attn::ScoresQuantUpTo<TJ>(n, qi, qsc, cur->dtype, at, nb, d, ss, ahead);
       else if (n)
@@ -806,31 +805,25 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     auto add_score_job = [&](size_t r, size_t vec, size_t head) {
       qs[n] = qv(r) + vec * d, ss[n] = sc + (r * H + head) * B;
       if (int_scores) qi[n] = qint(r, vec), qsc[n] = qscale(r, vec);
-      if (++n == (int_scores ? TJ : amx_stream || split_stream ? amx::kJobs : TS)) flush_scores();
+      if (++n == (int_scores ? TJ : on_tiles != Tiles::none ? amx::kJobs : TS)) flush_scores();
     };
     // A stream's block split into bf16 parts, `at` pointing at the split
     // rows. The conversion prefetches the stream's next block whatever the
     // row size: its loads come in a burst, unlike the FMA tiles' steady
     // reads that the hardware prefetchers follow (Llama-3-8B f32, 4
     // references, 8k: 1.10-1.16x faster than without, 1 and 2 threads).
+    // Other types are widened a row at a time into L1-resident floats.
     auto split_rows = [&](const HeadStream& st, size_t t0) {
       look_ahead(st, t0, true);
-      if (st.dtype == DType::f32) {
-        st.row_addresses(t0, nb, at);
-        for (size_t t = 0; t < nb; ++t) {
-          ahead.rows(t, t + 1);
-          amx::split_row(static_cast<const float*>(at[t]), d, split + t * d);
-        }
-      } else {  // widened a row at a time into L1-resident floats, then split
-        float row[amx::kMaxDim / 2];
-        st.row_addresses(t0, nb, at);
-        for (size_t t = 0; t < nb; ++t) {
-          ahead.rows(t, t + 1);
-          attn::WidenRow(at[t], st.dtype, row, d);
-          amx::split_row(row, d, split + t * d);
-        }
+      st.row_addresses(t0, nb, at);
+      float row[amx::kMaxDim / 2];
+      for (size_t t = 0; t < nb; ++t) {
+        ahead.rows(t, t + 1);
+        const float* src = static_cast<const float*>(at[t]);
+        if (st.dtype != DType::f32) attn::WidenRow(at[t], st.dtype, row, d), src = row;
+        amx::split_row(src, d, split + t * d);
+        at[t] = split + t * d;
       }
-      for (size_t t = 0; t < nb; ++t) at[t] = split + t * d;
       ahead.n = 0;
     };
     // A block-type stream read by one tile is scored in integers in place; by
@@ -838,15 +831,13 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // operations per multiply-add, and the queries stay unquantized).
     auto use_stream = [&](const HeadStream& st, size_t t0, size_t jobs) {
       cur = &st;
-      const Tiles kind = tiles_for(st, jobs);
-      amx_stream = kind == Tiles::in_place;
-      split_stream = kind == Tiles::split;
+      on_tiles = tiles_for(st, jobs);
       int_scores = false;
-      if (amx_stream) {  // the tiles prefetch their own rows into L1
+      if (on_tiles == Tiles::in_place) {  // the tiles prefetch their own rows into L1
         ahead.n = 0;
         return st.row_addresses(t0, nb, at);
       }
-      if (split_stream) return split_rows(st, t0);
+      if (on_tiles == Tiles::split) return split_rows(st, t0);
       look_ahead(st, t0);
       int_scores = is_block_type(st.dtype) && jobs <= one_tile;
       if (int_scores) {
@@ -918,11 +909,11 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       n_nx += m;
     };
     auto flush_values = [&] {
-      if (n && amx_stream) {
+      if (n && on_tiles == Tiles::in_place) {
         tiles();
         amx::values(n, ps, at, nb, d, as, amx_work, n_nx ? nx : nullptr, n_nx);
         n_nx = 0;
-      } else if (n && split_stream) {
+      } else if (n && on_tiles == Tiles::split) {
         tiles();
         amx::values_split(n, ps, split, nb, d, as, amx_work);
       } else if (n)
@@ -936,14 +927,12 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     };
     // Rows of a V stream: prefetch its next block, pack when tiles would alias.
     auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs) {
-      const Tiles kind = tiles_for(st, jobs);
-      amx_stream = kind == Tiles::in_place;
-      split_stream = kind == Tiles::split;
-      if (amx_stream) {
+      on_tiles = tiles_for(st, jobs);
+      if (on_tiles == Tiles::in_place) {
         ahead.n = 0;
         return st.row_addresses(t0, nb, at);
       }
-      if (split_stream) return split_rows(st, t0);
+      if (on_tiles == Tiles::split) return split_rows(st, t0);
       look_ahead(st, t0);
       const bool pack = jobs > one_tile && aliases(st, nb);
       rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
@@ -956,7 +945,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
           if (R.row_len[r] <= b0) continue;
           for (size_t h = g * G; h < (g + 1) * G; ++h) {
             ps[n] = sc + (r * H + h) * B, as[n] = acc(r) + h * d;
-            if (++n == (amx_stream || split_stream ? amx::kJobs : TV)) flush_values();
+            if (++n == (on_tiles != Tiles::none ? amx::kJobs : TV)) flush_values();
           }
         }
         flush_values();
@@ -966,12 +955,12 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         const auto& jobs = p.v_jobs[s];
         if (jobs.empty()) continue;
         value_rows(cache.v[s], b0 - S, live * jobs.size());
-        if (amx_stream) next_rows(s);
+        if (on_tiles == Tiles::in_place) next_rows(s);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
           for (const auto& job : jobs) {
             ps[n] = sc + (r * H + job.head) * B, as[n] = acc(r) + job.vec * d;
-            if (++n == (amx_stream || split_stream ? amx::kJobs : TV)) flush_values();
+            if (++n == (on_tiles != Tiles::none ? amx::kJobs : TV)) flush_values();
           }
         }
         flush_values();
