@@ -277,7 +277,7 @@ class MatMul {
   std::size_t max_matvec_ = default_max_matvec_inputs;
   std::vector<Task> tasks_;
   std::vector<float> panel_;
-  std::vector<std::int16_t> xq_;
+  std::vector<std::int8_t> xq_;
   std::vector<float> xd_, xs_;
 };
 

@@ -1,8 +1,9 @@
 // Per-target matrix kernels over GGUF weight storage (see quant_matvec.hpp):
 // each 32-element block is dequantized in registers (w = d·q + m, exactly the
 // dequantizer's values up to the fused rounding) and multiplied into f32
-// activations; activations are never quantized, so results equal
-// dequantize-then-sgemv up to the summation order.
+// activations, so results equal dequantize-then-sgemv up to the summation
+// order. With 8-bit activations (QuantMatVecArgs::xq) the x86 kernels take
+// integer dot products per block instead.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -107,55 +108,65 @@ HWY_INLINE const int8_t* UnpackValues(const uint8_t* HWY_RESTRICT row, const Row
 }
 
 #if HWY_TARGET <= HWY_AVX2
-// The same in registers: values 0..15 in lo, 16..31 in hi.
+// The 8-bit kernels use 256-bit integer instructions on every x86 target
+// (Highway 1.0 has no u8 x i8 multiply-add): vpmaddubsw multiplies 32 unsigned
+// by 32 signed bytes into 16 pair sums, vpmaddwd adds the pairs to 8 int32.
+constexpr bool UnsignedValues(int t) { return t == kQ4_1 || t == kQ5_1; }
+
+// Block b of a row as 32 bytes in element order: unsigned 0..15 / 0..31 for
+// Q4_1 / Q5_1 (the min is a separate term), signed q - 8 / q - 16 / q for
+// Q4_0 / Q5_0 / Q8_0.
 template <int kType>
-HWY_INLINE void UnpackValuesRegs(const uint8_t* HWY_RESTRICT row, const RowLayout& l, size_t b,
-                                 hn::Vec<hn::Full128<int8_t>>& lo_out, hn::Vec<hn::Full128<int8_t>>& hi_out) {
-  const hn::Full128<int8_t> di8;
+HWY_INLINE __m256i BlockBytes(const uint8_t* HWY_RESTRICT row, const RowLayout& l, size_t b) {
+  const uint8_t* qs = row + l.qs + b * l.qs_bytes;
   if constexpr (kType == kQ8_0) {
-    const int8_t* qs = reinterpret_cast<const int8_t*>(row + l.qs + 32 * b);
-    lo_out = hn::LoadU(di8, qs);
-    hi_out = hn::LoadU(di8, qs + 16);
+    return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qs));
+  } else if constexpr (kType == kQ4_0 || kType == kQ4_1) {
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(qs));
+    const __m256i both = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
+    const __m256i q = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+    if constexpr (kType == kQ4_0) return _mm256_sub_epi8(q, _mm256_set1_epi8(8));
+    return q;
   } else {
     HWY_ALIGN int8_t tmp[32];
     UnpackValues<kType>(row, l, b, tmp);
-    lo_out = hn::Load(di8, tmp);
-    hi_out = hn::Load(di8, tmp + 16);
+    return _mm256_load_si256(reinterpret_cast<const __m256i*>(tmp));
   }
 }
 
-// Σ_j q_j·x_j of one block as int32 lanes (q in lo/hi, x as int16).
-template <class D16>
-HWY_INLINE hn::Vec<hn::Repartition<int32_t, D16>> DotI16(D16 d16, hn::Vec<hn::Full128<int8_t>> lo,
-                                                        hn::Vec<hn::Full128<int8_t>> hi,
-                                                        const int16_t* HWY_RESTRICT xb) {
-  const hn::Repartition<int32_t, D16> d32;
-  auto s = hn::Zero(d32), unused = hn::Zero(d32);
-  if constexpr (hn::MaxLanes(D16()) == 16) {
-    s = hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, lo), hn::LoadU(d16, xb), s, unused);
-    return hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, hi), hn::LoadU(d16, xb + 16), s, unused);
-  } else {
-    const hn::Rebind<int8_t, D16> d8;
-    return hn::ReorderWidenMulAccumulate(d32, hn::PromoteTo(d16, hn::Combine(d8, hi, lo)), hn::LoadU(d16, xb), s,
-                                         unused);
-  }
+// Σ_j w_j·x_j of one block as 8 int32 lanes converted to f32. Signed values
+// multiply |w| by x with w's sign (|w| <= 128, |x| <= 127: no pair sum
+// saturates).
+template <int kType>
+HWY_INLINE __m256 BlockDot(__m256i w, __m256i x) {
+  __m256i pairs;
+  if constexpr (UnsignedValues(kType))
+    pairs = _mm256_maddubs_epi16(w, x);
+  else
+    pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(w), _mm256_sign_epi8(x, w));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
 }
 
-// BlockTile with 8-bit activations: integer dot products per block
-// (int16 multiply-add pairs), scaled by d_w·d_x; the min by m_w·s_x.
+HWY_INLINE float HorizontalSum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// BlockTile with 8-bit activations: integer dot products per block, scaled
+// by d_w·d_x; the min term of Q4_1 / Q5_1 by m_w·s_x.
 template <int kType, size_t NR, size_t NT>
 HWY_INLINE void IntBlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, const RowLayout& l,
                              const QuantMatVecArgs& a, size_t t0, float* HWY_RESTRICT out) {
   const size_t nblocks = l.nb;
-  const hn::ScalableTag<int16_t> d16;
-  const hn::Repartition<float, decltype(d16)> df;
-  constexpr size_t N16 = hn::MaxLanes(d16);
-  static_assert(N16 == 16 || N16 == 32, "8-bit activations need 256- or 512-bit vectors");
+  const hn::ScalableTag<float> df;
   using VF = hn::Vec<decltype(df)>;
-  VF acc[NR][NT], accm[NR][NT];
+  __m256 acc[NR][NT];
+  VF accm[NR][NT];
   float mtail[NR][NT];
   for (size_t r = 0; r < NR; ++r)
-    for (size_t t = 0; t < NT; ++t) acc[r][t] = hn::Zero(df), accm[r][t] = hn::Zero(df), mtail[r][t] = 0.f;
+    for (size_t t = 0; t < NT; ++t) acc[r][t] = _mm256_setzero_ps(), accm[r][t] = hn::Zero(df), mtail[r][t] = 0.f;
   HWY_ALIGN float ds[NR][kChunk], ms[NR][kChunk], dsx[NR][NT][kChunk];
   for (size_t b0 = 0; b0 < nblocks; b0 += kChunk) {
     const size_t nc = nblocks - b0 < kChunk ? nblocks - b0 : kChunk;
@@ -177,20 +188,19 @@ HWY_INLINE void IntBlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, co
       }
     }
     for (size_t b = b0; b < b0 + nc; ++b) {
+      __m256i xv[NT];
+      for (size_t t = 0; t < NT; ++t)
+        xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (t0 + t) * a.ldxq + b * 32));
       for (size_t r = 0; r < NR; ++r) {
-        hn::Vec<hn::Full128<int8_t>> lo, hi;
-        UnpackValuesRegs<kType>(w + r * row_bytes, l, b, lo, hi);
-        for (size_t t = 0; t < NT; ++t) {
-          const int16_t* HWY_RESTRICT xb = a.xq + (t0 + t) * a.ldxq + b * 32;
-          const auto s = DotI16(d16, lo, hi, xb);
-          acc[r][t] = hn::MulAdd(hn::ConvertTo(df, s), hn::Set(df, dsx[r][t][b - b0]), acc[r][t]);
-        }
+        const __m256i wv = BlockBytes<kType>(w + r * row_bytes, l, b);
+        for (size_t t = 0; t < NT; ++t)
+          acc[r][t] = _mm256_fmadd_ps(BlockDot<kType>(wv, xv[t]), _mm256_broadcast_ss(&dsx[r][t][b - b0]), acc[r][t]);
       }
     }
   }
   for (size_t r = 0; r < NR; ++r)
     for (size_t t = 0; t < NT; ++t)
-      out[r * NT + t] = hn::GetLane(hn::SumOfLanes(df, hn::Add(acc[r][t], accm[r][t]))) + mtail[r][t];
+      out[r * NT + t] = HorizontalSum(acc[r][t]) + hn::GetLane(hn::SumOfLanes(df, accm[r][t])) + mtail[r][t];
 }
 #endif
 

@@ -82,9 +82,9 @@ struct QuantMatVecArgs {
   std::size_t ldy = 0;
   bool accumulate = false;
   /// Optional 8-bit activations (block types only): input t's block b is
-  /// xq[t·ldxq + 32b ..] (int8 values as int16) times xd[t·ldxb + b], with
-  /// xs[t·ldxb + b] = xd·Σ xq of the block. When set, x is not read.
-  const std::int16_t* xq = nullptr;
+  /// xq[t·ldxq + 32b ..] (32 int8 values in -127..127) times xd[t·ldxb + b],
+  /// with xs[t·ldxb + b] = xd·Σ xq of the block. When set, x is not read.
+  const std::int8_t* xq = nullptr;
   const float *xd = nullptr, *xs = nullptr;
   std::size_t ldxq = 0, ldxb = 0;
 };
@@ -101,7 +101,7 @@ struct DequantArgs {
 /// llama.cpp's Q8_1 activations for QuantMatVecArgs::xq: per 32-block of
 /// each of n rows of x (cols a multiple of 32), d = max|x|/127, q = round(x/d)
 /// (xq, n × cols), xd = d and xs = d·Σq (n × cols/32).
-inline void quantize_q8_inputs(const float* x, std::size_t n, std::size_t ldx, std::size_t cols, std::int16_t* xq,
+inline void quantize_q8_inputs(const float* x, std::size_t n, std::size_t ldx, std::size_t cols, std::int8_t* xq,
                                float* xd, float* xs) {
   const std::size_t nb = cols / 32;
   for (std::size_t t = 0; t < n; ++t)
@@ -113,7 +113,7 @@ inline void quantize_q8_inputs(const float* x, std::size_t n, std::size_t ldx, s
       int sum = 0;
       for (int j = 0; j < 32; ++j) {
         const int q = int(std::nearbyint(xb[j] * id));
-        xq[t * cols + b * 32 + std::size_t(j)] = std::int16_t(q);
+        xq[t * cols + b * 32 + std::size_t(j)] = std::int8_t(q);
         sum += q;
       }
       xd[t * nb + b] = d;

@@ -191,7 +191,7 @@ TEST_CASE("quant_matvec: 8-bit activations equal the dot with the quantized inpu
           x[0] = 0.f;  // an all-zero block has scale 0
           if (cols == 32 && n == 1) std::fill(x.begin(), x.end(), 0.f);
           const std::size_t nb = cols / 32;
-          std::vector<std::int16_t> xq(n * cols);
+          std::vector<std::int8_t> xq(n * cols);
           std::vector<float> xd(n * nb), xs(n * nb), xdq(n * cols);
           he::quantize_q8_inputs(x.data(), n, cols, cols, xq.data(), xd.data(), xs.data());
           for (std::size_t i = 0; i < n * cols; ++i) {
