@@ -189,10 +189,15 @@ HWY_INLINE void IntBlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, co
     }
     for (size_t b = b0; b < b0 + nc; ++b) {
       __m256i xv[NT];
+#pragma GCC unroll 4
       for (size_t t = 0; t < NT; ++t)
         xv[t] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.xq + (t0 + t) * a.ldxq + b * 32));
+      // Unrolled so that the accumulators stay in registers (a rolled loop
+      // keeps them on the stack: a store-forwarding chain per block).
+#pragma GCC unroll 4
       for (size_t r = 0; r < NR; ++r) {
         const __m256i wv = BlockBytes<kType>(w + r * row_bytes, l, b);
+#pragma GCC unroll 4
         for (size_t t = 0; t < NT; ++t)
           acc[r][t] = _mm256_fmadd_ps(BlockDot<kType>(wv, xv[t]), _mm256_broadcast_ss(&dsx[r][t][b - b0]), acc[r][t]);
       }
@@ -262,12 +267,16 @@ HWY_INLINE void BlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, const
     for (size_t r = 0; r < NR; ++r) BlockScales<kType>(w + r * row_bytes, l, b0, nc, ds[r], ms[r]);
     for (size_t b = b0; b < b0 + nc; ++b) {
       const float* HWY_RESTRICT xb = x + b * 32;
+      // Unrolled: accumulators in registers, as in IntBlockTile.
+#pragma GCC unroll 4
       for (size_t r = 0; r < NR; ++r) {
         const int8_t* q = UnpackValues<kType>(w + r * row_bytes, l, b, tmp[r]);
         const V vd = hn::Set(df, ds[r][b - b0]);
+#pragma GCC unroll 4
         for (size_t v = 0; v < kV; ++v) {
           V wv = hn::ConvertTo(df, hn::PromoteTo(di, hn::LoadU(d8, q + v * NF)));
           wv = HasMin(kType) ? hn::MulAdd(wv, vd, hn::Set(df, ms[r][b - b0])) : hn::Mul(wv, vd);
+#pragma GCC unroll 4
           for (size_t t = 0; t < NT; ++t)
             acc[r][t][v % P] = hn::MulAdd(wv, hn::LoadU(df, xb + t * ldx + v * NF), acc[r][t][v % P]);
         }
