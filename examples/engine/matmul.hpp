@@ -215,6 +215,7 @@ class MatMul {
       a.row_bytes = o.w->row_bytes();
       a.cols = o.w->cols();
       a.rows = std::min(r1, r + step) - r;
+      a.rows_after = r1 - r - a.rows;  // the task's next rows: prefetched across calls
       a.x = x;
       a.ldx = ldx;
       a.n = n;

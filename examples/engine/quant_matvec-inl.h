@@ -320,8 +320,26 @@ HWY_INLINE void FloatTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, size_
     }
 }
 
+// Weight rows are prefetched this many rows ahead of the rows a tile reads:
+// without it the products stall on every line from DRAM (measured on a 71 MB
+// Q4_1 matrix, 2 threads: 8.6 -> 11.4 GB/s with f32 inputs, 11.5 -> 16.6 with
+// 8-bit ones; 16 rows of 360 bytes are ~6 KB ahead).
+constexpr size_t kRowsAhead = 16;
+
+// Rows [r, r + n) of the weights toward L2, those that exist: this call's
+// rows and the rows_after that follow them.
+HWY_INLINE void PrefetchRows(const QuantMatVecArgs& a, size_t r, size_t n) {
+  const size_t end = a.rows + a.rows_after;
+  if (r >= end) return;
+  if (n > end - r) n = end - r;
+  const uintptr_t p = reinterpret_cast<uintptr_t>(a.w + r * a.row_bytes);
+  for (uintptr_t line = p & ~uintptr_t(63); line < p + n * a.row_bytes; line += 64)
+    __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 1);
+}
+
 template <int kType, size_t NR, size_t NT>
 HWY_INLINE void Tile(const QuantMatVecArgs& a, const RowLayout& l, size_t r0, size_t t0) {
+  if (t0 == 0) PrefetchRows(a, r0 + kRowsAhead, NR);  // later input groups find the rows in cache
   float out[NR * NT];
   const uint8_t* w = a.w + r0 * a.row_bytes;
   const float* x = a.x + t0 * a.ldx;

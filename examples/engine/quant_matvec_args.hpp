@@ -81,6 +81,9 @@ struct QuantMatVecArgs {
   float* y = nullptr;
   std::size_t ldy = 0;
   bool accumulate = false;
+  /// Rows that follow the `rows` rows in memory and that the caller reads
+  /// next (the kernel prefetches into them; they must exist).
+  std::size_t rows_after = 0;
   /// Optional 8-bit activations (block types only): input t's block b is
   /// xq[t·ldxq + 32b ..] (32 int8 values in -127..127) times xd[t·ldxb + b],
   /// with xs[t·ldxb + b] = xd·Σ xq of the block. When set, x is not read.
