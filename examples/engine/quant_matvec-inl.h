@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "headrecon/error.hpp"
 #include "quant_matvec_args.hpp"
@@ -303,13 +304,23 @@ HWY_INLINE void FloatTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, size_
   for (size_t r = 0; r < NR; ++r)
     for (size_t t = 0; t < NT; ++t)
       for (size_t p = 0; p < P; ++p) acc[r][t][p] = hn::Zero(df);
-  size_t c = 0, k = 0;
-  for (; c + NF <= cols; c += NF, ++k)
+  // Unrolled, P vectors per step with the accumulator index known at compile
+  // time, so the accumulators stay in registers (as in BlockTile); then one.
+  auto step = [&](size_t c0, auto p_tag) HWY_ATTR {
+    constexpr size_t p = decltype(p_tag)::value;
+#pragma GCC unroll 4
     for (size_t r = 0; r < NR; ++r) {
-      const V wv = LoadRow<kType>(df, w + r * row_bytes, c);
-      for (size_t t = 0; t < NT; ++t)
-        acc[r][t][k % P] = hn::MulAdd(wv, hn::LoadU(df, x + t * ldx + c), acc[r][t][k % P]);
+      const V wv = LoadRow<kType>(df, w + r * row_bytes, c0);
+#pragma GCC unroll 4
+      for (size_t t = 0; t < NT; ++t) acc[r][t][p] = hn::MulAdd(wv, hn::LoadU(df, x + t * ldx + c0), acc[r][t][p]);
     }
+  };
+  size_t c = 0;
+  for (; c + P * NF <= cols; c += P * NF) {
+    step(c, std::integral_constant<size_t, 0>());
+    if constexpr (P == 2) step(c + NF, std::integral_constant<size_t, P - 1>());
+  }
+  for (; c + NF <= cols; c += NF) step(c, std::integral_constant<size_t, 0>());
   for (size_t r = 0; r < NR; ++r)
     for (size_t t = 0; t < NT; ++t) {
       V s = acc[r][t][0];
