@@ -20,6 +20,7 @@
 
 #include "headrecon/cpu/kv_attention.hpp"
 #include "headrecon/cpu/reconstruct.hpp"
+#include "headrecon/kv_pool.hpp"
 #include "headrecon/kv_store.hpp"
 
 namespace headrecon::bench {
@@ -38,7 +39,7 @@ inline const ModelShape kSmolLM2{"smollm2-135m", 9, 3, 64, 1};
 struct StoredSequence {
   Plan plan;
   std::unique_ptr<RefCacheLayout> layout;
-  std::vector<std::byte> pool;
+  KvPool pool;  // 2 MiB pages where the OS has them, as an engine would allocate it
   std::unique_ptr<KvStore> store;
   std::unique_ptr<AttentionWorkspace> ws;
   SequenceId seq;
@@ -54,7 +55,7 @@ struct StoredSequence {
     o.rotate = ct.rotate;
     o.block_tokens = 16;
     o.n_blocks = tokens / 16 + 1;
-    pool.resize(KvStore::pool_bytes(*layout, o));
+    pool = KvPool(KvStore::pool_bytes(*layout, o));
     store = std::make_unique<KvStore>(*layout, o, pool.data(), pool.size());
     seq = store->add_sequence();
     const std::size_t d = std::size_t(plan.head_dim), chunk = 1024;

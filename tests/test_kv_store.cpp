@@ -10,11 +10,15 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "headrecon/cpu/kv_attention.hpp"
+#include "headrecon/kv_pool.hpp"
 #include "headrecon/kv_store.hpp"
 #include "headrecon/thread_pool.hpp"
 #include "kernel_test_util.hpp"
@@ -206,7 +210,7 @@ struct Fixture {
   Plan plan;
   RefCacheLayout layout;
   KvStoreOptions opt;
-  std::vector<std::byte> pool;
+  KvPool pool;
   KvStore store;
   std::vector<SeqData> data;
   std::vector<SequenceId> ids;
@@ -511,4 +515,32 @@ TEST_CASE("KvStore rejects what does not fit, and loses nothing", "[store]") {
   bad.n_q_heads = 6;
   REQUIRE_THROWS_WITH(KvStore(f.layout, bad, f.pool.data(), f.pool.size()), Catch::Contains("n_q_heads 6"));
   REQUIRE_THROWS_WITH(KvStore(f.layout, f.opt, f.pool.data(), 10), Catch::Contains("pool of 10 bytes"));
+}
+
+TEST_CASE("KvPool is zero-filled, aligned and movable; a size it cannot map is an Error", "[store][pool]") {
+  for (const bool huge : {true, false}) {
+    KvPoolOptions o;
+    o.huge_pages = huge;
+    const std::size_t n = 3 * KvPool::kAlign + 12345;
+    KvPool p(n, o);
+    REQUIRE(p.size() == n);
+    REQUIRE(reinterpret_cast<std::uintptr_t>(p.data()) % KvPool::kAlign == 0);
+    REQUIRE(std::all_of(p.data(), p.data() + n, [](std::byte b) { return b == std::byte{0}; }));
+    if (!huge) REQUIRE_FALSE(p.huge_pages());
+    std::memset(p.data(), 0x5a, n);  // writable to its last byte
+    std::byte* at = p.data();
+    KvPool q(std::move(p));
+    REQUIRE(q.data() == at);
+    REQUIRE(p.data() == nullptr);
+    REQUIRE(p.size() == 0);
+    p = std::move(q);
+    REQUIRE(p.data() == at);
+    REQUIRE(p.data()[n - 1] == std::byte{0x5a});
+  }
+  const KvPool empty(0);
+  REQUIRE(empty.data() == nullptr);
+  REQUIRE(empty.size() == 0);
+  REQUIRE_THROWS_WITH(KvPool(std::numeric_limits<std::size_t>::max()),
+                      Catch::Contains("KvPool") && Catch::Contains("not an allocatable size"));
+  REQUIRE_THROWS_WITH(KvPool(std::size_t(1) << 60), Catch::Contains("KvPool: cannot map 1152921504606846976 bytes"));
 }

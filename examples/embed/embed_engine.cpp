@@ -25,7 +25,7 @@ int main(int argc, char** argv) {
   opt.n_q_heads = H;
   opt.block_tokens = 16;
   opt.n_blocks = T / 16 + 1;
-  std::vector<std::byte> pool(KvStore::pool_bytes(layout, opt)), full_pool(KvStore::pool_bytes(full_layout, opt));
+  KvPool pool(KvStore::pool_bytes(layout, opt)), full_pool(KvStore::pool_bytes(full_layout, opt));  // huge pages
   KvStore store(layout, opt, pool.data(), pool.size()), full(full_layout, opt, full_pool.data(), full_pool.size());
   AttentionLimits limits;
   limits.max_tokens = T;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "headrecon/cpu/kv_attention.hpp"
+#include "headrecon/kv_pool.hpp"
 #include "headrecon/kv_store.hpp"
 #include "headrecon/plan.hpp"
 #include "headrecon/ref_cache.hpp"
@@ -56,7 +57,7 @@ class KvCache {
     o.rotate = type.rotate;
     o.max_sequences = 1;
     o.max_tokens = n_ctx;
-    pool_.resize(headrecon::KvStore::pool_bytes(*layout_, o));
+    pool_ = headrecon::KvPool(headrecon::KvStore::pool_bytes(*layout_, o));  // 2 MiB pages where the OS has them
     store_ = std::make_unique<headrecon::KvStore>(*layout_, o, pool_.data(), pool_.size());
     seq_ = store_->add_sequence();
     headrecon::AttentionLimits lim;
@@ -163,7 +164,7 @@ class KvCache {
   bool has_plan_;
   headrecon::Plan plan_;  // before layout_, which points into it
   std::unique_ptr<headrecon::RefCacheLayout> layout_;
-  std::vector<std::byte> pool_;
+  headrecon::KvPool pool_;
   std::unique_ptr<headrecon::KvStore> store_;
   std::unique_ptr<headrecon::AttentionWorkspace> ws_;
   headrecon::SequenceId seq_;

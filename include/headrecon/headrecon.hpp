@@ -19,6 +19,7 @@
 #include "headrecon/hadamard.hpp"
 #include "headrecon/head_moments.hpp"
 #include "headrecon/head_stream.hpp"
+#include "headrecon/kv_pool.hpp"
 #include "headrecon/kv_store.hpp"
 #include "headrecon/latent.hpp"
 #include "headrecon/limits.hpp"
