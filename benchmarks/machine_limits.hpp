@@ -4,7 +4,9 @@
 // bandwidth (a streaming sum) on 1..n threads over a buffer of a given size:
 // far larger than the last-level cache for DRAM, or the size of the data a
 // kernel reads (so caches help the baseline exactly as they help the kernel).
-// Plus the classic single-thread triad.
+// Plus the classic single-thread triad. Buffers come from KvPool, on the same
+// 2 MiB pages as the KV stores the kernels read (4 KiB pages would put TLB
+// misses in the baseline that the kernels do not have).
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
@@ -12,6 +14,7 @@
 
 #include <hwy/highway.h>
 
+#include "headrecon/kv_pool.hpp"
 #include "headrecon/thread_pool.hpp"
 
 namespace headrecon::bench {
@@ -77,14 +80,16 @@ inline double fma_peak_gflops(const ParallelFor& pf = ParallelFor()) {
 inline double read_gbps(std::size_t bytes, const ParallelFor& pf = ParallelFor()) {
   const hn::ScalableTag<float> df;
   const std::size_t L = hn::Lanes(df), n = std::max<std::size_t>(bytes / 4 / (4 * L) * (4 * L), 4 * L);
-  std::vector<float> buf(n, 1.f);
+  KvPool mem(n * sizeof(float));
+  float* const buf = reinterpret_cast<float*>(mem.data());
+  std::fill(buf, buf + n, 1.f);
   std::vector<float> sink(pf.workers() * 64);
   const std::size_t W = pf.workers();
   auto run = [&] {
     pf(W, [&](std::size_t w, std::size_t) {
       const std::size_t chunk = (n / W) / (4 * L) * (4 * L), b = w * chunk, e = w + 1 == W ? n : b + chunk;
       auto s0 = hn::Zero(df), s1 = hn::Zero(df), s2 = hn::Zero(df), s3 = hn::Zero(df);
-      const float* HWY_RESTRICT p = buf.data();
+      const float* HWY_RESTRICT p = buf;
       for (std::size_t i = b; i < e; i += 4 * L) {
         s0 = hn::Add(s0, hn::LoadU(df, p + i));
         s1 = hn::Add(s1, hn::LoadU(df, p + i + L));
@@ -106,11 +111,15 @@ inline double dram_read_gbps(const ParallelFor& pf = ParallelFor(), std::size_t 
 /// GB/s of a[i] = b[i] + s·c[i] over 3 × 256 MiB on one thread (bytes: 2 reads + 1 write).
 inline double triad_gbps() {
   const std::size_t n = std::size_t(64) << 20;
-  std::vector<float> a(n, 0.f), b(n, 1.f), c(n, 2.f);
+  KvPool a(n * sizeof(float)), b(n * sizeof(float)), c(n * sizeof(float));
+  float* const fa = reinterpret_cast<float*>(a.data());
+  float* const fb = reinterpret_cast<float*>(b.data());
+  float* const fc = reinterpret_cast<float*>(c.data());
+  std::fill(fa, fa + n, 0.f), std::fill(fb, fb + n, 1.f), std::fill(fc, fc + n, 2.f);
   const double t = best_seconds([&] {
-    float* HWY_RESTRICT pa = a.data();
-    const float* HWY_RESTRICT pb = b.data();
-    const float* HWY_RESTRICT pc = c.data();
+    float* HWY_RESTRICT pa = fa;
+    const float* HWY_RESTRICT pb = fb;
+    const float* HWY_RESTRICT pc = fc;
     for (std::size_t i = 0; i < n; ++i) pa[i] = pb[i] + 0.5f * pc[i];
   }, 0.5);
   return 3.0 * double(n) * 4.0 / t / 1e9;

@@ -2,12 +2,14 @@
 /// @file kv_pool.hpp
 /// Memory for a KvStore's pool: one zero-filled anonymous mapping aligned to
 /// 2 MiB, with transparent huge pages requested (Linux, madvise). A decode
-/// step streams the whole cache, so with 4 KiB pages every few rows cross
-/// into a page the TLB has not seen; measured on Emerald Rapids (2 threads,
-/// 8k tokens, THP in "madvise" mode as Debian ships it): the full caches'
-/// attention 1.07-1.16x faster on 2 MiB pages, the reference-only caches
-/// 1.00-1.04x (BENCHMARKS.md). Where the kernel has no transparent huge
-/// pages (or they are set to "never") the pool is an ordinary mapping.
+/// step streams the whole cache, and a paged store's blocks of one layer are
+/// far apart, so with 4 KiB pages nearly every block of rows starts in a page
+/// the TLB has not seen. Measured on Emerald Rapids (8k tokens, 2 threads,
+/// THP in "madvise" mode as Debian ships it; BENCHMARKS.md): a paged store's
+/// full-cache attention 1.07-1.17x faster on 2 MiB pages, reference-only
+/// 1.00-1.09x; a contiguous store (the example engine's) 1.01-1.12x. Where
+/// the OS has no transparent huge pages (or they are set to "never") the
+/// pool is an ordinary mapping.
 
 #include <cerrno>
 #include <cstddef>
