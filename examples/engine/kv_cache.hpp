@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+#include <hwy/targets.h>
+
 #include "headrecon/cpu/kv_attention.hpp"
 #include "headrecon/kv_pool.hpp"
 #include "headrecon/kv_store.hpp"
@@ -22,6 +24,24 @@
 #include "headrecon/ref_cache.hpp"
 
 namespace headrecon_engine {
+
+/// The attention kernel every KvCache runs, and its Highway target's name:
+/// null = headrecon::attend's default, this build's static target. The
+/// engine's main sets headrecon::dispatch::attention (the best target of the
+/// running CPU) unless --static-attention is given.
+struct AttentionKernelChoice {
+  headrecon::AttentionKernel kernel = nullptr;
+  const char* target = nullptr;
+};
+inline AttentionKernelChoice& engine_attention_kernel() {
+  static AttentionKernelChoice k;
+  return k;
+}
+/// The Highway target the caches' attention runs on ("AVX3_SPR", "AVX2", ...).
+inline const char* attention_target() {
+  const AttentionKernelChoice& k = engine_attention_kernel();
+  return k.target ? k.target : hwy::TargetName(HWY_STATIC_TARGET);
+}
 
 /// Shape of the model's attention, as the cache needs it.
 struct AttentionShape {
@@ -110,7 +130,7 @@ class KvCache {
       lim.workers = pf.workers();
       ws_ = std::make_unique<headrecon::AttentionWorkspace>(*store_, lim);
     }
-    headrecon::attend(*store_, layer, {{seq_, pos0, n, q, out}}, *ws_, pf);
+    headrecon::attend(*store_, layer, {{seq_, pos0, n, q, out}}, *ws_, pf, engine_attention_kernel().kernel);
     attn_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
   /// One token's attention (decode).

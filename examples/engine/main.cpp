@@ -4,6 +4,7 @@
 // lives in commands/; `headrecon-engine COMMAND --help` lists its options.
 
 #include "command_line.hpp"
+#include "headrecon/cpu/dispatch.hpp"
 #include "commands/bench_command.hpp"
 #include "commands/capture_command.hpp"
 #include "commands/demo_command.hpp"
@@ -26,6 +27,8 @@ Errors (unknown options, bad values, bad input) exit with status 1; --help with 
 
 int main(int argc, char** argv) {
   using namespace headrecon_engine::commands;
+  // Attention on the best SIMD target of this CPU (--static-attention: the build's).
+  headrecon_engine::engine_attention_kernel() = {headrecon::dispatch::attention, headrecon::dispatch::target_name()};
   headrecon::cli::Tool tool("headrecon-engine", description);
   add_info_command(tool);
   add_tokenize_command(tool);

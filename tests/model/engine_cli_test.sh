@@ -24,8 +24,11 @@ g2=$("$engine" generate --model "$model" --prompt "$text" --n 12 --threads 2 2>/
 [ -n "$g1" ] && [ "$g1" = "$g2" ] || fail "generate: --threads 1 gave '$g1', --threads 2 gave '$g2'"
 g8=$("$engine" generate --model "$model" --prompt "$text" --n 12 --threads 2 --int8-inputs 2>/dev/null)
 [ -n "$g8" ] || fail "generate --int8-inputs produced no text"
+# Attention on the build's static target gives the same greedy text as runtime dispatch.
+gs=$("$engine" generate --model "$model" --prompt "$text" --n 12 --threads 2 --static-attention 2>/dev/null)
+[ "$gs" = "$g2" ] || fail "generate --static-attention gave '$gs', runtime dispatch '$g2'"
 "$engine" bench --model "$model" --seq-len 16 --decode 4 --threads 2 > "$tmp/bench.txt"
-grep -q "^threads 2, kernels " "$tmp/bench.txt" || fail "bench: $(cat "$tmp/bench.txt")"
+grep -q "^threads 2, kernels [A-Z0-9_]*, attention [A-Z0-9_]*" "$tmp/bench.txt" || fail "bench: $(cat "$tmp/bench.txt")"
 ids=$("$engine" tokenize --model "$model" --string "$text")
 [ "$("$engine" detokenize --model "$model" --ids "$ids")" = "$text" ] || fail "tokenize/detokenize round trip"
 

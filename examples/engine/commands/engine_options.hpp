@@ -78,7 +78,7 @@ struct ModelOptions {
   std::string model = default_model_path();
   std::uint64_t random_init = 0;
   int threads = 1;
-  bool int8_inputs = false;
+  bool int8_inputs = false, static_attention = false;
   CLI::Option *random_opt = nullptr, *threads_opt = nullptr;
 
   void add_model(CLI::App* c) {
@@ -91,6 +91,8 @@ struct ModelOptions {
                       ->default_str("all");
     c->add_flag("--int8-inputs", int8_inputs,
                 "quantize the inputs of decode's weight products to 8 bits per 32-block (faster, not exact)");
+    c->add_flag("--static-attention", static_attention,
+                "attention kernels of this build's SIMD target instead of the best one of this CPU (runtime dispatch)");
     if (with_random_init)
       random_opt = c->add_option("--random-init", random_init,
                                  "replace every weight by a random one of matching scale (seed)")
@@ -112,8 +114,10 @@ struct ModelOptions {
     if (randomized()) m.randomize(random_init);
     return m;
   }
-  /// --threads N: the engine pool's size and the BLAS threads; --int8-inputs.
+  /// --threads N: the engine pool's size and the BLAS threads; --int8-inputs;
+  /// the attention kernels (runtime dispatch unless --static-attention).
   void apply_threads() const {
+    if (static_attention) engine_attention_kernel() = {nullptr, hwy::TargetName(HWY_STATIC_TARGET)};
     if (threads_opt && threads_opt->count()) {
       set_engine_threads(std::size_t(threads));
       if (!set_blas_threads(threads)) std::cerr << "note: BLAS threads unchanged (the BLAS is not OpenBLAS)\n";

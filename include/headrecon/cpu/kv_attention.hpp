@@ -43,6 +43,13 @@ struct AttentionLimits {
   std::size_t split_tokens = 512; ///< positions per split-K task
 };
 
+/// The kernel attend() runs. Null (the default): attention(), compiled for
+/// the including translation unit's static Highway target (AVX2 with
+/// -march=x86-64-v3); dispatch::attention (cpu/dispatch.hpp, link
+/// headrecon::dispatch) runs the best target of the CPU it runs on (AVX3 on
+/// an AVX-512 CPU; the same results within rounding).
+using AttentionKernel = void (*)(const AttentionRunArgs&, const ParallelFor&);
+
 /// Every buffer attend() needs, owned by the caller and reused across calls
 /// and layers (one per concurrent caller).
 class AttentionWorkspace {
@@ -67,18 +74,18 @@ class AttentionWorkspace {
 
  private:
   friend void attend(const KvStore&, std::size_t, const AttendRequest*, std::size_t, AttentionWorkspace&,
-                     const ParallelFor&);
+                     const ParallelFor&, AttentionKernel);
   AttentionLimits limits_;
   std::vector<float> floats_;
   std::vector<AttentionRows> groups_;
   std::vector<std::size_t> lens_;
 };
 
-/// Attention of layer `layer` for every request, on `pf`. Throws Error
-/// (naming the request) when a request exceeds the workspace's limits or a
-/// position the sequence does not hold.
+/// Attention of layer `layer` for every request, on `pf`, with `kernel`
+/// (AttentionKernel). Throws Error (naming the request) when a request
+/// exceeds the workspace's limits or a position the sequence does not hold.
 inline void attend(const KvStore& store, std::size_t layer, const AttendRequest* requests, std::size_t n,
-                   AttentionWorkspace& ws, const ParallelFor& pf = ParallelFor()) {
+                   AttentionWorkspace& ws, const ParallelFor& pf = ParallelFor(), AttentionKernel kernel = nullptr) {
   const AttentionLimits& lim = ws.limits_;
   if (n > lim.max_requests) detail::fail("attend: ", n, " requests, the workspace serves ", lim.max_requests);
   if (pf.workers() > lim.workers)
@@ -111,12 +118,15 @@ inline void attend(const KvStore& store, std::size_t layer, const AttendRequest*
   a.split_tokens = lim.split_tokens;
   a.workspace = ws.floats_.data();
   a.workspace_floats = ws.floats_.size();
-  attention(a, pf);
+  if (kernel)
+    kernel(a, pf);
+  else
+    attention(a, pf);
 }
 
 inline void attend(const KvStore& store, std::size_t layer, std::initializer_list<AttendRequest> requests,
-                   AttentionWorkspace& ws, const ParallelFor& pf = ParallelFor()) {
-  attend(store, layer, requests.begin(), requests.size(), ws, pf);
+                   AttentionWorkspace& ws, const ParallelFor& pf = ParallelFor(), AttentionKernel kernel = nullptr) {
+  attend(store, layer, requests.begin(), requests.size(), ws, pf, kernel);
 }
 
 }  // namespace headrecon
