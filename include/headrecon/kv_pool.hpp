@@ -6,7 +6,7 @@
 /// far apart, so with 4 KiB pages nearly every block of rows starts in a page
 /// the TLB has not seen. Measured on Emerald Rapids (8k tokens, 2 threads,
 /// THP in "madvise" mode as Debian ships it; BENCHMARKS.md): a paged store's
-/// full-cache attention 1.07-1.17x faster on 2 MiB pages, reference-only
+/// full-cache attention 1.09-1.16x faster on 2 MiB pages, reference-only
 /// 1.00-1.09x; a contiguous store (the example engine's) 1.01-1.12x. Where
 /// the OS has no transparent huge pages (or they are set to "never") the
 /// pool is an ordinary mapping.
