@@ -59,7 +59,8 @@ class KvPool {
     const auto at = reinterpret_cast<std::uintptr_t>(p);
     const std::uintptr_t aligned = (at + kAlign - 1) & ~std::uintptr_t(kAlign - 1);
     if (aligned > at) ::munmap(p, aligned - at);
-    if (at + over > aligned + mapped_) ::munmap(reinterpret_cast<void*>(aligned + mapped_), at + over - aligned - mapped_);
+    if (at + over > aligned + mapped_)
+      ::munmap(reinterpret_cast<void*>(aligned + mapped_), at + over - aligned - mapped_);
     data_ = reinterpret_cast<std::byte*>(aligned);
 #if defined(MADV_HUGEPAGE)
     // Best effort: EINVAL where the kernel has no THP. Pages come zero-filled on first touch.

@@ -67,8 +67,9 @@ class KvStore {
   }
 
   /// A store over `pool` (at least pool_bytes(layout, options) bytes, owned by
-  /// the caller, never freed by the store; KvPool allocates it on 2 MiB pages). `layout` and its plan must outlive
-  /// the store. Throws Error naming the option at fault.
+  /// the caller, never freed by the store; KvPool allocates it on 2 MiB
+  /// pages). `layout` and its plan must outlive the store. Throws Error naming
+  /// the option at fault.
   KvStore(const RefCacheLayout& layout, const KvStoreOptions& options, void* pool, std::size_t pool_bytes)
       : layout_(&layout), opt_(options), geo_(layout, options), pool_(static_cast<std::byte*>(pool)) {
     if (!pool_ && geo_.pool_bytes) detail::fail("KvStore: null pool");

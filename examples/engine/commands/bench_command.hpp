@@ -85,7 +85,8 @@ inline int run_bench(const BenchOptions& o) {
     for (std::size_t i = 0; i < dec; ++i) eng.forward(&next, 1, cache, LogitsMode::last, &logits);
     dec_s = secs(t0, clk::now());
   }
-  std::cout << "threads " << engine_pool().size() << ", kernels " << quant_kernel_target() << ", attention " << attention_target()
+  std::cout << "threads " << engine_pool().size() << ", kernels " << quant_kernel_target() << ", attention "
+            << attention_target()
             << (o.model.int8_inputs ? " (8-bit inputs)" : " (f32 inputs)") << ", weights " << m.weight_bytes()
             << " bytes\n"
             << "prefill " << seq << " tokens, no logits: " << double(seq) / pre_none << " tokens/s\n"

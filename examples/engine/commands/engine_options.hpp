@@ -117,7 +117,7 @@ struct ModelOptions {
   /// --threads N: the engine pool's size and the BLAS threads; --int8-inputs;
   /// the attention kernels (runtime dispatch unless --static-attention).
   void apply_threads() const {
-    if (static_attention) engine_attention_kernel() = {nullptr, hwy::TargetName(HWY_STATIC_TARGET)};
+    if (static_attention) engine_attention_kernel() = {};  // attend's default: the build's target
     if (threads_opt && threads_opt->count()) {
       set_engine_threads(std::size_t(threads));
       if (!set_blas_threads(threads)) std::cerr << "note: BLAS threads unchanged (the BLAS is not OpenBLAS)\n";
