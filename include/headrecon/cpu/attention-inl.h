@@ -45,18 +45,30 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 namespace attn {
-// Rows longer than this are not prefetched: measured (Emerald Rapids, 8k
-// tokens, 2 threads, from DRAM) the software prefetch makes 128- and 256-byte
-// rows (SmolLM2 f32/bf16/q8_0, Llama-3-8B bf16/q8_0) 1.05-1.3x faster, and
-// 512-byte rows (Llama-3-8B f32, which the hardware prefetchers already
-// stream at the DRAM rate) 1.1-1.15x slower.
+// Rows longer than this are not prefetched a block ahead: measured (Emerald
+// Rapids, 8k tokens, 2 threads, from DRAM) the next block's prefetch makes
+// 128- and 256-byte rows (SmolLM2 f32/bf16/q8_0, Llama-3-8B bf16/q8_0)
+// 1.05-1.3x faster, and 512-byte rows (Llama-3-8B f32) 1.1-1.19x slower.
+// Longer rows are prefetched in the current block instead, a few tokens ahead
+// of the FMA tiles' reads (kScoreLead, kValueLead).
 constexpr size_t kAheadRowBytes = 256;
+// How far ahead of the FMA tiles' reads a long row is prefetched: the score
+// tiles read a few rows at a time, each row whole, so the rows two tiles on;
+// the value tiles read a row in column tiles, so the first of them requests
+// the whole row as it reaches it. Measured (Llama-3-8B f32 full cache, KV pool
+// on 2 MiB pages, 2 threads, interleaved A/B against no prefetch): 8k 1.10-1.14x
+// faster, 32k 1.11x (one thread 1.08-1.12x), the 4 reference heads alone
+// 1.31x; 3, 9, 12 or 18 tokens ahead in the scores within 2% of 6, the values
+// 1 token ahead within noise; the same for 256-byte rows instead of the next
+// block's prefetch 1.18x slower (SmolLM2 f32).
+constexpr size_t kScoreLead = 6, kValueLead = 0;
 
 // The rows of a stream's next block, prefetched a few at a time by the
 // kernels reading the current block (rows(t0, t1) as they reach token t0), so
 // that the next block's memory latency overlaps this block's arithmetic: a
 // head's block is a few KiB of a page, too short for the hardware prefetchers
-// to run ahead of. n = 0: nothing to prefetch.
+// to run ahead of. For rows longer than kAheadRowBytes, the current block's
+// rows a few tokens on (at[t] = row t + lead). n = 0: nothing to prefetch.
 struct Ahead {
   const void* at[kAttnBlock];
   size_t n = 0, bytes = 0;
@@ -770,10 +782,17 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // The stream's rows in the next block of this task, prefetched by the
     // first tile (or the conversion) that reads the stream's current rows.
     attn::Ahead ahead;
-    auto look_ahead = [&](const HeadStream& st, size_t t0, bool any_row = false) {
+    // Rows longer than attn::kAheadRowBytes (unless any_row): the current
+    // block's, `lead` tokens ahead of the tiles reading them.
+    auto look_ahead = [&](const HeadStream& st, size_t t0, size_t lead, bool any_row = false) {
       ahead.n = 0;
       ahead.bytes = dtype_row_bytes(st.dtype, d);
-      if (sink || b0 + nb >= c.pos_end || (!any_row && ahead.bytes > attn::kAheadRowBytes)) return;
+      if (sink) return;
+      if (!any_row && ahead.bytes > attn::kAheadRowBytes) {
+        if (nb > lead) ahead.n = nb - lead, st.row_addresses(t0 + lead, ahead.n, ahead.at);
+        return;
+      }
+      if (b0 + nb >= c.pos_end) return;
       ahead.n = c.pos_end - (b0 + nb) < B ? c.pos_end - (b0 + nb) : B;
       st.row_addresses(t0 + nb, ahead.n, ahead.at);
     };
@@ -814,7 +833,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // references, 8k: 1.10-1.16x faster than without, 1 and 2 threads).
     // Other types are widened a row at a time into L1-resident floats.
     auto split_rows = [&](const HeadStream& st, size_t t0) {
-      look_ahead(st, t0, true);
+      look_ahead(st, t0, 0, true);
       st.row_addresses(t0, nb, at);
       float row[amx::kMaxDim / 2];
       for (size_t t = 0; t < nb; ++t) {
@@ -838,7 +857,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         return st.row_addresses(t0, nb, at);
       }
       if (on_tiles == Tiles::split) return split_rows(st, t0);
-      look_ahead(st, t0);
+      look_ahead(st, t0, attn::kScoreLead);
       int_scores = is_block_type(st.dtype) && jobs <= one_tile;
       if (int_scores) {
         st.row_addresses(t0, nb, at);
@@ -933,7 +952,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         return st.row_addresses(t0, nb, at);
       }
       if (on_tiles == Tiles::split) return split_rows(st, t0);
-      look_ahead(st, t0);
+      look_ahead(st, t0, attn::kValueLead);
       const bool pack = jobs > one_tile && aliases(st, nb);
       rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
       if (pack || is_block_type(st.dtype)) ahead.n = 0;
