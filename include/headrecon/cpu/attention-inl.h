@@ -58,9 +58,10 @@ constexpr size_t kAheadRowBytes = 256;
 // the whole row as it reaches it. Measured (Llama-3-8B f32 full cache, KV pool
 // on 2 MiB pages, 2 threads, interleaved A/B against no prefetch): 8k 1.10-1.14x
 // faster, 32k 1.11x (one thread 1.08-1.12x), the 4 reference heads alone
-// 1.31x; 3, 9, 12 or 18 tokens ahead in the scores within 2% of 6, the values
-// 1 token ahead within noise; the same for 256-byte rows instead of the next
-// block's prefetch 1.18x slower (SmolLM2 f32).
+// 1.33-1.36x; 3, 9, 12 or 18 tokens ahead in the scores within 2% of 6, the
+// values 1 token ahead within noise, only a row's first lines 1.07-1.25x
+// slower; the same for 256-byte rows instead of the next block's prefetch
+// 1.17-1.19x slower (SmolLM2 f32).
 constexpr size_t kScoreLead = 6, kValueLead = 0;
 
 // The rows of a stream's next block, prefetched a few at a time by the
