@@ -16,6 +16,7 @@
 #include "commands/ppl_command.hpp"
 #include "commands/probe_command.hpp"
 #include "commands/tokenize_command.hpp"
+#include "quant_matvec_dispatch.hpp"
 
 namespace {
 const char* const description = R"(headrecon-engine: a Llama-family GGUF model on the CPU; captures Q/K/V for headrecon,
@@ -27,8 +28,11 @@ Errors (unknown options, bad values, bad input) exit with status 1; --help with 
 
 int main(int argc, char** argv) {
   using namespace headrecon_engine::commands;
-  // Attention on the best SIMD target of this CPU (--static-attention: the build's).
+  // Attention and the weight products with f32 inputs on the best SIMD target of
+  // this CPU (--static-attention, --static-weights: the build's).
   headrecon_engine::engine_attention_kernel() = {headrecon::dispatch::attention, headrecon::dispatch::target_name()};
+  headrecon_engine::engine_quant_kernel() = {headrecon_engine::dispatch_quant_matvec,
+                                             headrecon_engine::dispatch_quant_target()};
   headrecon::cli::Tool tool("headrecon-engine", description);
   add_info_command(tool);
   add_tokenize_command(tool);

@@ -27,8 +27,15 @@ g8=$("$engine" generate --model "$model" --prompt "$text" --n 12 --threads 2 --i
 # Attention on the build's static target gives the same greedy text as runtime dispatch.
 gs=$("$engine" generate --model "$model" --prompt "$text" --n 12 --threads 2 --static-attention 2>/dev/null)
 [ "$gs" = "$g2" ] || fail "generate --static-attention gave '$gs', runtime dispatch '$g2'"
+# So do the weight products (f32 inputs) on the build's static target.
+gw=$("$engine" generate --model "$model" --prompt "$text" --n 12 --threads 2 --static-weights 2>/dev/null)
+[ "$gw" = "$g2" ] || fail "generate --static-weights gave '$gw', runtime dispatch '$g2'"
 "$engine" bench --model "$model" --seq-len 16 --decode 4 --threads 2 > "$tmp/bench.txt"
-grep -q "^threads 2, kernels [A-Z0-9_]*, attention [A-Z0-9_]*" "$tmp/bench.txt" || fail "bench: $(cat "$tmp/bench.txt")"
+grep -Eq "^threads 2, kernels [A-Z0-9_]+( \(8-bit inputs [A-Z0-9_]+\))?, attention [A-Z0-9_]+" "$tmp/bench.txt" ||
+  fail "bench: $(cat "$tmp/bench.txt")"
+"$engine" bench --model "$model" --seq-len 16 --decode 4 --threads 2 --static-weights > "$tmp/bench_static.txt"
+grep -Eq "^threads 2, kernels [A-Z0-9_]+, attention [A-Z0-9_]+" "$tmp/bench_static.txt" ||
+  fail "bench --static-weights: $(cat "$tmp/bench_static.txt")"
 ids=$("$engine" tokenize --model "$model" --string "$text")
 [ "$("$engine" detokenize --model "$model" --ids "$ids")" = "$text" ] || fail "tokenize/detokenize round trip"
 

@@ -44,7 +44,7 @@ inline int run_decode_bench(const BenchOptions& o, const LlamaModel& m) {
   const std::size_t V = m.config().n_vocab;
   std::vector<std::int32_t> prompt(cmax + o.decode);
   for (std::size_t i = 0; i < prompt.size(); ++i) prompt[i] = std::int32_t((i * 7919 + 17) % V);
-  std::cout << "threads " << engine_pool().size() << ", kernels " << quant_kernel_target() << ", attention "
+  std::cout << "threads " << engine_pool().size() << ", kernels " << weight_kernel_targets() << ", attention "
             << attention_target() << ", decode " << o.decode
             << " tokens after each context, median of " << o.reps << " A/B-interleaved runs\n";
   print_decode_table(measure_decode(m, prompt, configs, dtypes, contexts, o.decode, o.reps, std::cerr), std::cout);
@@ -85,7 +85,7 @@ inline int run_bench(const BenchOptions& o) {
     for (std::size_t i = 0; i < dec; ++i) eng.forward(&next, 1, cache, LogitsMode::last, &logits);
     dec_s = secs(t0, clk::now());
   }
-  std::cout << "threads " << engine_pool().size() << ", kernels " << quant_kernel_target() << ", attention "
+  std::cout << "threads " << engine_pool().size() << ", kernels " << weight_kernel_targets() << ", attention "
             << attention_target()
             << (o.model.int8_inputs ? " (8-bit inputs)" : " (f32 inputs)") << ", weights " << m.weight_bytes()
             << " bytes\n"

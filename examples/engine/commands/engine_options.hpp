@@ -78,7 +78,7 @@ struct ModelOptions {
   std::string model = default_model_path();
   std::uint64_t random_init = 0;
   int threads = 1;
-  bool int8_inputs = false, static_attention = false;
+  bool int8_inputs = false, static_attention = false, static_weights = false;
   CLI::Option *random_opt = nullptr, *threads_opt = nullptr;
 
   void add_model(CLI::App* c) {
@@ -93,6 +93,8 @@ struct ModelOptions {
                 "quantize the inputs of decode's weight products to 8 bits per 32-block (faster, not exact)");
     c->add_flag("--static-attention", static_attention,
                 "attention kernels of this build's SIMD target instead of the best one of this CPU (runtime dispatch)");
+    c->add_flag("--static-weights", static_weights,
+                "weight kernels (f32 inputs) of this build's SIMD target instead of the best one of this CPU");
     if (with_random_init)
       random_opt = c->add_option("--random-init", random_init,
                                  "replace every weight by a random one of matching scale (seed)")
@@ -115,9 +117,11 @@ struct ModelOptions {
     return m;
   }
   /// --threads N: the engine pool's size and the BLAS threads; --int8-inputs;
-  /// the attention kernels (runtime dispatch unless --static-attention).
+  /// the attention and weight kernels (runtime dispatch unless --static-attention,
+  /// --static-weights).
   void apply_threads() const {
     if (static_attention) engine_attention_kernel() = {};  // attend's default: the build's target
+    if (static_weights) engine_quant_kernel() = {};        // quant_matvec's static kernel
     if (threads_opt && threads_opt->count()) {
       set_engine_threads(std::size_t(threads));
       if (!set_blas_threads(threads)) std::cerr << "note: BLAS threads unchanged (the BLAS is not OpenBLAS)\n";

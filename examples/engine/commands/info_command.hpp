@@ -33,7 +33,7 @@ inline int run_info(const ModelOptions& mo) {
             << (c.rope_neox ? "NEOX (halves)" : "NORM (adjacent pairs)") << "\nrms eps: " << c.rms_eps
             << "\noutput: " << (c.tied_output ? "tied to token_embd" : "output.weight")
             << "\nparameters: " << m.n_params() << "\nweight bytes (read per decoded token): " << m.weight_bytes()
-            << "\nweight kernels: " << quant_kernel_target() << "\nattention kernels: " << attention_target()
+            << "\nweight kernels: " << weight_kernel_targets() << "\nattention kernels: " << attention_target()
             << "\nload: " << load_s << " s\n";
   const Tokenizer tok(f);
   std::cout << "tokenizer: gpt2 (byte-level BPE), pre '" << tok.pre_tokenizer() << "', vocab "
