@@ -2,8 +2,9 @@
 // Front door of the engine's weight kernels (static dispatch: the Highway
 // target is the one this translation unit is compiled for, e.g. -march=
 // x86-64-v3 gives AVX2, x86-64-v4 AVX3; the engine can install a runtime
-// dispatch for f32 inputs, engine_quant_kernel()). quant_matvec() multiplies rows of
-// GGUF-typed weights with f32 inputs; quant_dequantize() writes rows as f32.
+// dispatch for f32 inputs, engine_quant_kernel()). quant_matvec() multiplies
+// rows of GGUF-typed weights with f32 inputs; quant_dequantize() writes rows
+// as f32.
 // Both are single-threaded and allocate nothing; matmul.hpp splits rows
 // across threads.
 
@@ -18,7 +19,7 @@ namespace headrecon_engine {
 /// --static-weights is given. Products with 8-bit inputs stay on the build's
 /// target: measured (Emerald Rapids, bench_engine_matvec, one thread) the AVX3
 /// build's 8-bit kernels 1.1-1.2x slower than AVX2's, its f32-input kernels
-/// 1.45-1.6x faster (Q4_1) and 1.2-1.25x (Q8_0).
+/// 1.46-1.64x faster (Q4_1) and 1.22-1.25x (Q8_0).
 struct QuantKernelChoice {
   void (*matvec)(const QuantMatVecArgs&) = nullptr;
   const char* target = nullptr;
