@@ -87,7 +87,7 @@ inline int run_bench(const BenchOptions& o) {
   }
   std::cout << "threads " << engine_pool().size() << ", kernels " << weight_kernel_targets() << ", attention "
             << attention_target()
-            << (o.model.int8_inputs ? " (8-bit inputs)" : " (f32 inputs)") << ", weights " << m.weight_bytes()
+            << (o.model.int8_inputs ? ", 8-bit inputs" : ", f32 inputs") << ", weights " << m.weight_bytes()
             << " bytes\n"
             << "prefill " << seq << " tokens, no logits: " << double(seq) / pre_none << " tokens/s\n"
             << "prefill " << seq << " tokens, all logits: " << double(seq) / pre_all << " tokens/s\n";
