@@ -18,8 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "headrecon/cpu/kv_attention.hpp"
-#include "headrecon/cpu/reconstruct.hpp"
+#include "bench_kernels.hpp"
 #include "headrecon/kv_pool.hpp"
 #include "headrecon/kv_store.hpp"
 
@@ -77,8 +76,8 @@ struct StoredSequence {
     next_layer = (next_layer + 1) % std::size_t(plan.n_layers);
     return l;
   }
-  void attend(const float* q, float* out, const ParallelFor& pf) {
-    headrecon::attend(*store, layer(), {{seq, store->length(seq) - 1, 1, q, out}}, *ws, pf);
+  void attend(const float* q, float* out, const ParallelFor& pf, AttentionKernel kernel = nullptr) {
+    headrecon::attend(*store, layer(), {{seq, store->length(seq) - 1, 1, q, out}}, *ws, pf, kernel);
   }
   /// Bytes one call (one layer) reads.
   double read_bytes() const {
@@ -90,6 +89,7 @@ struct AttentionProblem {
   ModelShape shape;
   std::size_t tokens, sinks = 4;
   CacheType cache;
+  BenchKernels kernels;  // the static target's unless a tool installs others
   std::unique_ptr<StoredSequence> full_seq, ref_seq, refs_only_seq;
   std::vector<float> q, out, recon_cache, recon_work;
   std::vector<HeadStream> recon_k, recon_v;
@@ -176,9 +176,9 @@ struct AttentionProblem {
   float scale() const { return 1.f / std::sqrt(float(shape.d)); }
   std::size_t cached() const { return shape.n_kv - shape.rebuilt; }
 
-  void full(const ParallelFor& pf) { full_seq->attend(q.data(), out.data(), pf); }
-  void absorbed(const ParallelFor& pf) { ref_seq->attend(q.data(), out.data(), pf); }
-  void refs_only(const ParallelFor& pf) { refs_only_seq->attend(q.data(), out.data(), pf); }
+  void full(const ParallelFor& pf) { full_seq->attend(q.data(), out.data(), pf, kernels.attention); }
+  void absorbed(const ParallelFor& pf) { ref_seq->attend(q.data(), out.data(), pf, kernels.attention); }
+  void refs_only(const ParallelFor& pf) { refs_only_seq->attend(q.data(), out.data(), pf, kernels.attention); }
   /// One thread: the reconstruction kernel over the store's reference streams
   /// (next layer), then attention.
   void reconstruct_then_attend() {
@@ -188,8 +188,8 @@ struct AttentionProblem {
     const std::size_t nv = ref_seq->store->attention_plan(0).n_v_streams;
     ReconstructArgs rk{shape.d, 0, body, st.k, nk, recon_targets.data(), half, recon_work.data(), recon_work.size()};
     ReconstructArgs rv{shape.d, 0, body, st.v, nv, recon_targets.data() + half, half, recon_work.data(), recon_work.size()};
-    reconstruct(rk);
-    reconstruct(rv);
+    kernels.run_reconstruct(rk);
+    kernels.run_reconstruct(rv);
     DecodeAttentionArgs a;
     a.plan = &recon_full_plan;
     a.q = q.data();
@@ -200,7 +200,7 @@ struct AttentionProblem {
     a.out = out.data();
     a.workspace = recon_attn_work.data();
     a.workspace_floats = recon_attn_work.size();
-    decode_attention(a);
+    kernels.run_decode_attention(a);
   }
   double full_bytes() const { return full_seq->read_bytes(); }
   double ref_bytes() const { return ref_seq->read_bytes(); }

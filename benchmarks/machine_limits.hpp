@@ -16,6 +16,7 @@
 
 #include "headrecon/kv_pool.hpp"
 #include "headrecon/thread_pool.hpp"
+#include "fma_chains-inl.h"
 
 namespace headrecon::bench {
 
@@ -43,36 +44,22 @@ double best_seconds(F&& f, double min_seconds = 0.25, int reps = 3) {
 
 namespace hn = hwy::HWY_NAMESPACE;
 
-namespace limits_detail {
-// One thread's 12 FMA chains of `iters` steps.
-inline void fma_chains(std::size_t iters, float* sink) {
-  const hn::ScalableTag<float> df;
-  // Distinct starting values: identical chains would be merged by the compiler.
-  auto a0 = hn::Set(df, 1.00f), a1 = hn::Set(df, 1.01f), a2 = hn::Set(df, 1.02f), a3 = hn::Set(df, 1.03f);
-  auto a4 = hn::Set(df, 1.04f), a5 = hn::Set(df, 1.05f), a6 = hn::Set(df, 1.06f), a7 = hn::Set(df, 1.07f);
-  auto a8 = hn::Set(df, 1.08f), a9 = hn::Set(df, 1.09f), a10 = hn::Set(df, 1.10f), a11 = hn::Set(df, 1.11f);
-  const auto m = hn::Set(df, 0.999999f), c = hn::Set(df, 1e-7f);
-  for (std::size_t i = 0; i < iters; ++i) {
-    a0 = hn::MulAdd(a0, m, c); a1 = hn::MulAdd(a1, m, c); a2 = hn::MulAdd(a2, m, c); a3 = hn::MulAdd(a3, m, c);
-    a4 = hn::MulAdd(a4, m, c); a5 = hn::MulAdd(a5, m, c); a6 = hn::MulAdd(a6, m, c); a7 = hn::MulAdd(a7, m, c);
-    a8 = hn::MulAdd(a8, m, c); a9 = hn::MulAdd(a9, m, c); a10 = hn::MulAdd(a10, m, c); a11 = hn::MulAdd(a11, m, c);
-  }
-  auto s = hn::Add(hn::Add(hn::Add(a0, a1), hn::Add(a2, a3)), hn::Add(hn::Add(a4, a5), hn::Add(a6, a7)));
-  s = hn::Add(s, hn::Add(hn::Add(a8, a9), hn::Add(a10, a11)));
-  hn::StoreU(s, df, sink);
-}
-}  // namespace limits_detail
+/// One thread's FMA peak kernel (fma_chains-inl.h): runs and returns the
+/// flops done; `sink` holds 64 floats.
+using FmaChainsKernel = double (*)(float* sink);
 
-/// GFLOP/s of 12 independent FMA chains per thread on the widest static
-/// vector (12 chains hide the FMA latency on two pipes and fit 16 registers
-/// with the two constants), on every worker of `pf`.
-inline double fma_peak_gflops(const ParallelFor& pf = ParallelFor()) {
-  const std::size_t iters = 20000000 / hn::Lanes(hn::ScalableTag<float>()), W = pf.workers();
+/// GFLOP/s of `chains` (default: the static target's FmaChains) on every
+/// worker of `pf` at once.
+inline double fma_peak_gflops(const ParallelFor& pf = ParallelFor(), FmaChainsKernel chains = nullptr) {
+  if (!chains) chains = &HWY_STATIC_DISPATCH(FmaChains);
+  const std::size_t W = pf.workers();
   std::vector<float> sink(W * 64);
+  std::vector<double> flops(W);
   const double t = best_seconds(
-      [&] { pf(W, [&](std::size_t w, std::size_t) { limits_detail::fma_chains(iters, sink.data() + w * 64); }); }, 0.3);
-  const double per_thread = double(iters) * 12.0 * double(hn::Lanes(hn::ScalableTag<float>())) * 2.0;
-  return double(W) * per_thread / t / 1e9;
+      [&] { pf(W, [&](std::size_t w, std::size_t) { flops[w] = chains(sink.data() + w * 64); }); }, 0.3);
+  double total = 0;
+  for (double f : flops) total += f;
+  return total / t / 1e9;
 }
 
 /// GB/s of a streaming read (sum) of `bytes` split over the workers of `pf`;

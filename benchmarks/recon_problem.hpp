@@ -6,7 +6,7 @@
 #include <random>
 #include <vector>
 
-#include "headrecon/cpu/reconstruct.hpp"
+#include "bench_kernels.hpp"
 #include "headrecon/detail/lapack.hpp"
 
 namespace headrecon::bench {
@@ -20,6 +20,7 @@ struct ReconProblem {
   std::vector<HeadStream> streams;
   std::vector<ReconTarget> targets;
   std::vector<float> work;
+  BenchKernels kernels;  // the static target's unless a tool installs others
 
   ReconProblem(std::size_t n_, std::size_t d_) : n(n_), d(d_) {
     std::mt19937 rng(3);
@@ -48,7 +49,7 @@ struct ReconProblem {
   }
   void ours() {
     ReconstructArgs a{d, 0, n, streams.data(), streams.size(), targets.data(), targets.size(), work.data(), work.size()};
-    reconstruct(a);
+    kernels.run_reconstruct(a);
   }
   void blas() {
     // Row-major Y[n, 4d] = X[n, 5d] · W[5d, 4d] is column-major Yᵀ = Wᵀ Xᵀ.

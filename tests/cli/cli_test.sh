@@ -54,8 +54,19 @@ expect_ok "fixed" "k 1\.5 <- 1\.0 1\.1" \
 expect_ok inspect "k: 6 heads/layer, 9 of 18 rebuilt" "$tool" inspect "$dir/greedy.plan"
 
 # The bench command runs end to end (small sizes) and writes valid JSON.
-expect_ok "bench --quick" "decode attention" "$tool" bench --quick --json "$dir/bench.json"
+expect_ok "bench --quick" "kernels and FMA peak on Highway target [A-Z0-9_]+, the CPU's best, through runtime dispatch" \
+  "$tool" bench --quick --json "$dir/bench.json"
 if python3 -c "import json,sys; d=json.load(open(sys.argv[1])); assert d['reconstruction'] and d['decode_attention']" "$dir/bench.json" 2>/dev/null; then ok; else bad "bench JSON"; fi
+# The kernels run on the CPU's best target by default, on the build's with --static-kernels; the JSON says which.
+expect_ok "bench --static-kernels" "kernels and FMA peak on this build's static Highway target" \
+  "$tool" bench --quick --static-kernels --json "$dir/bench_static.json" --plot "$dir/bench_static.svg"
+if python3 - "$dir/bench.json" "$dir/bench_static.json" <<'PY' 2>/dev/null; then ok; else bad "bench kernels in JSON"; fi
+import json, sys
+d, s = (json.load(open(f))["machine"] for f in sys.argv[1:3])
+assert d["kernels"] == "dispatch" and s["kernels"] == "static", (d, s)
+assert s["target"] == s["static_target"] == d["static_target"], (d, s)
+assert d["target"] and d["fma_peak_gflops"] > 0 and s["fma_peak_gflops"] > 0
+PY
 # ... and the roofline plot next to the JSON: one panel per thread count (1 and 2), a roof and two points
 # (full and absorbed) per decode-attention row, as well-formed SVG.
 if python3 - "$dir/bench.json" "$dir/bench.roofline.svg" <<'PY' 2>/dev/null; then ok; else bad "bench roofline SVG"; fi
