@@ -410,6 +410,16 @@ constexpr size_t kOneTileJobs = 4;
 // and 4 jobs (Llama: 1.03x faster full, 1.05x slower reference heads alone)
 // stay on the FMA tiles.
 constexpr size_t kAmxMinJobs = 5;
+// The same for rows of d <= 64 (128 bytes) on the AVX-512 targets. Measured
+// again in stop 29 (8k tokens, 2 threads, KV pool on 2 MiB pages, interleaved):
+// SmolLM2's absorbed step, 6 jobs per reference stream, 1.10x faster on the
+// FMA tiles than on AMX (1 reference: 324-332 -> 296-299 us; 2 references:
+// 366-370 -> 333-335 us), while 6 jobs of d = 128 rows (a GQA-6 full cache)
+// are 1.16-1.18x faster on AMX. On AVX2 the 6-job SmolLM2 streams were mixed
+// (0.96-1.11x) and stay on AMX.
+constexpr size_t kAmxMinJobsShortRows = HWY_MAX_BYTES >= 64 ? 6 : kAmxMinJobs;
+// Jobs a bf16 stream of heads of d needs (more than this) to take the tiles.
+constexpr size_t AmxMinJobs(size_t d) { return d <= 64 ? kAmxMinJobsShortRows : kAmxMinJobs; }
 // Other streams with more jobs than these take the tiles split into bf16
 // parts (amx::split_row: a conversion pass, and twice the tile work of bf16
 // rows): f32 rows, and rows widened to f32 first (f16, q8_0, q4_0).
@@ -686,7 +696,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // Only where every block's flushes keep their packed queries (decode;
     // prefill's many rows would repack them every block).
     auto flushes = [&](size_t jobs) {
-      return jobs > attn::kAmxMinJobs ? (jobs + amx::kJobs - 1) / amx::kJobs : 0;
+      return jobs > attn::AmxMinJobs(d) ? (jobs + amx::kJobs - 1) / amx::kJobs : 0;
     };
     size_t body = 0;
     for (const auto& jobs : p.k_jobs) body += flushes(M * jobs.size());
@@ -697,7 +707,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
   enum class Tiles { none, in_place, split };
   auto tiles_for = [&](const HeadStream& st, size_t jobs) {
     if (!amx_on) return Tiles::none;
-    if (st.dtype == DType::bf16) return jobs > attn::kAmxMinJobs ? Tiles::in_place : Tiles::none;
+    if (st.dtype == DType::bf16) return jobs > attn::AmxMinJobs(d) ? Tiles::in_place : Tiles::none;
     const size_t min_jobs = st.dtype == DType::f32 ? attn::kAmxSplitMinJobs : attn::kAmxWidenedMinJobs;
     return amx::split_fits(d) && jobs > min_jobs ? Tiles::split : Tiles::none;
   };
