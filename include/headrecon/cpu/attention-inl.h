@@ -52,34 +52,55 @@ namespace attn {
 // Longer rows are prefetched in the current block instead, a few tokens ahead
 // of the FMA tiles' reads (kScoreLead, kValueLead).
 constexpr size_t kAheadRowBytes = 256;
-// How far ahead of the FMA tiles' reads a long row is prefetched: the score
-// tiles read a few rows at a time, each row whole, so the rows two tiles on;
-// the value tiles read a row in column tiles, so the first of them requests
-// the whole row as it reaches it. Measured (Llama-3-8B f32 full cache, KV pool
-// on 2 MiB pages, 2 threads, interleaved A/B against no prefetch): 8k 1.10-1.14x
-// faster, 32k 1.11x (one thread 1.08-1.12x), the 4 reference heads alone
-// 1.33-1.36x; 3, 9, 12 or 18 tokens ahead in the scores within 2% of 6, the
-// values 1 token ahead within noise, only a row's first lines 1.07-1.25x
-// slower; the same for 256-byte rows instead of the next block's prefetch
-// 1.17-1.19x slower (SmolLM2 f32).
-constexpr size_t kScoreLead = 6, kValueLead = 0;
+// How far ahead of the FMA tiles' reads a long row is prefetched, in tokens of
+// the stream being read; near the end of a stream's block the lead runs on
+// into the rows the kernel reads next (Ahead::next): the next KV head's block,
+// the first V stream after the last K stream, the next block's first K stream
+// after the last V stream. Measured (Llama-3-8B f32 full cache, KV pool on
+// 2 MiB pages, from DRAM, interleaved A/B): against the earlier leads (scores 6
+// tokens, values none, each stream's first rows not prefetched) 8k 2 threads
+// 1.05-1.07x faster, 32k one thread 1.06x, the 4 reference heads alone 1.10x.
+// Score / value leads of 12 / 6, 12 / 8, 12 / 12, 18 / 6 and 24 / 6 came
+// within 3% of each other; 6 / 3 and 6 / 6 1.02-1.04x slower; a lead that
+// stops at the end of the stream's block slower than the same lead running on.
+// Earlier (stop 28): no prefetch 1.10-1.14x slower, only a row's first lines
+// 1.07-1.25x slower; 256-byte rows keep the next block's prefetch instead
+// (1.17-1.19x faster than the current block's, SmolLM2 f32).
+constexpr size_t kScoreLead = 12, kValueLead = 8;
+// The f32 rows split into bf16 parts for the AMX tiles: rows 6 tokens ahead
+// of the conversion (the current block's rows 1.06-1.11x faster than the next
+// block's, Llama-3-8B f32, 4 references, 8k, 2 threads).
+constexpr size_t kSplitLead = 6;
 
-// The rows of a stream's next block, prefetched a few at a time by the
-// kernels reading the current block (rows(t0, t1) as they reach token t0), so
-// that the next block's memory latency overlaps this block's arithmetic: a
-// head's block is a few KiB of a page, too short for the hardware prefetchers
-// to run ahead of. For rows longer than kAheadRowBytes, the current block's
-// rows a few tokens on (at[t] = row t + lead). n = 0: nothing to prefetch.
+// The rows to prefetch while the kernels read a stream's block, requested a
+// few at a time (rows(t0, t1) as the tiles reach token t0). Rows up to
+// kAheadRowBytes: the stream's next block, so that the next block's memory
+// latency overlaps this block's arithmetic (a head's block is a few KiB of a
+// page, too short for the hardware prefetchers to run ahead of). Longer rows:
+// the current block's rows `lead` tokens on (at[t] = row t + lead), and over
+// the block's last `lead` tokens the first rows of the stream read next
+// (next[t - next_from]). n = next_n = 0: nothing to prefetch.
 struct Ahead {
   const void* at[kAttnBlock];
-  size_t n = 0, bytes = 0;
-  HWY_INLINE void rows(size_t t0, size_t t1) const {
-    for (size_t t = t0; t < t1 && t < n; ++t) {
-      const uintptr_t a = reinterpret_cast<uintptr_t>(at[t]);
-      for (uintptr_t line = a & ~uintptr_t(63); line < a + bytes; line += 64)
-        HEADRECON_PREFETCH(reinterpret_cast<const void*>(line));
-    }
+  const void* next[kAttnBlock];
+  size_t n = 0, bytes = 0, next_from = 0, next_n = 0;
+  HWY_INLINE void clear() { n = next_n = 0; }
+  HWY_INLINE void row(const void* p) const {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    for (uintptr_t line = a & ~uintptr_t(63); line < a + bytes; line += 64)
+      HEADRECON_PREFETCH(reinterpret_cast<const void*>(line));
   }
+  HWY_INLINE void rows(size_t t0, size_t t1) const {
+    for (size_t t = t0; t < t1 && t < n; ++t) row(at[t]);
+    if (HWY_UNLIKELY(next_n != 0) && t1 > next_from)
+      for (size_t t = t0 > next_from ? t0 : next_from; t < t1 && t - next_from < next_n; ++t) row(next[t - next_from]);
+  }
+};
+
+// The stream a kernel reads next, from token t0 (nb rows); st null: none.
+struct Then {
+  const HeadStream* st = nullptr;
+  size_t t0 = 0, nb = 0;
 };
 
 // One row of d elements of type t at src as f32 (converted, or copied).
@@ -794,18 +815,43 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // first tile (or the conversion) that reads the stream's current rows.
     attn::Ahead ahead;
     // Rows longer than attn::kAheadRowBytes: the current block's, `lead`
-    // tokens ahead of the reads.
-    auto look_ahead = [&](const HeadStream& st, size_t t0, size_t lead) {
-      ahead.n = 0;
+    // tokens ahead of the reads, running on into `then`'s rows from token
+    // then_t0 (the stream read next; null: none).
+    auto look_ahead = [&](const HeadStream& st, size_t t0, size_t lead, const HeadStream* then = nullptr,
+                          size_t then_t0 = 0, size_t then_nb = 0) {
+      ahead.clear();
       ahead.bytes = dtype_row_bytes(st.dtype, d);
       if (sink) return;
       if (ahead.bytes > attn::kAheadRowBytes) {
         if (nb > lead) ahead.n = nb - lead, st.row_addresses(t0 + lead, ahead.n, ahead.at);
+        if (then && then->dtype == st.dtype) {
+          const size_t m = std::min({lead, nb, then_nb});
+          ahead.next_from = nb - m, ahead.next_n = m;
+          then->row_addresses(then_t0, m, ahead.next);
+        }
         return;
       }
       if (b0 + nb >= c.pos_end) return;
       ahead.n = c.pos_end - (b0 + nb) < B ? c.pos_end - (b0 + nb) : B;
       st.row_addresses(t0 + nb, ahead.n, ahead.at);
+    };
+    // The body stream the kernel reads after K stream s / V stream s: the
+    // next K stream of the block, then the first V stream, then (after the
+    // last V stream) the first K stream of this task's next block.
+    auto first_of = [](const auto& jobs, size_t from) {
+      while (from < jobs.size() && jobs[from].empty()) ++from;
+      return from;
+    };
+    auto after_k = [&](size_t s) {
+      const size_t k = first_of(p.k_jobs, s + 1), v = first_of(p.v_jobs, 0);
+      if (k < p.n_k_streams) return attn::Then{&cache.k[k], b0 - S, nb};
+      return v < p.n_v_streams ? attn::Then{&cache.v[v], b0 - S, nb} : attn::Then();
+    };
+    auto after_v = [&](size_t s) {
+      const size_t v = first_of(p.v_jobs, s + 1), k = first_of(p.k_jobs, 0);
+      if (v < p.n_v_streams) return attn::Then{&cache.v[v], b0 - S, nb};
+      if (k >= p.n_k_streams || b0 + nb >= c.pos_end) return attn::Then();
+      return attn::Then{&cache.k[k], b0 + nb - S, c.pos_end - (b0 + nb) < B ? c.pos_end - (b0 + nb) : B};
     };
     auto flush_scores = [&] {
       if (n && on_tiles != Tiles::none) {
@@ -829,7 +875,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
             attn::ScoresUpTo<4>(m, qs + j, rs, nb, d, ss + j, a);
           });
         });
-      if (n) ahead.n = 0;
+      if (n) ahead.clear();
       n = 0;
     };
     auto add_score_job = [&](size_t r, size_t vec, size_t head) {
@@ -844,7 +890,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // next block's rows (which were 1.10-1.16x faster than no prefetch).
     // Other types are widened a row at a time into L1-resident floats.
     auto split_rows = [&](const HeadStream& st, size_t t0) {
-      look_ahead(st, t0, attn::kScoreLead);
+      look_ahead(st, t0, attn::kSplitLead);
       st.row_addresses(t0, nb, at);
       float row[amx::kMaxDim / 2];
       for (size_t t = 0; t < nb; ++t) {
@@ -854,28 +900,28 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         amx::split_row(src, d, split + t * d);
         at[t] = split + t * d;
       }
-      ahead.n = 0;
+      ahead.clear();
     };
     // A block-type stream read by one tile is scored in integers in place; by
     // several, its block is dequantized once and scored in f32 (fewer
     // operations per multiply-add, and the queries stay unquantized).
-    auto use_stream = [&](const HeadStream& st, size_t t0, size_t jobs) {
+    auto use_stream = [&](const HeadStream& st, size_t t0, size_t jobs, const attn::Then& then = attn::Then()) {
       cur = &st;
       on_tiles = tiles_for(st, jobs);
       int_scores = false;
       if (on_tiles == Tiles::in_place) {  // the tiles prefetch their own rows into L1
-        ahead.n = 0;
+        ahead.clear();
         return st.row_addresses(t0, nb, at);
       }
       if (on_tiles == Tiles::split) return split_rows(st, t0);
-      look_ahead(st, t0, attn::kScoreLead);
+      look_ahead(st, t0, attn::kScoreLead, then.st, then.t0, then.nb);
       int_scores = is_block_type(st.dtype) && jobs <= one_tile;
       if (int_scores) {
         st.row_addresses(t0, nb, at);
       } else {
         const bool pack = jobs > one_tile && aliases(st, nb);
         rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
-        if (pack || is_block_type(st.dtype)) ahead.n = 0;  // prefetched while converting
+        if (pack || is_block_type(st.dtype)) ahead.clear();  // prefetched while converting
       }
     };
     auto live = [&] {
@@ -896,7 +942,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       for (size_t s = 0; s < p.n_k_streams; ++s) {
         const auto& jobs = p.k_jobs[s];
         if (jobs.empty()) continue;
-        use_stream(cache.k[s], b0 - S, live * jobs.size());
+        use_stream(cache.k[s], b0 - S, live * jobs.size(), after_k(s));
         for (size_t r = 0; r < M; ++r)
           if (R.row_len[r] > b0)
             for (const auto& job : jobs) add_score_job(r, job.vec, job.head);
@@ -952,21 +998,21 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
             attn::AccumulateUpTo<4>(m, ps + j, rs, nb, d, as + j, a);
           });
         });
-      if (n) ahead.n = 0;
+      if (n) ahead.clear();
       n = 0;
     };
     // Rows of a V stream: prefetch its next block, pack when tiles would alias.
-    auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs) {
+    auto value_rows = [&](const HeadStream& st, size_t t0, size_t jobs, const attn::Then& then = attn::Then()) {
       on_tiles = tiles_for(st, jobs);
       if (on_tiles == Tiles::in_place) {
-        ahead.n = 0;
+        ahead.clear();
         return st.row_addresses(t0, nb, at);
       }
       if (on_tiles == Tiles::split) return split_rows(st, t0);
-      look_ahead(st, t0, attn::kValueLead);
+      look_ahead(st, t0, attn::kValueLead, then.st, then.t0, then.nb);
       const bool pack = jobs > one_tile && aliases(st, nb);
       rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
-      if (pack || is_block_type(st.dtype)) ahead.n = 0;
+      if (pack || is_block_type(st.dtype)) ahead.clear();
     };
     if (sink) {
       for (size_t g = 0; g < p.n_kv_heads; ++g) {
@@ -984,7 +1030,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       for (size_t s = 0; s < p.n_v_streams; ++s) {
         const auto& jobs = p.v_jobs[s];
         if (jobs.empty()) continue;
-        value_rows(cache.v[s], b0 - S, live * jobs.size());
+        value_rows(cache.v[s], b0 - S, live * jobs.size(), after_v(s));
         if (on_tiles == Tiles::in_place) next_rows(s);
         for (size_t r = 0; r < M; ++r) {
           if (R.row_len[r] <= b0) continue;
