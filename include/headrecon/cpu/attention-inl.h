@@ -66,11 +66,12 @@ constexpr size_t kAheadRowBytes = 256;
 // Earlier (stop 28): no prefetch 1.10-1.14x slower, only a row's first lines
 // 1.07-1.25x slower; 256-byte rows keep the next block's prefetch instead
 // (1.17-1.19x faster than the current block's, SmolLM2 f32).
+// The conversion of f32 rows into bf16 parts for the AMX tiles reads rows
+// one after another like the score tiles and takes the same lead: Llama-3-8B
+// f32 absorbed step, 8k, 2 threads, against 6 tokens stopping at the
+// stream's end: 4 references 1.04-1.05x faster, 2 references 1.06x (18
+// tokens the same as 12, 8 within 1.02x).
 constexpr size_t kScoreLead = 12, kValueLead = 8;
-// The f32 rows split into bf16 parts for the AMX tiles: rows 6 tokens ahead
-// of the conversion (the current block's rows 1.06-1.11x faster than the next
-// block's, Llama-3-8B f32, 4 references, 8k, 2 threads).
-constexpr size_t kSplitLead = 6;
 
 // The rows to prefetch while the kernels read a stream's block, requested a
 // few at a time (rows(t0, t1) as the tiles reach token t0). Rows up to
@@ -885,12 +886,13 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     };
     // A stream's block split into bf16 parts, `at` pointing at the split
     // rows. The conversion reads the rows one after another, and prefetches
-    // like the score tiles: Llama-3-8B f32, 4 references, 8k, 2 threads:
-    // the current block's rows 6 tokens ahead 1.06-1.11x faster than the
+    // like the score tiles (attn::kScoreLead, running on into the next
+    // stream). Stop 28, Llama-3-8B f32, 4 references, 8k, 2 threads: the
+    // current block's rows 6 tokens ahead were 1.06-1.11x faster than the
     // next block's rows (which were 1.10-1.16x faster than no prefetch).
     // Other types are widened a row at a time into L1-resident floats.
-    auto split_rows = [&](const HeadStream& st, size_t t0) {
-      look_ahead(st, t0, attn::kSplitLead);
+    auto split_rows = [&](const HeadStream& st, size_t t0, const attn::Then& then) {
+      look_ahead(st, t0, attn::kScoreLead, then.st, then.t0, then.nb);
       st.row_addresses(t0, nb, at);
       float row[amx::kMaxDim / 2];
       for (size_t t = 0; t < nb; ++t) {
@@ -913,7 +915,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         ahead.clear();
         return st.row_addresses(t0, nb, at);
       }
-      if (on_tiles == Tiles::split) return split_rows(st, t0);
+      if (on_tiles == Tiles::split) return split_rows(st, t0, then);
       look_ahead(st, t0, attn::kScoreLead, then.st, then.t0, then.nb);
       int_scores = is_block_type(st.dtype) && jobs <= one_tile;
       if (int_scores) {
@@ -1008,7 +1010,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         ahead.clear();
         return st.row_addresses(t0, nb, at);
       }
-      if (on_tiles == Tiles::split) return split_rows(st, t0);
+      if (on_tiles == Tiles::split) return split_rows(st, t0, then);
       look_ahead(st, t0, attn::kValueLead, then.st, then.t0, then.nb);
       const bool pack = jobs > one_tile && aliases(st, nb);
       rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
