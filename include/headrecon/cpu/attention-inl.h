@@ -45,13 +45,22 @@ namespace HWY_NAMESPACE {
 namespace hn = hwy::HWY_NAMESPACE;
 
 namespace attn {
-// Rows longer than this are not prefetched a block ahead: measured (Emerald
-// Rapids, 8k tokens, 2 threads, from DRAM) the next block's prefetch makes
-// 128- and 256-byte rows (SmolLM2 f32/bf16/q8_0, Llama-3-8B bf16/q8_0)
-// 1.05-1.3x faster, and 512-byte rows (Llama-3-8B f32) 1.1-1.19x slower.
-// Longer rows are prefetched in the current block instead, a few tokens ahead
-// of the FMA tiles' reads (kScoreLead, kValueLead).
-constexpr size_t kAheadRowBytes = 256;
+// Which rows a pass over a block's K (or V) streams prefetches: the next
+// block's rows of each stream, or the current block's a few tokens ahead of
+// the FMA tiles' reads (kScoreLead, kValueLead). The current block's where
+// the rows are longer than kAheadRowBytes or the pass reads at least
+// kAheadPassBytes (streams x tokens x row bytes). Measured (Emerald Rapids,
+// 8k tokens, 2 threads, from DRAM, KV pool on 2 MiB pages, interleaved A/B):
+// the current block's rows for
+//   512-byte rows: Llama-3-8B f32 (8 streams, 128 KiB per pass) 1.1-1.19x
+//     faster (stop 28), 3 KV heads of d = 128 (48 KiB) 1.02-1.04x faster;
+//   256-byte rows: Llama-3-8B bf16 (64 KiB) 1.08-1.10x faster, 8 KV heads of
+//     d = 64 f32 (64 KiB) the same; SmolLM2 f32 (24 KiB) 1.05-1.06x slower,
+//     3 KV heads of d = 128 bf16 (24 KiB) 1.03-1.05x slower;
+//   shorter rows: 8 KV heads of d = 64 bf16 (128 bytes, 32 KiB) 1.22-1.25x
+//     slower, SmolLM2 bf16 (12 KiB) 1.15x slower, Llama-3-8B q8_0 (136 bytes,
+//     34 KiB) within noise.
+constexpr size_t kAheadRowBytes = 256, kAheadPassBytes = size_t(64) << 10;
 // How far ahead of the FMA tiles' reads a long row is prefetched, in tokens of
 // the stream being read; near the end of a stream's block the lead runs on
 // into the rows the kernel reads next (Ahead::next): the next KV head's block,
@@ -74,13 +83,14 @@ constexpr size_t kAheadRowBytes = 256;
 constexpr size_t kScoreLead = 12, kValueLead = 8;
 
 // The rows to prefetch while the kernels read a stream's block, requested a
-// few at a time (rows(t0, t1) as the tiles reach token t0). Rows up to
-// kAheadRowBytes: the stream's next block, so that the next block's memory
-// latency overlaps this block's arithmetic (a head's block is a few KiB of a
-// page, too short for the hardware prefetchers to run ahead of). Longer rows:
-// the current block's rows `lead` tokens on (at[t] = row t + lead), and over
-// the block's last `lead` tokens the first rows of the stream read next
-// (next[t - next_from]). n = next_n = 0: nothing to prefetch.
+// few at a time (rows(t0, t1) as the tiles reach token t0). Short rows in a
+// short pass (kAheadRowBytes, kAheadPassBytes): the stream's next block, so
+// that the next block's memory latency overlaps this block's arithmetic (a
+// head's block is a few KiB of a page, too short for the hardware prefetchers
+// to run ahead of). Otherwise the current block's rows `lead` tokens on
+// (at[t] = row t + lead), and over the block's last `lead` tokens the first
+// rows of the stream read next (next[t - next_from]). n = next_n = 0: nothing
+// to prefetch.
 struct Ahead {
   const void* at[kAttnBlock];
   const void* next[kAttnBlock];
@@ -815,15 +825,24 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // The stream's rows in the next block of this task, prefetched by the
     // first tile (or the conversion) that reads the stream's current rows.
     attn::Ahead ahead;
-    // Rows longer than attn::kAheadRowBytes: the current block's, `lead`
-    // tokens ahead of the reads, running on into `then`'s rows from token
-    // then_t0 (the stream read next; null: none).
+    // Bytes of the body pass being read (its streams' rows of this block).
+    size_t pass_bytes = 0;
+    auto pass_of = [&](const HeadStream* streams, const auto& jobs) {
+      size_t bytes = 0;
+      for (size_t s = 0; s < jobs.size(); ++s)
+        if (!jobs[s].empty()) bytes += nb * dtype_row_bytes(streams[s].dtype, d);
+      return bytes;
+    };
+    // Long rows or a long pass (attn::kAheadRowBytes, kAheadPassBytes): the
+    // current block's rows, `lead` tokens ahead of the reads, running on into
+    // `then`'s rows from token then_t0 (the stream read next; null: none).
+    // Else the stream's next block.
     auto look_ahead = [&](const HeadStream& st, size_t t0, size_t lead, const HeadStream* then = nullptr,
                           size_t then_t0 = 0, size_t then_nb = 0) {
       ahead.clear();
       ahead.bytes = dtype_row_bytes(st.dtype, d);
       if (sink) return;
-      if (ahead.bytes > attn::kAheadRowBytes) {
+      if (ahead.bytes > attn::kAheadRowBytes || pass_bytes >= attn::kAheadPassBytes) {
         if (nb > lead) ahead.n = nb - lead, st.row_addresses(t0 + lead, ahead.n, ahead.at);
         if (then && then->dtype == st.dtype) {
           const size_t m = std::min({lead, nb, then_nb});
@@ -941,6 +960,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         flush_scores();
       }
     } else {
+      pass_bytes = pass_of(cache.k, p.k_jobs);
       for (size_t s = 0; s < p.n_k_streams; ++s) {
         const auto& jobs = p.k_jobs[s];
         if (jobs.empty()) continue;
@@ -1029,6 +1049,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         flush_values();
       }
     } else {
+      pass_bytes = pass_of(cache.v, p.v_jobs);
       for (size_t s = 0; s < p.n_v_streams; ++s) {
         const auto& jobs = p.v_jobs[s];
         if (jobs.empty()) continue;
