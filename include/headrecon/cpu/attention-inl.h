@@ -73,8 +73,7 @@ constexpr size_t kAheadRowBytes = 256, kAheadPassBytes = size_t(64) << 10;
 // within 3% of each other; 6 / 3 and 6 / 6 1.02-1.04x slower; a lead that
 // stops at the end of the stream's block slower than the same lead running on.
 // Earlier (stop 28): no prefetch 1.10-1.14x slower, only a row's first lines
-// 1.07-1.25x slower; 256-byte rows keep the next block's prefetch instead
-// (1.17-1.19x faster than the current block's, SmolLM2 f32).
+// 1.07-1.25x slower.
 // The conversion of f32 rows into bf16 parts for the AMX tiles reads rows
 // one after another like the score tiles and takes the same lead: Llama-3-8B
 // f32 absorbed step, 8k, 2 threads, against 6 tokens stopping at the
