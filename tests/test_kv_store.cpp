@@ -508,6 +508,12 @@ TEST_CASE("KvStore rejects what does not fit, and loses nothing", "[store]") {
   AttentionLimits lim;
   lim.max_tokens = 8;
   AttentionWorkspace ws(f.store, lim);
+  AttentionLimits huge = lim;
+  huge.max_rows = huge.max_requests = std::size_t(1) << 40;
+  REQUIRE_THROWS_WITH(AttentionWorkspace(f.store, huge), Catch::Contains("got max_rows 1099511627776"));
+  huge = lim;
+  huge.max_tokens = std::size_t(1) << 40;
+  REQUIRE_THROWS_WITH(AttentionWorkspace(f.store, huge), Catch::Contains("max_tokens 1099511627776"));
   std::vector<float> q(kKv * kGroup * kDim), out(q.size());
   REQUIRE_THROWS_WITH(attend(f.store, 0, {{s, 19, 1, q.data(), out.data()}}, ws), Catch::Contains("workspace serves 8"));
   REQUIRE_THROWS_WITH(attend(f.store, 0, {{s, 40, 1, q.data(), out.data()}}, ws), Catch::Contains("which holds 20"));

@@ -57,6 +57,12 @@ class AttentionWorkspace {
   AttentionWorkspace(const KvStore& store, const AttentionLimits& limits) : limits_(limits) {
     if (limits.max_requests == 0 || limits.max_rows < limits.max_requests || limits.max_tokens == 0)
       detail::fail("AttentionWorkspace: limits need max_requests >= 1, max_rows >= max_requests, max_tokens >= 1");
+    // Bounds under which every buffer's size is computed without wrapping
+    // (attention_workspace_floats multiplies them).
+    constexpr std::size_t kMaxRows = std::size_t(1) << 24, kMaxTokens = std::size_t(1) << 32;
+    if (limits.max_rows > kMaxRows || limits.max_tokens > kMaxTokens)
+      detail::fail("AttentionWorkspace: limits need max_rows <= ", kMaxRows, " and max_tokens <= ", kMaxTokens,
+                   ", got max_rows ", limits.max_rows, ", max_tokens ", limits.max_tokens);
     const std::size_t split = attention_split(limits.split_tokens);
     const std::size_t tasks_per_group = (limits.max_tokens + split - 1) / split;
     std::size_t floats = 0;
