@@ -844,19 +844,18 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     };
     // Long rows or a long pass (attn::kAheadRowBytes, kAheadPassBytes): the
     // current block's rows, `lead` tokens ahead of the reads, running on into
-    // `then`'s rows from token then_t0 (the stream read next; null: none).
-    // Else the stream's next block.
-    auto look_ahead = [&](const HeadStream& st, size_t t0, size_t lead, const HeadStream* then = nullptr,
-                          size_t then_t0 = 0, size_t then_nb = 0) {
+    // `then`'s rows (the stream read next; none without it). Else the
+    // stream's next block.
+    auto look_ahead = [&](const HeadStream& st, size_t t0, size_t lead, const attn::Then& then) {
       ahead.clear();
       ahead.bytes = dtype_row_bytes(st.dtype, d);
       if (sink) return;
       if (ahead.bytes > attn::kAheadRowBytes || pass_bytes >= attn::kAheadPassBytes) {
         if (nb > lead) ahead.n = nb - lead, st.row_addresses(t0 + lead, ahead.n, ahead.at);
-        if (then && then->dtype == st.dtype) {
-          const size_t m = std::min({lead, nb, then_nb});
+        if (then.st && then.st->dtype == st.dtype) {
+          const size_t m = std::min({lead, nb, then.nb});
           ahead.next_from = nb - m, ahead.next_n = m;
-          then->row_addresses(then_t0, m, ahead.next);
+          then.st->row_addresses(then.t0, m, ahead.next);
         }
         return;
       }
@@ -920,7 +919,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
     // next block's rows (which were 1.10-1.16x faster than no prefetch).
     // Other types are widened a row at a time into L1-resident floats.
     auto split_rows = [&](const HeadStream& st, size_t t0, const attn::Then& then) {
-      look_ahead(st, t0, attn::kScoreLead, then.st, then.t0, then.nb);
+      look_ahead(st, t0, attn::kScoreLead, then);
       st.row_addresses(t0, nb, at);
       float row[amx::kMaxDim / 2];
       for (size_t t = 0; t < nb; ++t) {
@@ -944,7 +943,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         return st.row_addresses(t0, nb, at);
       }
       if (on_tiles == Tiles::split) return split_rows(st, t0, then);
-      look_ahead(st, t0, attn::kScoreLead, then.st, then.t0, then.nb);
+      look_ahead(st, t0, attn::kScoreLead, then);
       int_scores = is_block_type(st.dtype) && jobs <= one_tile;
       if (int_scores) {
         st.row_addresses(t0, nb, at);
@@ -1040,7 +1039,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
         return st.row_addresses(t0, nb, at);
       }
       if (on_tiles == Tiles::split) return split_rows(st, t0, then);
-      look_ahead(st, t0, attn::kValueLead, then.st, then.t0, then.nb);
+      look_ahead(st, t0, attn::kValueLead, then);
       const bool pack = jobs > one_tile && aliases(st, nb);
       rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
       if (pack || is_block_type(st.dtype)) ahead.clear();
