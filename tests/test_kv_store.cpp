@@ -476,6 +476,58 @@ TEST_CASE("split-K gives the same bits for 1..8 threads and equals one pass", "[
   REQUIRE(worst <= 1e-5);
 }
 
+TEST_CASE("the automatic split-K cut: tasks per worker, within the workspace, equal to the cut it names",
+          "[store][attention][parallel]") {
+  // The cut: a set split rounded up to blocks; 0 about kAutoTasksPerWorker
+  // tasks per worker, none shorter than kAutoMinSplit.
+  REQUIRE(attention_split(0) == kAutoMinSplit);
+  REQUIRE(attention_split(40) == 64);
+  REQUIRE(attention_split(100, 8192, 2) == 128);
+  REQUIRE(attention_split(0, 8192, 2) == 2048);
+  REQUIRE(attention_split(0, 8192, 0) == 4096);  // no workers counts as one
+  REQUIRE(attention_split(0, 100000, 1) == 50048);
+  REQUIRE(attention_split(0, 1000, 2) == kAutoMinSplit);
+  REQUIRE(attention_split(0, 0, 8) == kAutoMinSplit);
+
+  std::mt19937 rng(13);
+  const std::vector<std::size_t> lens = {2600, 700, 40};
+  Fixture f(true, paged(CacheType(), 16, 240), rng, lens);
+  const std::size_t HD = kKv * kGroup * kDim;
+  const auto q = random_q(3, rng);
+  auto run = [&](ParallelFor pf, std::size_t split) {
+    AttentionLimits lim;
+    lim.max_requests = 3;
+    lim.max_rows = 3;
+    lim.max_tokens = 2600;
+    lim.workers = pf.workers();
+    lim.split_tokens = split;
+    AttentionWorkspace ws(f.store, lim);  // sized by the shortest automatic task
+    std::vector<float> out(3 * HD);
+    std::vector<AttendRequest> reqs;
+    for (std::size_t i = 0; i < 3; ++i)
+      reqs.push_back({f.ids[i], f.data[i].len - 1, 1, q.data() + i * HD, out.data() + i * HD});
+    attend(f.store, 1, reqs.data(), reqs.size(), ws, pf);
+    return out;
+  };
+  const auto one_pass = run(ParallelFor(), 4096);
+  for (std::size_t threads = 1; threads <= 8; ++threads) {
+    ThreadPool pool(threads);
+    const std::size_t cut = attention_split(0, 2600 + 700 + 40, threads);
+    INFO(threads << " threads: " << cut << " positions per task");
+    REQUIRE(cut == std::max<std::size_t>(kAutoMinSplit, (3340 + 2 * threads - 1) / (2 * threads) + 63) / 64 * 64);
+    const auto automatic = run(pool.parallel_for(), 0);
+    REQUIRE(automatic == run(pool.parallel_for(), cut));  // the same cut, the same bits
+    double worst = 0;
+    for (std::size_t i = 0; i < automatic.size(); ++i)
+      worst = std::max(worst, double(std::fabs(automatic[i] - one_pass[i])));
+    INFO("max |automatic split - one pass| = " << worst);
+    REQUIRE(worst <= 1e-5);
+  }
+  for (std::size_t i = 0; i < 3; ++i)
+    check_rows(f, i, 1, lens[i] - 1, 1, std::vector<float>(q.begin() + i * HD, q.begin() + (i + 1) * HD),
+               std::vector<float>(one_pass.begin() + i * HD, one_pass.begin() + (i + 1) * HD), "one pass");
+}
+
 TEST_CASE("KvStore rejects what does not fit, and loses nothing", "[store]") {
   std::mt19937 rng(5);
   Fixture f(true, paged(CacheType(), 8, 6), rng, {4 + 8 * 5});  // 5 of 6 blocks used

@@ -113,12 +113,11 @@ template <class K>
 void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
   check_attention_args(a);
   const AttentionLayerPlan& p = *a.plan;
-  const std::size_t split = attention_split(a.split_tokens);
   const std::size_t need = attention_workspace_floats(a, pf.workers());
   if (!a.workspace || a.workspace_floats < need)
     detail::fail("attention: workspace of ", a.workspace_floats, " floats, need ", need);
   const std::size_t qf = attention_query_floats(p), sf = attention_state_floats(p);
-  std::size_t n_rows = 0, max_rows = 0, n_tasks = 0;
+  std::size_t n_rows = 0, max_rows = 0, n_tasks = 0, positions = 0;
   auto group_len = [&](const AttentionRows& G) {
     std::size_t len = 0;
     for (std::size_t r = 0; r < G.n_rows; ++r) len = std::max(len, G.row_len[r]);
@@ -127,8 +126,11 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
   for (std::size_t g = 0; g < a.n_groups; ++g) {
     n_rows += a.groups[g].n_rows;
     max_rows = std::max(max_rows, a.groups[g].n_rows);
-    if (a.groups[g].n_rows) n_tasks += (group_len(a.groups[g]) + split - 1) / split;
+    positions += group_len(a.groups[g]);
   }
+  const std::size_t split = attention_split(a.split_tokens, positions, pf.workers());
+  for (std::size_t g = 0; g < a.n_groups; ++g)
+    if (a.groups[g].n_rows) n_tasks += (group_len(a.groups[g]) + split - 1) / split;
   if (n_rows == 0) return;
   float* queries = a.workspace;           // [n_rows][qf]
   float* states = queries + n_rows * qf;  // per group: [tasks][rows][sf]

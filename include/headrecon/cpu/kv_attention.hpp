@@ -40,7 +40,7 @@ struct AttentionLimits {
   std::size_t max_rows = 1;       ///< rows per call, all requests together
   std::size_t max_tokens = 0;     ///< positions a row may attend (context length)
   std::size_t workers = 1;        ///< ParallelFor::workers() of the calls
-  std::size_t split_tokens = 512; ///< positions per split-K task
+  std::size_t split_tokens = 0;   ///< positions per split-K task; 0: automatic (attention_split)
 };
 
 /// The kernel attend() runs. Null (the default): attention(), compiled for
