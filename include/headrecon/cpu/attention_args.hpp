@@ -72,9 +72,10 @@ inline std::size_t attention_scratch_floats(const AttentionLayerPlan& p, std::si
 /// The automatic split-K cut (split_tokens 0): about kAutoTasksPerWorker
 /// tasks per worker over a call's positions, none shorter than
 /// kAutoMinSplit. Each task costs a cold start of its prefetch, its own
-/// packing of the AMX query tiles and a state to merge; measured (8k
-/// tokens, 2 threads, against 512-position tasks): 2 tasks per worker
-/// 1.03-1.08x faster, 1 or 4 per worker no faster than 2.
+/// packing of the AMX query tiles and a state to merge; measured (Emerald
+/// Rapids, 8k tokens, 2 threads, against 512-position tasks): 2 tasks per
+/// worker 1.01-1.09x faster (full caches 1.01-1.03x, absorbed 1.02-1.09x),
+/// 1 or 4 per worker no faster than 2.
 inline constexpr std::size_t kAutoMinSplit = 512, kAutoTasksPerWorker = 2;
 
 /// Positions per task after rounding `split_tokens` up to whole blocks; 0
