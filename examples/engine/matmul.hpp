@@ -2,9 +2,10 @@
 // The engine's weight products on its threads. A few inputs (decode, short
 // chunks) run the quantized kernels of quant_matvec.hpp directly on the GGUF
 // blocks, rows split across the workers of a headrecon::ParallelFor; more
-// inputs (prefill) dequantize row panels to f32 on the workers, then run one
-// BLAS sgemm per panel. Also here: the BLAS helpers the forward pass uses and
-// the process-wide engine thread pool.
+// inputs (prefill) split the rows into chunks on the workers, each
+// dequantized to f32 and multiplied by its own single-threaded BLAS sgemm.
+// Also here: the BLAS helpers the forward pass uses and the process-wide
+// engine thread pool.
 
 #include <algorithm>
 #include <cmath>
@@ -12,6 +13,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -23,6 +25,7 @@
 
 extern "C" {
 void openblas_set_num_threads(int) __attribute__((weak));
+int openblas_get_num_threads(void) __attribute__((weak));
 void sgemv_(const char* trans, const int* m, const int* n, const float* alpha, const float* a,
             const int* lda, const float* x, const int* incx, const float* beta, float* y, const int* incy);
 }
@@ -35,6 +38,26 @@ inline bool set_blas_threads(int n) {
   openblas_set_num_threads(n);
   return true;
 }
+
+/// BLAS on one thread for the scope (OpenBLAS; other BLAS libraries are left
+/// as they are), then the count it had: each of the engine's workers calls
+/// the BLAS on its own rows.
+class OneBlasThread {
+ public:
+  OneBlasThread() {
+    if (!openblas_get_num_threads || !openblas_set_num_threads) return;
+    prev_ = openblas_get_num_threads();
+    if (prev_ > 1) openblas_set_num_threads(1);
+  }
+  ~OneBlasThread() {
+    if (prev_ > 1) openblas_set_num_threads(prev_);
+  }
+  OneBlasThread(const OneBlasThread&) = delete;
+  OneBlasThread& operator=(const OneBlasThread&) = delete;
+
+ private:
+  int prev_ = 0;
+};
 
 /// Row-major C(m×n) = alpha·op(A)·op(B) + beta·C in single precision. One
 /// row (decode) goes to sgemv, which reads B once instead of packing it.
@@ -107,7 +130,7 @@ struct MatOut {
 class MatMul {
  public:
   /// Up to this many inputs per call run the quantized kernels; more
-  /// dequantize panels and call sgemm (measured crossover: see README).
+  /// dequantize row chunks and call sgemm (measured crossover: see README).
   static constexpr std::size_t default_max_matvec_inputs = 8;
 
   explicit MatMul(headrecon::ParallelFor pf = {}) : pf_(std::move(pf)), int8_(detail::default_int8_inputs()) {}
@@ -240,35 +263,39 @@ class MatMul {
     quantize_q8_inputs(x, n, ldx, cols, xq_.data(), xd_.data(), xs_.data());
   }
 
-  // Many inputs: sgemm on f32 row panels (dequantized on the workers; F32
-  // weights are used in place).
+  // Many inputs: row chunks of W on the workers, each dequantized to f32
+  // (F32 weights are read in place) and multiplied by one single-threaded
+  // BLAS sgemm. No BLAS thread pool runs beside the engine's: OpenBLAS's
+  // threads poll for ~0.1 s after each call, and slowed the decode that
+  // followed a prefill by 2-8% on 2 cores.
   void gemm(const float* x, std::size_t n, std::size_t ldx, const MatOut& o) {
     const QuantMatrix& w = *o.w;
-    const std::size_t R = w.rows(), C = w.cols();
+    const std::size_t R = w.rows(), C = w.cols(), W = std::max<std::size_t>(1, pf_.workers());
     const float beta = o.accumulate ? 1.f : 0.f;
-    if (w.type() == GgmlType::F32) {
-      sgemm_rm(false, true, int(n), int(R), int(C), 1.f, x, int(ldx), w.f32().data(), int(C), beta, o.y, int(o.ldy));
-      return;
-    }
-    const std::size_t panel = std::max<std::size_t>(1, std::min(R, max_panel_floats / C));
-    panel_.resize(panel * C);
-    for (std::size_t p0 = 0; p0 < R; p0 += panel) {
-      const std::size_t np = std::min(R - p0, panel);
-      const std::size_t per = std::max<std::size_t>(16, (np + 4 * pf_.workers() - 1) / (4 * pf_.workers()));
-      pf_((np + per - 1) / per, [&](std::size_t k, std::size_t) {
+    const bool in_place = w.type() == GgmlType::F32;
+    // About two chunks per worker, multiples of 16 rows; the workers'
+    // buffers together hold at most max_panel_floats.
+    const std::size_t most = std::max<std::size_t>(16, max_panel_floats / (W * C) / 16 * 16);
+    const std::size_t chunk = std::min(most, std::max<std::size_t>(16, ((R + 2 * W - 1) / (2 * W) + 15) / 16 * 16));
+    if (!in_place) panel_.resize(W * chunk * C);
+    std::optional<OneBlasThread> one;
+    if (W > 1) one.emplace();
+    pf_((R + chunk - 1) / chunk, [&](std::size_t k, std::size_t worker) {
+      const std::size_t r0 = k * chunk, nr = std::min(R - r0, chunk);
+      const float* rows = in_place ? w.f32().data() + r0 * C : panel_.data() + worker * chunk * C;
+      if (!in_place) {
         DequantArgs a;
         a.type = std::uint32_t(w.type());
-        a.w = w.row(p0 + k * per);
+        a.w = w.row(r0);
         a.row_bytes = w.row_bytes();
         a.cols = C;
-        a.rows = std::min(np, (k + 1) * per) - k * per;
-        a.out = panel_.data() + k * per * C;
+        a.rows = nr;
+        a.out = panel_.data() + worker * chunk * C;
         a.ldo = C;
         quant_dequantize(a);
-      });
-      sgemm_rm(false, true, int(n), int(np), int(C), 1.f, x, int(ldx), panel_.data(), int(C), beta, o.y + p0,
-               int(o.ldy));
-    }
+      }
+      sgemm_rm(false, true, int(n), int(nr), int(C), 1.f, x, int(ldx), rows, int(C), beta, o.y + r0, int(o.ldy));
+    });
   }
 
   static constexpr std::size_t max_panel_floats = std::size_t(4) << 20;  // 16 MB of f32

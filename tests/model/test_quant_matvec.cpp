@@ -369,6 +369,25 @@ TEST_CASE("MatMul: 1..8 threads, both paths, several outputs, SwiGLU, odd row co
   }
 }
 
+TEST_CASE("MatMul's sgemm path runs the BLAS on one thread per worker and restores its thread count") {
+  if (!openblas_get_num_threads || !openblas_set_num_threads) return;  // not OpenBLAS: left as it is
+  std::mt19937 rng(16);
+  const std::size_t C = 64, n = 40;
+  const he::QuantMatrix w = random_matrix(GgmlType::Q8_0, 50, C, rng);
+  const std::vector<float> x = random_vec(n * C, rng);
+  const Reference r = reference(w, x, n);
+  const int before = openblas_get_num_threads();
+  openblas_set_num_threads(2);
+  headrecon::ThreadPool pool(2);
+  he::MatMul mm(pool.parallel_for());
+  mm.set_max_matvec_inputs(0);
+  std::vector<float> y(n * 50);
+  mm.run(x.data(), n, C, {{&w, y.data(), 50}});
+  check_close(y, 50, r, n, 50);
+  CHECK(openblas_get_num_threads() == 2);
+  openblas_set_num_threads(before);
+}
+
 TEST_CASE("MatMul and QuantMatrix reject mismatched shapes with messages that name them") {
   if (!cpu_runs_kernels()) return;
   std::mt19937 rng(16);
