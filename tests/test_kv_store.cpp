@@ -439,27 +439,35 @@ TEST_CASE("decode for a batch and chunked prefill equal the scalar reference", "
       }
 }
 
+// Layer 1's decode step (the last position) of the first n_req sequences of f,
+// queries q ([n_req][H·d]), on pf, through a workspace sized by the limits
+// (3 requests of one row, max_tokens, split).
+std::vector<float> decode_last(const Fixture& f, const std::vector<float>& q, const ParallelFor& pf, std::size_t split,
+                               std::size_t max_tokens, std::size_t n_req) {
+  const std::size_t HD = kKv * kGroup * kDim;
+  AttentionLimits lim;
+  lim.max_requests = 3;
+  lim.max_rows = 3;
+  lim.max_tokens = max_tokens;
+  lim.workers = pf.workers();
+  lim.split_tokens = split;
+  AttentionWorkspace ws(f.store, lim);
+  std::vector<float> out(n_req * HD);
+  std::vector<AttendRequest> reqs;
+  for (std::size_t i = 0; i < n_req; ++i)
+    reqs.push_back({f.ids[i], f.data[i].len - 1, 1, q.data() + i * HD, out.data() + i * HD});
+  attend(f.store, 1, reqs.data(), reqs.size(), ws, pf);
+  return out;
+}
+
 TEST_CASE("split-K gives the same bits for 1..8 threads and equals one pass", "[store][attention][parallel]") {
   std::mt19937 rng(11);
   Fixture f(true, paged(CacheType::parse("q4_0r"), 16, 64), rng, {300, 31, 200});
-  const std::size_t HD = kKv * kGroup * kDim;
   const auto q = random_q(3, rng);
   // n_req = 1: fewer rows than workers, so the row's query maps, merge and
   // output maps are split over the workers by KV head as well.
   auto run = [&](ParallelFor pf, std::size_t split, std::size_t n_req = 3) {
-    AttentionLimits lim;
-    lim.max_requests = 3;
-    lim.max_rows = 3;
-    lim.max_tokens = 300;
-    lim.workers = pf.workers();
-    lim.split_tokens = split;
-    AttentionWorkspace ws(f.store, lim);
-    std::vector<float> out(n_req * HD);
-    std::vector<AttendRequest> reqs;
-    for (std::size_t i = 0; i < n_req; ++i)
-      reqs.push_back({f.ids[i], f.data[i].len - 1, 1, q.data() + i * HD, out.data() + i * HD});
-    attend(f.store, 1, reqs.data(), reqs.size(), ws, pf);
-    return out;
+    return decode_last(f, q, pf, split, 300, n_req);
   };
   const auto serial = run(ParallelFor(), 64);
   const auto serial_one = run(ParallelFor(), 64, 1);
@@ -494,21 +502,8 @@ TEST_CASE("the automatic split-K cut: tasks per worker, within the workspace, eq
   Fixture f(true, paged(CacheType(), 16, 240), rng, lens);
   const std::size_t HD = kKv * kGroup * kDim;
   const auto q = random_q(3, rng);
-  auto run = [&](ParallelFor pf, std::size_t split) {
-    AttentionLimits lim;
-    lim.max_requests = 3;
-    lim.max_rows = 3;
-    lim.max_tokens = 2600;
-    lim.workers = pf.workers();
-    lim.split_tokens = split;
-    AttentionWorkspace ws(f.store, lim);  // sized by the shortest automatic task
-    std::vector<float> out(3 * HD);
-    std::vector<AttendRequest> reqs;
-    for (std::size_t i = 0; i < 3; ++i)
-      reqs.push_back({f.ids[i], f.data[i].len - 1, 1, q.data() + i * HD, out.data() + i * HD});
-    attend(f.store, 1, reqs.data(), reqs.size(), ws, pf);
-    return out;
-  };
+  // The workspace is sized by the limits: for the automatic cut, by its shortest task.
+  auto run = [&](ParallelFor pf, std::size_t split) { return decode_last(f, q, pf, split, 2600, 3); };
   const auto one_pass = run(ParallelFor(), 4096);
   for (std::size_t threads = 1; threads <= 8; ++threads) {
     ThreadPool pool(threads);
