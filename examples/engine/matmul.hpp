@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
-#include <optional>
 #include <thread>
 #include <vector>
 
@@ -39,13 +38,13 @@ inline bool set_blas_threads(int n) {
   return true;
 }
 
-/// BLAS on one thread for the scope (OpenBLAS; other BLAS libraries are left
-/// as they are), then the count it had: each of the engine's workers calls
-/// the BLAS on its own rows.
+/// BLAS on one thread for the scope when `on` (OpenBLAS; other BLAS
+/// libraries are left as they are), then the count it had: each of the
+/// engine's workers calls the BLAS on its own rows.
 class OneBlasThread {
  public:
-  OneBlasThread() {
-    if (!openblas_get_num_threads || !openblas_set_num_threads) return;
+  explicit OneBlasThread(bool on) {
+    if (!on || !openblas_get_num_threads || !openblas_set_num_threads) return;
     prev_ = openblas_get_num_threads();
     if (prev_ > 1) openblas_set_num_threads(1);
   }
@@ -278,21 +277,24 @@ class MatMul {
     const std::size_t most = std::max<std::size_t>(16, max_panel_floats / (W * C) / 16 * 16);
     const std::size_t chunk = std::min(most, std::max<std::size_t>(16, ((R + 2 * W - 1) / (2 * W) + 15) / 16 * 16));
     if (!in_place) panel_.resize(W * chunk * C);
-    std::optional<OneBlasThread> one;
-    if (W > 1) one.emplace();
+    const OneBlasThread one(W > 1);  // one worker keeps the BLAS's own threads
     pf_((R + chunk - 1) / chunk, [&](std::size_t k, std::size_t worker) {
       const std::size_t r0 = k * chunk, nr = std::min(R - r0, chunk);
-      const float* rows = in_place ? w.f32().data() + r0 * C : panel_.data() + worker * chunk * C;
-      if (!in_place) {
+      const float* rows = nullptr;
+      if (in_place) {
+        rows = w.f32().data() + r0 * C;
+      } else {
+        float* buf = panel_.data() + worker * chunk * C;
         DequantArgs a;
         a.type = std::uint32_t(w.type());
         a.w = w.row(r0);
         a.row_bytes = w.row_bytes();
         a.cols = C;
         a.rows = nr;
-        a.out = panel_.data() + worker * chunk * C;
+        a.out = buf;
         a.ldo = C;
         quant_dequantize(a);
+        rows = buf;
       }
       sgemm_rm(false, true, int(n), int(nr), int(C), 1.f, x, int(ldx), rows, int(C), beta, o.y + r0, int(o.ldy));
     });

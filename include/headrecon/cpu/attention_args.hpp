@@ -104,22 +104,30 @@ inline std::size_t attention_workspace_floats(const AttentionLayerPlan& p, std::
          std::max<std::size_t>(workers, 1) * attention_scratch_floats(p, max_rows);
 }
 
+/// Positions a group attends: its longest row.
+inline std::size_t attention_group_len(const AttentionRows& G) {
+  std::size_t len = 0;
+  for (std::size_t r = 0; r < G.n_rows; ++r) len = std::max(len, G.row_len ? G.row_len[r] : 0);
+  return len;
+}
+/// Positions per task of this call on `workers` workers (attention_split
+/// over every group's positions).
+inline std::size_t attention_split(const AttentionRunArgs& a, std::size_t workers) {
+  std::size_t positions = 0;
+  for (std::size_t g = 0; g < a.n_groups; ++g) positions += attention_group_len(a.groups[g]);
+  return attention_split(a.split_tokens, positions, workers);
+}
+
 /// Workspace of exactly this call (see attention_workspace_floats above).
 inline std::size_t attention_workspace_floats(const AttentionRunArgs& a, std::size_t workers) {
   if (!a.plan) detail::fail("attention: no plan");
-  auto group_len = [](const AttentionRows& G) {
-    std::size_t len = 0;
-    for (std::size_t r = 0; r < G.n_rows; ++r) len = std::max(len, G.row_len ? G.row_len[r] : 0);
-    return len;
-  };
-  std::size_t rows = 0, max_rows = 0, positions = 0, tasks = 0;
+  const std::size_t split = attention_split(a, workers);
+  std::size_t rows = 0, max_rows = 0, tasks = 0;
   for (std::size_t g = 0; g < a.n_groups; ++g) {
     rows += a.groups[g].n_rows;
     max_rows = std::max(max_rows, a.groups[g].n_rows);
-    positions += group_len(a.groups[g]);
+    tasks += (attention_group_len(a.groups[g]) + split - 1) / split;
   }
-  const std::size_t split = attention_split(a.split_tokens, positions, workers);
-  for (std::size_t g = 0; g < a.n_groups; ++g) tasks += (group_len(a.groups[g]) + split - 1) / split;
   return attention_workspace_floats(*a.plan, rows, max_rows, tasks, workers);
 }
 

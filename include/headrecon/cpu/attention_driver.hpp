@@ -117,20 +117,13 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
   if (!a.workspace || a.workspace_floats < need)
     detail::fail("attention: workspace of ", a.workspace_floats, " floats, need ", need);
   const std::size_t qf = attention_query_floats(p), sf = attention_state_floats(p);
-  std::size_t n_rows = 0, max_rows = 0, n_tasks = 0, positions = 0;
-  auto group_len = [&](const AttentionRows& G) {
-    std::size_t len = 0;
-    for (std::size_t r = 0; r < G.n_rows; ++r) len = std::max(len, G.row_len[r]);
-    return len;
-  };
+  const std::size_t split = attention_split(a, pf.workers());
+  std::size_t n_rows = 0, max_rows = 0, n_tasks = 0;
   for (std::size_t g = 0; g < a.n_groups; ++g) {
     n_rows += a.groups[g].n_rows;
     max_rows = std::max(max_rows, a.groups[g].n_rows);
-    positions += group_len(a.groups[g]);
+    n_tasks += (attention_group_len(a.groups[g]) + split - 1) / split;
   }
-  const std::size_t split = attention_split(a.split_tokens, positions, pf.workers());
-  for (std::size_t g = 0; g < a.n_groups; ++g)
-    if (a.groups[g].n_rows) n_tasks += (group_len(a.groups[g]) + split - 1) / split;
   if (n_rows == 0) return;
   float* queries = a.workspace;           // [n_rows][qf]
   float* states = queries + n_rows * qf;  // per group: [tasks][rows][sf]
@@ -145,7 +138,7 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
     std::size_t row0 = 0, task0 = 0;
     for (std::size_t g = 0;; ++g) {
       const AttentionRows& G = a.groups[g];
-      const std::size_t tasks = G.n_rows ? (group_len(G) + split - 1) / split : 0;
+      const std::size_t tasks = G.n_rows ? (attention_group_len(G) + split - 1) / split : 0;
       const std::size_t n = by_task ? tasks : G.n_rows;
       if (i < n) return Where{g, i, row0, task0 * max_rows * sf, tasks};
       i -= n;
@@ -182,7 +175,7 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
     c.queries = queries + w.row0 * qf;
     // Task boundaries sit on whole blocks of body tokens (offset by the sink
     // tokens), so that blocks start where pages do.
-    const std::size_t len = group_len(G), off = G.cache.n_sink % kAttnBlock;
+    const std::size_t len = attention_group_len(G), off = G.cache.n_sink % kAttnBlock;
     c.pos_begin = w.index == 0 ? 0 : std::min(w.index * split + off, len);
     c.pos_end = std::min((w.index + 1) * split + off, len);
     c.state = states + w.state0 + w.index * G.n_rows * sf;
@@ -192,7 +185,7 @@ void run_attention(const AttentionRunArgs& a, const ParallelFor& pf) {
   pf(n_rows * parts, [&](std::size_t i, std::size_t) {
     const Where w = locate(i / parts, false);
     const AttentionRows& G = a.groups[w.group];
-    const std::size_t tasks = (group_len(G) + split - 1) / split;
+    const std::size_t tasks = (attention_group_len(G) + split - 1) / split;
     float* s = states + w.state0 + w.index * sf;
     if (tasks > 1) merge_attention_states(p, s, tasks, G.n_rows * sf, i % parts, parts);
     // (rotates the accumulators in place)
