@@ -228,6 +228,11 @@ TEST_CASE("absorbed decode attention equals reconstruct-then-attend (scalar refe
   for (DType dt : {DType::f32, DType::f16, DType::q8_0, DType::q4_0})
     for (std::size_t d : {64u, 128u}) run_case({4, 8, d, 4, 70, dt, CacheLayout::paged}, rng);
   run_case({3, 3, 64, 4, 1, DType::f32, CacheLayout::token_major}, rng);   // SmolLM2-like, one body token
+  // SmolLM2-like reference streams (3 query heads + 3 absorbed: one 6-job
+  // register tile on AVX-512) over a whole and a partial block, and with
+  // head_dim 80 (a tail past the last full vector).
+  for (DType dt : {DType::f32, DType::bf16, DType::f16}) run_case({3, 3, 64, 4, 70, dt, CacheLayout::paged}, rng);
+  run_case({3, 3, 80, 0, 70, DType::f32, CacheLayout::token_major}, rng);
   run_case({2, 2, 64, 4, 0, DType::f16, CacheLayout::token_major}, rng);   // sinks only
   run_case({2, 1, 37, 0, 33, DType::f32, CacheLayout::head_major}, rng);   // head_dim not a lane multiple
 }

@@ -94,6 +94,9 @@ struct Ahead {
   const void* at[kAttnBlock];
   const void* next[kAttnBlock];
   size_t n = 0, bytes = 0, next_from = 0, next_n = 0;
+  // User-provided, so that Ahead() does not zero the address arrays (1 KiB
+  // per call of a map product); n = next_n = 0 means they are never read.
+  Ahead() {}
   HWY_INLINE void clear() { n = next_n = 0; }
   HWY_INLINE void row(const void* p) const {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
@@ -232,10 +235,26 @@ HWY_INLINE void ScoresJ(const float* const* HWY_RESTRICT qs, const T* const* row
   const size_t dv = d - d % L;
   for (; t + U <= nb; t += U) {
     ahead.rows(t, t + U);
+    // The first vector of the head initialises the accumulators (zeroing
+    // 24 of them first compiled to a `rep stos` of the array per tile).
     hn::Vec<decltype(df)> acc[J * U];
-    HEADRECON_ATTN_UNROLL
-    for (size_t k = 0; k < J * U; ++k) acc[k] = hn::Zero(df);
-    for (size_t i = 0; i < dv; i += L) {
+    size_t i = 0;
+    if (dv != 0) {
+      hn::Vec<decltype(df)> x[U];
+      HEADRECON_ATTN_UNROLL
+      for (size_t u = 0; u < U; ++u) x[u] = LoadF32(df, rows[t + u]);
+      HEADRECON_ATTN_UNROLL
+      for (size_t j = 0; j < J; ++j) {
+        const auto qv = hn::LoadU(df, qs[j]);
+        HEADRECON_ATTN_UNROLL
+        for (size_t u = 0; u < U; ++u) acc[j * U + u] = hn::Mul(qv, x[u]);
+      }
+      i = L;
+    } else {
+      HEADRECON_ATTN_UNROLL
+      for (size_t k = 0; k < J * U; ++k) acc[k] = hn::Zero(df);
+    }
+    for (; i < dv; i += L) {
       hn::Vec<decltype(df)> x[U];
       HEADRECON_ATTN_UNROLL
       for (size_t u = 0; u < U; ++u) x[u] = LoadF32(df, rows[t + u] + i);
@@ -424,11 +443,19 @@ HWY_INLINE void Scores(const float* HWY_RESTRICT q, const float* const* rows, si
   ScoresJ<1, 4>(qs, rows, 0, nb, d, ss, Ahead());
 }
 
-// Jobs in the next f32 register tile of a flush with n jobs left: up to 4 on
-// AVX-512; on AVX2 3 (a 3 × 4 tile: 12 accumulators whose sums are added four
-// tokens at a time) except 4 jobs, which fit one 4 × 3 tile. 6 jobs (a
-// SmolLM2 reference stream: 3 query heads and 3 absorbed) are two 3 × 4 tiles.
-constexpr size_t NextTileJobs(size_t n) { return HWY_MAX_BYTES >= 64 || n == 4 ? (n < 4 ? n : 4) : (n < 3 ? n : 3); }
+// Most jobs in one f32 register tile: 6 on AVX-512 (6 × 4 scores or 6 jobs ×
+// 4 value columns: 24 accumulators, 4 row vectors and a query or weight in 32
+// registers), 4 on AVX2.
+constexpr size_t kMaxTileJobs = HWY_MAX_BYTES >= 64 ? 6 : 4;
+// Jobs in the next f32 register tile of a flush with n jobs left. AVX-512: n
+// up to 6 in one tile (a SmolLM2 reference stream's 3 query heads and 3
+// absorbed, each row read once), else 4 at a time. AVX2: 3 (a 3 × 4 tile: 12
+// accumulators whose sums are added four tokens at a time) except 4 jobs,
+// which fit one 4 × 3 tile; 6 jobs are two 3 × 4 tiles.
+constexpr size_t NextTileJobs(size_t n) {
+  if (HWY_MAX_BYTES >= 64) return n <= kMaxTileJobs ? n : 4;
+  return n == 4 ? 4 : (n < 3 ? n : 3);
+}
 // A stream with at most this many jobs is read by one f32 tile.
 constexpr size_t kOneTileJobs = 4;
 
@@ -900,7 +927,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       else if (n)
         with_rows(nb, [&](const auto* rs) {
           attn::ForEachTile(n, ahead, [&](size_t j, size_t m, const attn::Ahead& a) {
-            attn::ScoresUpTo<4>(m, qs + j, rs, nb, d, ss + j, a);
+            attn::ScoresUpTo<attn::kMaxTileJobs>(m, qs + j, rs, nb, d, ss + j, a);
           });
         });
       if (n) ahead.clear();
@@ -948,7 +975,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       if (int_scores) {
         st.row_addresses(t0, nb, at);
       } else {
-        const bool pack = jobs > one_tile && aliases(st, nb);
+        const bool pack = jobs > attn::kMaxTileJobs && aliases(st, nb);
         rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
         if (pack || is_block_type(st.dtype)) ahead.clear();  // prefetched while converting
       }
@@ -1025,7 +1052,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       } else if (n)
         with_rows(nb, [&](const auto* rs) {
           attn::ForEachTile(n, ahead, [&](size_t j, size_t m, const attn::Ahead& a) {
-            attn::AccumulateUpTo<4>(m, ps + j, rs, nb, d, as + j, a);
+            attn::AccumulateUpTo<attn::kMaxTileJobs>(m, ps + j, rs, nb, d, as + j, a);
           });
         });
       if (n) ahead.clear();
@@ -1040,7 +1067,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       }
       if (on_tiles == Tiles::split) return split_rows(st, t0, then);
       look_ahead(st, t0, attn::kValueLead, then);
-      const bool pack = jobs > one_tile && aliases(st, nb);
+      const bool pack = jobs > attn::kMaxTileJobs && aliases(st, nb);
       rows_t = attn::BlockRows(st, t0, nb, d, pack, conv, rows, at, ahead);
       if (pack || is_block_type(st.dtype)) ahead.clear();
     };
