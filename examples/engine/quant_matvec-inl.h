@@ -270,6 +270,31 @@ HWY_INLINE void BlockTile(const uint8_t* HWY_RESTRICT w, size_t row_bytes, const
       // Unrolled: accumulators in registers, as in IntBlockTile.
 #pragma GCC unroll 4
       for (size_t r = 0; r < NR; ++r) {
+        if constexpr (kType == kQ4_0 || kType == kQ4_1) {
+          // 4-bit values unpacked in registers: byte k of the block holds
+          // value k (low nibble) and value k + 16 (high), so each vector of
+          // bytes zero-extended to 32 bits gives two vectors of values (the
+          // same products, bit for bit, as through UnpackValues' int8 copy;
+          // Q4_1 1536 x 576 from DRAM, 2 threads, AVX3: 12.2-12.6 -> 13.5
+          // GB/s, in L2 17.7 -> 19.4).
+          const hn::Rebind<uint8_t, decltype(df)> du8;
+          const uint8_t* qs = w + r * row_bytes + l.qs + b * l.qs_bytes;
+          const V vd = hn::Set(df, ds[r][b - b0]);
+          // w = d·q + m (Q4_1), d·q − 8d (Q4_0).
+          const V vm = HasMin(kType) ? hn::Set(df, ms[r][b - b0]) : hn::Mul(vd, hn::Set(df, -8.f));
+#pragma GCC unroll 4
+          for (size_t k = 0; k < 16; k += NF) {
+            const auto raw = hn::PromoteTo(di, hn::LoadU(du8, qs + k));
+            const V wlo = hn::MulAdd(hn::ConvertTo(df, hn::And(raw, hn::Set(di, 15))), vd, vm);
+            const V whi = hn::MulAdd(hn::ConvertTo(df, hn::ShiftRight<4>(raw)), vd, vm);
+#pragma GCC unroll 4
+            for (size_t t = 0; t < NT; ++t) {
+              acc[r][t][0] = hn::MulAdd(wlo, hn::LoadU(df, xb + t * ldx + k), acc[r][t][0]);
+              acc[r][t][P - 1] = hn::MulAdd(whi, hn::LoadU(df, xb + t * ldx + 16 + k), acc[r][t][P - 1]);
+            }
+          }
+          continue;
+        }
         const int8_t* q = UnpackValues<kType>(w + r * row_bytes, l, b, tmp[r]);
         const V vd = hn::Set(df, ds[r][b - b0]);
 #pragma GCC unroll 4
