@@ -205,8 +205,8 @@ class MatMul {
     const std::size_t cols = outs[0].w->cols();
     if (int8_ && cols % 32 == 0) quantize_inputs(x, n, ldx, cols);
     const std::size_t workers = pf_.workers();
-    // About four tasks per worker, multiples of 4 rows, at least 16.
-    std::size_t chunk = workers == 1 ? total : (total + 4 * workers - 1) / (4 * workers);
+    // About two tasks per worker, multiples of 4 rows, at least 16.
+    std::size_t chunk = workers == 1 ? total : (total + 2 * workers - 1) / (2 * workers);
     chunk = std::max<std::size_t>(16, (chunk + 3) / 4 * 4);
     tasks_.clear();
     for (std::size_t i = 0; i < (epi ? 1 : n_outs); ++i)
