@@ -456,8 +456,9 @@ constexpr size_t NextTileJobs(size_t n) {
   if (HWY_MAX_BYTES >= 64) return n <= kMaxTileJobs ? n : 4;
   return n == 4 ? 4 : (n < 3 ? n : 3);
 }
-// A stream with at most this many jobs is read by one f32 tile.
-constexpr size_t kOneTileJobs = 4;
+// A block-type (q8_0 / q4_0) stream with at most this many jobs is scored in
+// integers in place; with more, its block is dequantized once and scored in f32.
+constexpr size_t kIntScoreMaxJobs = 4;
 
 // A bf16 stream with more jobs than this is scored and summed on AMX tiles
 // where the CPU has them (amx_tiles.hpp). Measured (Emerald Rapids, 8k
@@ -743,7 +744,6 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
   constexpr size_t TJ = attn::kTileJobs, TS = attn::kScoreJobs, TV = attn::kValueJobs;
   constexpr size_t TA = std::max({amx::kJobs, TS, TV});
   static_assert(TS >= TJ, "score arrays hold either tile");
-  constexpr size_t one_tile = attn::kOneTileJobs;
   float* sc = c.scratch;                   // [M][H][B]
   float* conv = sc + M * H * kAttnBlock;  // [B][d]
   // Streams on AMX tiles where the CPU has them (amx_tiles.hpp): the
@@ -971,7 +971,7 @@ inline HWY_NOINLINE void AttendChunk(const AttentionChunkArgs& c) {
       }
       if (on_tiles == Tiles::split) return split_rows(st, t0, then);
       look_ahead(st, t0, attn::kScoreLead, then);
-      int_scores = is_block_type(st.dtype) && jobs <= one_tile;
+      int_scores = is_block_type(st.dtype) && jobs <= attn::kIntScoreMaxJobs;
       if (int_scores) {
         st.row_addresses(t0, nb, at);
       } else {
